@@ -1,0 +1,1 @@
+"""Training pipeline for fer_async: explore, data, models, train, evaluate."""
