@@ -28,7 +28,10 @@ class Report:
         }
 
     def text(self) -> str:
-        lines = [f"n={self.n}  accuracy={self.accuracy:.4f}  macro-F1={self.macro_f1:.4f}", "class      recall  precision  support"]
+        lines = [
+            f"n={self.n}  accuracy={self.accuracy:.4f}  macro-F1={self.macro_f1:.4f}",
+            "class      recall  precision  support",
+        ]
         support = self.confusion.sum(axis=1)
         for i, name in enumerate(EMOTIONS):
             lines.append(f"{name:9s}  {self.recall[name]:6.3f}  {self.precision[name]:9.3f}  {support[i]:7d}")
@@ -61,7 +64,7 @@ def report(y_true: np.ndarray, probs: np.ndarray) -> Report:
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
     return Report(
-        n=int(len(y_true)),
+        n=len(y_true),
         accuracy=float((y_pred == y_true).mean()) if len(y_true) else 0.0,
         macro_f1=float(f1.mean()),
         recall=dict(zip(EMOTIONS, recall.tolist(), strict=True)),

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fer_async.labels import EMOTIONS  # noqa: E402
+from fer_async.labels import EMOTIONS
 
 
 def plot_history(csv_path: Path, png_path: Path) -> None:

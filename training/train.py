@@ -23,14 +23,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from fer_async.labels import EMOTIONS  # noqa: E402
-from training import models  # noqa: E402
-from training.data import DEFAULT_DATA, class_counts, class_weights, load_split  # noqa: E402
-from training.metrics import Report, report  # noqa: E402
-from training.plots import plot_history  # noqa: E402
+from fer_async.labels import EMOTIONS
+from training import models
+from training.data import DEFAULT_DATA, class_counts, class_weights, load_split
+from training.metrics import Report, report
+from training.plots import plot_history
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXPORT_DIR = REPO / "weights"
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-only", action="store_true", help="skip training; export the run's best checkpoint")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="1 = progress bar, 2 = one line/epoch")
     args = p.parse_args(argv)
+    # The card records the command; main([...]) called from Python has no sys.argv of its own.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.run_dir = args.run_dir or REPO / "runs" / args.model
     args.name = args.name or args.model
     return args
@@ -117,7 +119,7 @@ def export(model: keras.Model, args: argparse.Namespace, val: Report, seconds: f
     json_path.write_text(model.to_json(indent=1) + "\n")
     model.save_weights(weights_path)
     card = args.export_dir / f"{args.name}.md"
-    command = "python -m training.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m training.train " + " ".join(shlex.quote(str(a)) for a in args.argv)
     card.write_text(
         f"# {args.name}\n\n"
         f"- network: `{args.model}` ({model.count_params():,} parameters, "

@@ -1,0 +1,124 @@
+"""FacialExpressionModel on the shipped weights, and a tiny train -> export -> load -> evaluate run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_async.labels import EMOTIONS
+from fer_async.model import DEFAULT_WEIGHTS_DIR, FacialExpressionModel, resolve_weights
+
+RNG = np.random.default_rng(0)
+
+
+def _weights_present() -> bool:
+    try:
+        resolve_weights(DEFAULT_WEIGHTS_DIR)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# weights/ is produced by `python -m training.train`, not checked in: skip rather than fail without it.
+@pytest.fixture(scope="module")
+def model() -> Iterator[FacialExpressionModel]:
+    if not _weights_present():
+        pytest.skip(f"no exported model in {DEFAULT_WEIGHTS_DIR}")
+    yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="module")
+def tta_model() -> Iterator[FacialExpressionModel]:
+    if not _weights_present():
+        pytest.skip(f"no exported model in {DEFAULT_WEIGHTS_DIR}")
+    yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR, flip_tta=True)
+
+
+def faces(n: int) -> np.ndarray:
+    return RNG.integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
+
+
+def test_predict_shape_and_probabilities(model: FacialExpressionModel) -> None:
+    probs = model.predict(faces(5))
+    assert probs.shape == (5, len(EMOTIONS)) and probs.dtype == np.float32
+    assert np.all(probs >= 0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_channel_axis_is_optional(model: FacialExpressionModel) -> None:
+    x = faces(3)
+    np.testing.assert_allclose(model.predict(x), model.predict(x[..., None]), atol=1e-6)
+
+
+def test_batch_does_not_change_per_face_results(model: FacialExpressionModel) -> None:
+    x = faces(4)
+    np.testing.assert_allclose(model.predict(x)[2:3], model.predict(x[2:3]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros((2, 48, 48), np.float32), "uint8"),
+        (np.zeros((2, 48, 48), np.int64), "uint8"),
+        (np.zeros((2, 64, 64), np.uint8), "shape"),
+        (np.zeros((48, 48), np.uint8), "shape"),
+        (np.zeros((2, 48, 48, 3), np.uint8), "shape"),
+        (np.zeros((0, 48, 48), np.uint8), "empty"),
+        ([[0] * 48] * 48, "numpy array"),
+    ],
+)
+def test_predict_rejects_bad_input(model: FacialExpressionModel, bad: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model.predict(bad)  # type: ignore[arg-type]
+
+
+def test_predict_emotion(model: FacialExpressionModel) -> None:
+    face = faces(1)[0]
+    assert model.predict_emotion(face) in EMOTIONS
+    assert model.predict_emotion(face[..., None]) == model.predict_emotion(face)
+    with pytest.raises(ValueError):
+        model.predict_emotion(faces(2))
+
+
+def test_flip_tta_averages_face_and_mirror(model: FacialExpressionModel, tta_model: FacialExpressionModel) -> None:
+    x = faces(3)
+    expected = (model.predict(x) + model.predict(np.ascontiguousarray(x[:, :, ::-1]))) / 2
+    np.testing.assert_allclose(tta_model.predict(x), expected, atol=1e-5)
+
+
+def test_missing_weights_dir(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"fernet\.json"):
+        FacialExpressionModel(tmp_path / "nowhere")
+
+
+def test_tiny_training_run_exports_a_loadable_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training import evaluate, train
+
+    data = tmp_path / "tiny.npz"
+    rng = np.random.default_rng(1)
+    np.savez(
+        data,
+        x_train=rng.integers(0, 256, size=(300, 48, 48), dtype=np.uint8),
+        y_train=np.arange(300) % 7,
+        x_val=rng.integers(0, 256, size=(35, 48, 48), dtype=np.uint8),
+        y_val=np.arange(35) % 7,
+    )
+    export = tmp_path / "export"
+    train.main(["--data", str(data), "--limit", "256", "--epochs", "1", "--batch-size", "64", "--verbose", "0",
+                "--run-dir", str(tmp_path / "run"), "--export-dir", str(export)])
+    assert {p.name for p in export.iterdir()} >= {"fernet.json", "fernet.weights.h5", "fernet.md"}
+    card = (export / "fernet.md").read_text()
+    assert "--limit 256" in card and "256 faces" in card
+
+    loaded = FacialExpressionModel(export)
+    assert loaded.predict(faces(2)).shape == (2, 7)
+
+    capsys.readouterr()
+    assert evaluate.main(["--data", str(data), "--split", "val", "--weights", str(export),
+                          "--out", str(tmp_path / "eval")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 35 and 0.0 <= summary["accuracy"] <= 1.0
