@@ -1,0 +1,197 @@
+"""Face detection with OpenCV: the Haar cascade (default, ships with opencv-python) or YuNet.
+
+Both detectors find faces on a copy of the frame shrunk to `detect_width` pixels: faces in a
+webcam frame are large, so detection at 320 px finds the same faces several times faster than
+at full size. Boxes are scaled back and returned in SOURCE pixels, clamped to the image.
+
+Neither OpenCV object may be shared between threads: `CascadeClassifier.detectMultiScale` is
+not const (it keeps per-call scratch state in the classifier, opencv/opencv#4287) and
+`FaceDetectorYN` needs `setInputSize` before each frame of a new size. So every detector keeps
+one OpenCV object per thread (`threading.local`), and one detector instance can safely be used
+by the analyzer's whole thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import cv2.data  # the Haar cascade files; a submodule that `import cv2` alone leaves untyped
+import numpy as np
+
+from fer_async.labels import Box
+
+logger = logging.getLogger(__name__)
+
+DETECTOR_KINDS = ("haar", "yunet")
+DETECT_WIDTH = 320
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+
+# YuNet's boxes are narrower than the framing FER2013 faces (and Haar boxes) have: on 481
+# FER2013 validation faces, upscaled and padded, YuNet's box was 0.78x the frame wide and
+# 0.99x high (medians), centred. A square of side h around YuNet's centre therefore gives the
+# crop the model was trained on, and imaging.crop_faces can treat both detectors alike.
+YUNET_SQUARE_FROM_HEIGHT = 1.0
+
+
+class FaceDetector(Protocol):
+    def detect(self, image_bgr: np.ndarray) -> list[Box]:
+        """Face boxes (x, y, w, h) in the image's own pixels, clamped to it, largest first."""
+        ...
+
+
+def _clamp_box(x: float, y: float, w: float, h: float, width: int, height: int) -> Box | None:
+    x0, y0 = max(0, round(x)), max(0, round(y))
+    x1, y1 = min(width, round(x + w)), min(height, round(y + h))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _largest_first(boxes: list[Box | None]) -> list[Box]:
+    # The cascade's parallel search returns faces in a thread-timing-dependent order; a fixed
+    # order keeps results reproducible and puts the nearest faces first.
+    return sorted((b for b in boxes if b is not None), key=lambda b: (-b[2] * b[3], b[0], b[1]))
+
+
+def _shrink(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
+    """The image at most `detect_width` wide, and the factor from it back to source pixels."""
+    height, width = image.shape[:2]
+    if width <= detect_width:
+        return image, 1.0
+    scale = width / detect_width
+    size = (detect_width, max(1, round(height / scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _check_image(image: np.ndarray) -> None:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3))
+    ):
+        raise ValueError("expected a uint8 BGR [H, W, 3] or grey [H, W] image")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError("the image is empty")
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade."""
+
+    def __init__(
+        self,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_face_fraction: float = 0.1,
+        detect_width: int = DETECT_WIDTH,
+    ) -> None:
+        if scale_factor <= 1.0:
+            raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
+        if not 0.0 <= min_face_fraction < 1.0:
+            raise ValueError(f"min_face_fraction must be in [0, 1), got {min_face_fraction}")
+        if detect_width < 24:
+            raise ValueError(f"detect_width must be at least 24 (the cascade's window), got {detect_width}")
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_face_fraction = min_face_fraction
+        self.detect_width = detect_width
+        self.cascade_path = str(Path(cv2.data.haarcascades) / HAAR_CASCADE)
+        self._local = threading.local()
+        self._classifier()  # fail now, not on the first frame, if the cascade is missing
+
+    def _classifier(self) -> cv2.CascadeClassifier:
+        classifier: cv2.CascadeClassifier | None = getattr(self._local, "classifier", None)
+        if classifier is None:
+            classifier = cv2.CascadeClassifier(self.cascade_path)
+            if classifier.empty():
+                raise RuntimeError(f"could not load the Haar cascade {self.cascade_path}")
+            self._local.classifier = classifier
+        return classifier
+
+    def detect(self, image_bgr: np.ndarray) -> list[Box]:
+        _check_image(image_bgr)
+        height, width = image_bgr.shape[:2]
+        gray = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+        small, scale = _shrink(gray, self.detect_width)
+        min_side = max(1, round(self.min_face_fraction * min(small.shape[:2])))
+        found = self._classifier().detectMultiScale(
+            small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
+        )
+        return _largest_first(
+            [_clamp_box(x * scale, y * scale, w * scale, h * scale, width, height) for x, y, w, h in found]
+        )
+
+
+class YuNetDetector:
+    """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) from an ONNX file the user supplies."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        score_threshold: float = 0.7,
+        detect_width: int = DETECT_WIDTH,
+        nms_threshold: float = 0.3,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ValueError(f"YuNet model file not found: {path}")
+        if not 0.0 < score_threshold < 1.0:
+            raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
+        if detect_width < 32:
+            raise ValueError(f"detect_width must be at least 32, got {detect_width}")
+        self.model_path = path
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.detect_width = detect_width
+        self._local = threading.local()
+        try:
+            self._net((detect_width, detect_width * 3 // 4))  # a bad file fails here, at start-up
+        except cv2.error as exc:
+            raise ValueError(f"could not load YuNet model {path}: {exc}") from exc
+
+    def _net(self, size: tuple[int, int]) -> cv2.FaceDetectorYN:
+        net: cv2.FaceDetectorYN | None = getattr(self._local, "net", None)
+        if net is None:
+            net = cv2.FaceDetectorYN.create(str(self.model_path), "", size, self.score_threshold, self.nms_threshold)
+            self._local.net = net
+            self._local.size = size
+        elif self._local.size != size:
+            net.setInputSize(size)
+            self._local.size = size
+        return net
+
+    def detect(self, image_bgr: np.ndarray) -> list[Box]:
+        _check_image(image_bgr)
+        height, width = image_bgr.shape[:2]
+        bgr = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
+        small, scale = _shrink(bgr, self.detect_width)
+        sh, sw = small.shape[:2]
+        _, found = self._net((sw, sh)).detect(small)
+        if found is None:
+            return []
+        boxes = []
+        for x, y, w, h in found[:, :4]:
+            side = h * YUNET_SQUARE_FROM_HEIGHT
+            cx, cy = x + w / 2, y + h / 2
+            left, top = (cx - side / 2) * scale, (cy - side / 2) * scale
+            boxes.append(_clamp_box(left, top, side * scale, side * scale, width, height))
+        return _largest_first(boxes)
+
+
+def create_detector(
+    kind: str = "haar", model_path: str | Path | None = None, *, detect_width: int = DETECT_WIDTH
+) -> FaceDetector:
+    """The detector named by `kind` (one of DETECTOR_KINDS); "yunet" needs its ONNX model file."""
+    if kind == "haar":
+        return HaarDetector(detect_width=detect_width)
+    if kind == "yunet":
+        if model_path is None:
+            raise ValueError(
+                "the yunet detector needs a model file: download face_detection_yunet.onnx from "
+                "OpenCV's model zoo (opencv/opencv_zoo, models/face_detection_yunet) and pass its path"
+            )
+        return YuNetDetector(model_path, detect_width=detect_width)
+    raise ValueError(f"unknown detector {kind!r}; choose from {', '.join(DETECTOR_KINDS)}")

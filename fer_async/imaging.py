@@ -1,0 +1,197 @@
+"""Decoding untrusted images with limits, cropping faces for the model, drawing results.
+
+Everything here is plain OpenCV on numpy arrays. OpenCV releases the GIL while it decodes,
+converts and resizes, which is what lets the analyzer run several frames on threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from fer_async.labels import Box, Face
+
+logger = logging.getLogger(__name__)
+
+# Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
+# allocate 1.2 GB. We read the size from the header and refuse before decoding. 4 Mpx covers
+# every webcam frame up to 2560x1600 with room to spare.
+MAX_PIXELS = 4096 * 1024
+
+FACE_SIZE = 48  # the model's input side (FER2013)
+
+# FER2013 faces fill their 48x48 frame the way a Haar box does: on 521 validation faces
+# upscaled and padded, the Haar cascade's box side was 0.99x the frame (median, IQR 0.91-1.04)
+# and centred. So we crop exactly the detector's box, with no margin; detector.py hands out
+# boxes in that framing whatever the detector.
+FACE_MARGIN = 0.0
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the range.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers that stand alone, with no length field after them.
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+
+_CORRUPT = "corrupt or truncated image"
+
+
+class ImageError(ValueError):
+    """The bytes are not an image we accept; the message is safe to show to the client."""
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the first SOF segment; checks the file also reaches its EOI."""
+    pos, n = 2, len(data)
+    size: tuple[int, int] | None = None
+    while True:
+        # Markers may be preceded by any number of 0xFF fill bytes.
+        if pos >= n or data[pos] != 0xFF:
+            raise ImageError(_CORRUPT)
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            raise ImageError(_CORRUPT)
+        marker = data[pos]
+        pos += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker == _JPEG_EOI:
+            raise ImageError(_CORRUPT)  # an end of image before any scan
+        if pos + 2 > n:
+            raise ImageError(_CORRUPT)
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2:
+            raise ImageError(_CORRUPT)
+        if marker in _JPEG_SOF:
+            if pos + 7 > n:
+                raise ImageError(_CORRUPT)
+            height, width = struct.unpack_from(">HH", data, pos + 3)
+            size = (width, height)
+        if marker == _JPEG_SOS:
+            if size is None:
+                raise ImageError(_CORRUPT)
+            # libjpeg decodes a file cut short mid-scan into a grey-padded image and only warns,
+            # so a missing EOI is how we catch truncation. Inside entropy-coded data 0xFF is
+            # always stuffed (FF 00) or a restart marker, so FF D9 can only be the real EOI;
+            # bytes some cameras append after EOI are tolerated.
+            if data.find(b"\xff\xd9", pos) < 0:
+                raise ImageError(_CORRUPT)
+            return size
+        pos += length
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, which the PNG spec requires to come first."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageError(_CORRUPT)
+    width, height = struct.unpack_from(">II", data, 16)
+    return width, height  # libpng itself fails on a truncated stream, so imdecode returns None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from a JPEG or PNG header without decoding any pixels."""
+    if not data:
+        raise ImageError("empty image")
+    if data.startswith(_JPEG_MAGIC):
+        width, height = _jpeg_size(data)
+    elif data.startswith(_PNG_MAGIC):
+        width, height = _png_size(data)
+    else:
+        raise ImageError("not a JPEG or PNG image")
+    if width == 0 or height == 0:
+        raise ImageError(_CORRUPT)  # JPEG height 0 (DNL) is legal but nobody sends it
+    return width, height
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode JPEG or PNG bytes into a BGR uint8 array, refusing bombs before allocating."""
+    width, height = image_size(data)
+    if width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(_CORRUPT)
+    # OpenCV applies the EXIF orientation, so a phone photo taken upright comes back rotated
+    # by 90 degrees (width and height swapped); any other size means the header lied.
+    if image.shape[:2] not in ((height, width), (width, height)):
+        raise ImageError(_CORRUPT)
+    return image
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
+    """JPEG bytes of a BGR (or grey) uint8 image."""
+    if not 0 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be 0..100, got {quality}")
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("OpenCV could not encode the image as JPEG")
+    return buffer.tobytes()
+
+
+def crop_faces(gray: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """uint8 faces [N, 48, 48] cut from `gray` at `boxes` (clamped to the image).
+
+    `gray` may also be a BGR image: then only the crops are converted, which is cheaper than
+    converting the whole frame. INTER_AREA because faces are nearly always shrunk, and it
+    averages instead of aliasing.
+    """
+    if gray.ndim not in (2, 3):
+        raise ValueError(f"expected a grey [H, W] or BGR [H, W, 3] image, got shape {list(gray.shape)}")
+    faces = np.empty((len(boxes), FACE_SIZE, FACE_SIZE), np.uint8)
+    height, width = gray.shape[:2]
+    for i, (x, y, w, h) in enumerate(boxes):
+        mx, my = round(w * FACE_MARGIN), round(h * FACE_MARGIN)
+        x0, y0 = max(0, x - mx), max(0, y - my)
+        x1, y1 = min(width, x + w + mx), min(height, y + h + my)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"face box {(x, y, w, h)} lies outside the {width}x{height} image")
+        crop = gray[y0:y1, x0:x1]
+        if crop.ndim == 3:
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+        faces[i] = cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+    return faces
+
+
+# BGR colours per emotion, picked to stand out on both light and dark video.
+_COLOURS: dict[str, tuple[int, int, int]] = {
+    "angry": (40, 40, 220),
+    "disgust": (40, 140, 40),
+    "fear": (160, 60, 160),
+    "happy": (0, 200, 255),
+    "sad": (200, 120, 40),
+    "surprise": (200, 200, 0),
+    "neutral": (180, 180, 180),
+}
+
+
+def draw_annotations(image: np.ndarray, faces: Sequence[Face]) -> None:
+    """Draw each face's box and an "emotion 87%" label on `image` (BGR, in place)."""
+    height, width = image.shape[:2]
+    # Scale strokes and text with the frame so labels stay legible on 320 px and 1080 p alike.
+    unit = max(1.0, min(width, height) / 480)
+    thickness = max(1, round(2 * unit))
+    font, font_scale = cv2.FONT_HERSHEY_SIMPLEX, 0.6 * unit
+    for face in faces:
+        x, y, w, h = face.box
+        colour = _COLOURS.get(face.emotion, (0, 255, 0))
+        cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness)
+        label = f"{face.emotion} {max(face.scores):.0%}"
+        (tw, th), baseline = cv2.getTextSize(label, font, font_scale, thickness)
+        pad = thickness + 1
+        # Above the box when there is room, otherwise inside its top edge.
+        top = y - th - baseline - 2 * pad
+        if top < 0:
+            top = y
+        bottom = top + th + baseline + 2 * pad
+        cv2.rectangle(image, (x, top), (x + tw + 2 * pad, bottom), colour, cv2.FILLED)
+        # Dark text on light fills and vice versa (Rec. 601 luma).
+        luma = 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2]
+        text_colour = (0, 0, 0) if luma > 128 else (255, 255, 255)
+        origin = (x + pad, bottom - baseline - pad)
+        cv2.putText(image, label, origin, font, font_scale, text_colour, thickness, cv2.LINE_AA)

@@ -1,0 +1,197 @@
+"""imaging.py on real photos: decode limits (bombs, truncation, garbage), encode, crop, draw."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_async.imaging import (
+    FACE_SIZE,
+    MAX_PIXELS,
+    ImageError,
+    crop_faces,
+    decode_image,
+    draw_annotations,
+    encode_jpeg,
+    image_size,
+)
+from fer_async.labels import EMOTIONS, Face
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid-looking PNG header declaring width x height, with a tiny IDAT: costs nothing to build."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def test_decode_real_jpeg(face_jpeg: bytes) -> None:
+    image = decode_image(face_jpeg)
+    assert image.shape == (480, 640, 3) and image.dtype == np.uint8
+    assert image_size(face_jpeg) == (640, 480)
+
+
+def test_decode_png_and_grey_png_give_bgr(astronaut_bgr: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", astronaut_bgr)
+    assert ok
+    np.testing.assert_array_equal(decode_image(png.tobytes()), astronaut_bgr)  # lossless round trip
+    ok, grey = cv2.imencode(".png", cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY))
+    assert decode_image(grey.tobytes()).shape == (512, 512, 3)
+
+
+def test_png_bomb_is_refused_from_its_header() -> None:
+    with pytest.raises(ImageError, match=r"20000x20000 = 400000000 pixels; the limit is 4194304"):
+        decode_image(bomb_png(20000, 20000))
+
+
+def test_jpeg_over_the_limit_is_refused(face_jpeg: bytes) -> None:
+    assert image_size(face_jpeg) == (640, 480)
+    with pytest.raises(ImageError, match="the limit is 1000"):
+        decode_image(face_jpeg, max_pixels=1000)
+    assert MAX_PIXELS == 4096 * 1024
+
+
+def test_jpeg_header_is_read_past_exif_and_fill_bytes(face_jpeg: bytes) -> None:
+    # An APP1 segment before the frame header and 0xFF fill bytes before a marker are legal.
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 10) + b"Exif\x00\x00ABCD"
+    doctored = face_jpeg[:2] + app1 + b"\xff\xff" + face_jpeg[2:]
+    assert image_size(doctored) == (640, 480)
+    assert decode_image(doctored).shape == (480, 640, 3)
+
+
+def test_jpeg_with_trailing_bytes_after_eoi_still_decodes(face_jpeg: bytes) -> None:
+    assert decode_image(face_jpeg + b"\x00" * 64 + b"trailer").shape == (480, 640, 3)
+
+
+def test_exif_rotated_jpeg_comes_back_upright(face_jpeg: bytes) -> None:
+    # Orientation 6 (as phones write for portrait shots): OpenCV rotates, swapping width and height.
+    entry = struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1) + entry + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    rotated = face_jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + face_jpeg[2:]
+    assert image_size(rotated) == (640, 480)
+    assert decode_image(rotated).shape == (640, 480, 3)
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.99])
+def test_truncated_jpeg(face_jpeg: bytes, keep: float) -> None:
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(face_jpeg[: int(len(face_jpeg) * keep)])
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.5, 0.99])
+def test_truncated_png(astronaut_bgr: np.ndarray, keep: float) -> None:
+    png = cv2.imencode(".png", astronaut_bgr)[1].tobytes()
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(png[: int(len(png) * keep)])
+
+
+def test_corrupt_jpeg_body(face_jpeg: bytes) -> None:
+    # A valid header, then the scan data replaced by noise and no end-of-image marker.
+    sos = face_jpeg.index(b"\xff\xda")
+    noise = np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes().replace(b"\xff", b"")
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(face_jpeg[: sos + 20] + noise)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"GIF89a" + bytes(100), "not a JPEG or PNG"),
+        (b"BM" + bytes(100), "not a JPEG or PNG"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "not a JPEG or PNG"),
+        (np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "not a JPEG or PNG"),
+        (b"\xff\xd8\xff", "corrupt or truncated"),
+        (b"\x89PNG\r\n\x1a\n", "corrupt or truncated"),
+    ],
+)
+def test_garbage_is_refused_with_a_clear_message(data: bytes, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)
+
+
+def test_zero_sized_png_header() -> None:
+    with pytest.raises(ImageError, match="corrupt"):
+        decode_image(bomb_png(0, 100))
+
+
+def test_png_whose_header_passes_but_pixels_are_garbage() -> None:
+    with pytest.raises(ImageError, match="corrupt"):
+        decode_image(bomb_png(64, 64))  # 1 KB of zeros cannot fill 64x64 RGB rows
+
+
+def test_image_error_is_a_value_error() -> None:
+    assert issubclass(ImageError, ValueError)
+
+
+def test_encode_jpeg_round_trip(astronaut_bgr: np.ndarray) -> None:
+    small = encode_jpeg(astronaut_bgr, quality=30)
+    large = encode_jpeg(astronaut_bgr, quality=95)
+    assert small[:3] == b"\xff\xd8\xff" and len(small) < len(large)
+    back = decode_image(large)
+    assert back.shape == astronaut_bgr.shape
+    assert np.abs(back.astype(int) - astronaut_bgr.astype(int)).mean() < 3
+    with pytest.raises(ValueError):
+        encode_jpeg(astronaut_bgr, quality=101)
+
+
+def test_crop_faces_shape_and_content(astronaut_bgr: np.ndarray) -> None:
+    gray = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    box = (177, 66, 95, 95)  # the Haar box of the face at 512x512
+    faces = crop_faces(gray, [box, (0, 0, 48, 48)])
+    assert faces.shape == (2, FACE_SIZE, FACE_SIZE) and faces.dtype == np.uint8
+    expected = cv2.resize(gray[66:161, 177:272], (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(faces[0], expected)
+    np.testing.assert_array_equal(faces[1], gray[:48, :48])  # same size: copied as is
+    # A BGR source gives the same crops, converted per face.
+    np.testing.assert_allclose(crop_faces(astronaut_bgr, [box])[0], faces[0], atol=1)
+
+
+def test_crop_faces_clamps_to_the_image(astronaut_bgr: np.ndarray) -> None:
+    gray = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    faces = crop_faces(gray, [(480, 480, 100, 100), (-20, -20, 60, 60)])
+    np.testing.assert_array_equal(faces[0], cv2.resize(gray[480:, 480:], (48, 48), interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(faces[1], cv2.resize(gray[:40, :40], (48, 48), interpolation=cv2.INTER_AREA))
+    with pytest.raises(ValueError, match="outside"):
+        crop_faces(gray, [(600, 600, 10, 10)])
+
+
+def test_crop_no_faces(astronaut_bgr: np.ndarray) -> None:
+    assert crop_faces(astronaut_bgr, []).shape == (0, 48, 48)
+
+
+def test_draw_annotations_draws_box_and_filled_label(face_jpeg: bytes) -> None:
+    image = decode_image(face_jpeg)
+    before = image.copy()
+    scores = (0.01, 0.01, 0.01, 0.87, 0.05, 0.03, 0.02)
+    face = Face(box=(220, 120, 120, 120), scores=scores)
+    draw_annotations(image, [face])
+    changed = np.any(image != before, axis=2)
+    assert changed[120, 220:340].any() and changed[120:240, 220].any()  # the box edges
+    assert not changed[150:230, 250:310].any()  # the inside of the box is left alone
+    # A solid label background above the box, in the happy colour.
+    label = image[95:118, 222:300].reshape(-1, 3)
+    happy = np.array([0, 200, 255])
+    assert (np.abs(label.astype(int) - happy).sum(axis=1) == 0).mean() > 0.3
+    assert (label.sum(axis=1) < 60).mean() > 0.1  # dark text on the light fill
+    assert EMOTIONS[3] == face.emotion == "happy"
+
+
+def test_draw_annotations_at_the_top_edge_stays_inside(face_jpeg: bytes) -> None:
+    image = decode_image(face_jpeg)
+    draw_annotations(image, [Face(box=(0, 0, 100, 100), scores=(1, 0, 0, 0, 0, 0, 0))])
+    draw_annotations(image, [])  # nothing to draw is fine
+    assert image.shape == (480, 640, 3)
