@@ -1,0 +1,196 @@
+"""The application factory: resources as cleanup contexts, routes, templates, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import WSCloseCode, web
+
+from fer_async.analyzer import Analyzer, Frame, Predictor
+from fer_async.batcher import Batcher, BatchStats
+from fer_async.config import REPO_ROOT, Settings
+from fer_async.detector import create_detector
+from fer_async.labels import FrameResult
+from fer_async.metrics import Metrics
+from fer_async.server import mjpeg, views, ws
+from fer_async.server.keys import (
+    ANALYZER,
+    BATCHER,
+    METRICS,
+    MODEL,
+    MODEL_EXECUTOR,
+    SETTINGS,
+    VIDEO_HUB,
+    WEBSOCKETS,
+)
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES_DIR = REPO_ROOT / "templates"
+STATIC_DIR = REPO_ROOT / "static"
+# Frame decoding and face detection inside one batch; two matches the two cores we deploy on,
+# and OpenCV releases the GIL so they really run side by side.
+DETECT_THREADS = 2
+# Drawing boxes and encoding JPEGs for the MJPEG streams, off the loop and off the model thread.
+VIDEO_THREADS = 1
+# Upper bound on closing all sockets at shutdown (each close is also bounded by ws.CLOSE_TIMEOUT_S).
+SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _load_model(settings: Settings) -> Predictor:
+    # Imported here, in the model thread: TensorFlow's import takes seconds and must not
+    # block the event loop, nor be paid by code that never serves.
+    from fer_async.model import FacialExpressionModel
+
+    return FacialExpressionModel(settings.weights, settings.model_name, flip_tta=settings.flip_tta)
+
+
+async def _model_executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    # ONE thread: the model is not re-entrant, and one call for many faces is what batching buys.
+    executor = ThreadPoolExecutor(1, thread_name_prefix="fer-model")
+    app[MODEL_EXECUTOR] = executor
+    yield
+    await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+
+async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
+    if MODEL not in app:  # not injected by a test
+        settings = app[SETTINGS]
+        loop = asyncio.get_running_loop()
+        # FacialExpressionModel warms up (traces, allocates) in its constructor: all in the thread.
+        app[MODEL] = await loop.run_in_executor(app[MODEL_EXECUTOR], _load_model, settings)
+    yield
+
+
+async def _analyzer_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+    detector = await loop.run_in_executor(
+        app[MODEL_EXECUTOR], create_detector, settings.detector, settings.detector_model
+    )
+    analyzer = Analyzer(app[MODEL], detector, detect_threads=DETECT_THREADS, max_pixels=settings.max_pixels)
+    app[ANALYZER] = analyzer
+    yield
+    await asyncio.to_thread(analyzer.close)
+
+
+async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    analyzer = app[ANALYZER]
+    executor = app[MODEL_EXECUTOR]
+    metrics = app[METRICS]
+    loop = asyncio.get_running_loop()
+
+    async def analyze(frames: list[Frame]) -> list[FrameResult | Exception]:
+        try:
+            return list(await loop.run_in_executor(executor, analyzer.analyze, frames))
+        except Exception:
+            # Logged once here, with the traceback; each client only hears "analysis failed".
+            logger.exception("analysis of a batch of %d frames failed", len(frames))
+            raise
+
+    def on_batch(stats: BatchStats) -> None:
+        metrics.observe_batch(stats.size, stats.queue_wait_s, stats.run_s)
+
+    batcher: Batcher[Frame, FrameResult] = Batcher(
+        analyze,
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_s,
+        max_queue=settings.max_queue,
+        on_batch=on_batch,
+    )
+    await batcher.start()
+    app[BATCHER] = batcher
+    yield
+    await batcher.aclose()
+
+
+async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
+    hub = mjpeg.VideoHub(app[BATCHER], app[METRICS], executor)
+    app[VIDEO_HUB] = hub
+    yield
+    await hub.aclose()
+    await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Say goodbye (1001) to every WebSocket and end every video stream.
+
+    Runs before aiohttp waits for handlers to finish: open sockets and endless MJPEG
+    responses would otherwise hold shutdown for the whole shutdown timeout.
+    """
+    open_sockets = app[WEBSOCKETS]
+    sockets = list(open_sockets)  # a copy: closing removes them from the set
+    if sockets:
+        logger.info("closing %d WebSocket clients", len(sockets))
+    closes = [ws.close_socket(s, WSCloseCode.GOING_AWAY, "server shutdown") for s in sockets]
+    try:
+        async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT_S):
+            await asyncio.gather(*closes, return_exceptions=True)
+    except TimeoutError:
+        logger.warning("some WebSocket clients did not close in %.0f s", SHUTDOWN_CLOSE_TIMEOUT_S)
+    if VIDEO_HUB in app:
+        await app[VIDEO_HUB].aclose()
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unexpected exceptions become a bare JSON 500: the traceback goes to the log only."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response({"error": "internal server error"}, status=500)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+
+
+def create_app(settings: Settings, *, model: Predictor | None = None) -> web.Application:
+    """The aiohttp application for `settings`; `model` replaces loading weights (tests)."""
+    app = web.Application(
+        middlewares=[_errors_middleware],
+        client_max_size=settings.max_frame_bytes + views.MULTIPART_OVERHEAD,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    app[WEBSOCKETS] = sockets
+    if model is not None:
+        app[MODEL] = model
+
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
+
+    # Order matters: each context may use the ones before it, and they close in reverse.
+    app.cleanup_ctx.extend([_model_executor_ctx, _model_ctx, _analyzer_ctx, _batcher_ctx, _video_hub_ctx])
+    app.on_shutdown.append(_on_shutdown)
+    app.on_response_prepare.append(_security_headers)
+
+    app.router.add_get("/", views.index, name="index")
+    app.router.add_get("/ws", ws.websocket_handler, name="ws")
+    app.router.add_get("/videos", views.videos, name="videos")
+    app.router.add_get("/video/{name}", mjpeg.video_stream, name="video")
+    app.router.add_post("/api/predict", views.predict, name="predict")
+    app.router.add_get("/healthz", views.healthz, name="healthz")
+    app.router.add_get("/metrics", views.metrics, name="metrics")
+    app.router.add_static("/static", Path(STATIC_DIR), name="static")
+    return app

@@ -1,0 +1,147 @@
+"""HTTP endpoints: the pages, `/api/predict`, `/healthz` and `/metrics`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp_jinja2
+from aiohttp import BodyPartReader, StreamReader, web
+
+from fer_async.batcher import BatcherClosed, BatcherOverloaded
+from fer_async.imaging import ImageError
+from fer_async.labels import EMOTIONS, FrameResult
+from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from fer_async.server.keys import BATCHER, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
+from fer_async.server.ws import check_image_header, server_timings
+from fer_async.video import list_videos
+
+logger = logging.getLogger(__name__)
+
+# Upload bodies are read in pieces so that an over-size one is refused after max_frame_bytes
+# bytes, not after buffering whatever the client chose to send.
+READ_CHUNK = 64 * 1024
+# Room for a multipart envelope (boundaries, part headers) around an image at the limit.
+MULTIPART_OVERHEAD = 16 * 1024
+RAW_CONTENT_TYPES = ("image/jpeg", "image/png", "image/pjpeg", "application/octet-stream")
+
+
+def _device(request: web.Request) -> str:
+    return str(getattr(request.app[MODEL], "device", "CPU"))
+
+
+@aiohttp_jinja2.template("index.html")
+async def index(request: web.Request) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    return {
+        "emotions": EMOTIONS,
+        "emotions_json": json.dumps(list(EMOTIONS)),
+        "max_frame_bytes": settings.max_frame_bytes,
+        "device": _device(request),
+        "detector": settings.detector,
+    }
+
+
+def _wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+async def videos(request: web.Request) -> web.StreamResponse:
+    video_dir = request.app[SETTINGS].video_dir
+    entries = [{"name": name, "url": f"/video/{quote(name)}"} for name in list_videos(video_dir)]
+    if _wants_json(request):
+        return web.json_response({"videos": entries})
+    context = {"videos": entries, "video_dir": video_dir}
+    return aiohttp_jinja2.render_template("videos.html", request, context)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "status": "ok",
+            "model": settings.model_name,
+            "device": _device(request),
+            "clients": len(request.app[WEBSOCKETS]),
+            "video_viewers": request.app[VIDEO_HUB].viewers,
+            "queue": request.app[BATCHER].queue_size,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_limited(stream: StreamReader | BodyPartReader, limit: int) -> bytes:
+    data = bytearray()
+    while True:
+        if isinstance(stream, BodyPartReader):
+            chunk = await stream.read_chunk(READ_CHUNK)
+        else:
+            chunk = await stream.read(READ_CHUNK)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > limit:
+            raise _TooLarge
+
+
+async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
+    """The image bytes of a raw or multipart upload, or the error response to send instead."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        async for part in reader:
+            if isinstance(part, BodyPartReader) and part.name == "image":
+                return await _read_limited(part, limit)
+        return _error(400, "multipart upload needs a form field named 'image'")
+    if request.content_type not in RAW_CONTENT_TYPES:
+        return _error(415, "send the image as the body (image/jpeg or image/png) or as form field 'image'")
+    return await _read_limited(request.content, limit)
+
+
+async def predict(request: web.Request) -> web.Response:
+    """One image in (raw body or multipart field "image"), its faces out."""
+    limit = request.app[SETTINGS].max_frame_bytes
+    too_large = f"image larger than {limit} bytes"
+    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
+        return _error(413, too_large)
+    metrics_ = request.app[METRICS]
+    try:
+        upload = await _upload(request, limit)
+    except _TooLarge:
+        metrics_.frame_errors.labels("too_large").inc()
+        return _error(413, too_large)
+    if isinstance(upload, web.Response):
+        return upload
+    started = time.perf_counter()  # after the upload: a slow client's bytes are not server time
+    try:
+        check_image_header(upload, request.app[SETTINGS].max_pixels)
+        result: FrameResult = await request.app[BATCHER].submit(upload)
+    except ImageError as exc:
+        metrics_.frame_errors.labels("bad_image").inc()
+        return _error(400, str(exc))
+    except BatcherOverloaded:
+        metrics_.frame_errors.labels("busy").inc()
+        return _error(503, "server busy", **{"Retry-After": "1"})
+    except BatcherClosed:
+        return _error(503, "server shutting down")
+    except Exception:
+        metrics_.frame_errors.labels("analysis_failed").inc()
+        return _error(500, "analysis failed")  # the batch handler logged the traceback
+    metrics_.frame_done("api", len(result.faces))
+    payload = result.to_json()
+    payload["timings"] = server_timings(result, started)
+    return web.json_response(payload)

@@ -1,0 +1,91 @@
+"""Helpers shared by the web-layer tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+REPLY_TIMEOUT_S = 60.0  # generous: the CPU may be shared with a training run
+CLIP_NAME = "clip.avi"
+CLIP_SIZE = (320, 240)
+CLIP_FRAMES = 12
+CLIP_FPS = 12
+
+
+def make_frame_jpeg(photo: np.ndarray, x: int, y: int, side: int, *, quality: int = 85) -> bytes:
+    """A 640x480 JPEG with `photo` (a face) shrunk to side x side and pasted at (x, y)."""
+    from fer_async.bench import compose_frame
+
+    frame = compose_frame(photo, x, y, side=side)
+    ok, buffer = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(buffer.tobytes())
+
+
+def iou(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / float(aw * ah + bw * bh - inter)
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse, within_s: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+    msg = await ws.receive(timeout=within_s)
+    assert msg.type == aiohttp.WSMsgType.TEXT, f"expected text, got {msg.type!r} {msg.data!r} {msg.extra!r}"
+    return dict(json.loads(msg.data))
+
+
+async def reply_for(ws: aiohttp.ClientWebSocketResponse, frame_id: int) -> dict[str, Any]:
+    """The result or error for `frame_id`, skipping anything else (dropped notices, pongs)."""
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while True:
+        reply = await receive_json(ws, max(0.1, deadline - time.monotonic()))
+        if reply.get("frame") == frame_id and reply["type"] in ("result", "error"):
+            return reply
+
+
+async def connect(client: Client, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+    ws: aiohttp.ClientWebSocketResponse = await client.ws_connect("/ws", **kwargs)
+    hello = await receive_json(ws)
+    assert hello["type"] == "hello"
+    return ws
+
+
+async def eventually(check: Callable[[], bool], within_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {within_s:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+def write_clip(path: Path, photo: np.ndarray) -> Path:
+    """A short real-face clip (MJPG in AVI, which every OpenCV build can write and read)."""
+    from fer_async.bench import compose_frame
+
+    width, height = CLIP_SIZE
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), CLIP_FPS, CLIP_SIZE)
+    assert writer.isOpened()
+    try:
+        for i in range(CLIP_FRAMES):
+            writer.write(compose_frame(photo, 40 + 4 * i, 20, width=width, height=height, side=200, seed=i))
+    finally:
+        writer.release()
+    return path
+
+
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]

@@ -1,0 +1,98 @@
+"""Settings from argv and FER_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fer_async.config import DEFAULT_VIDEO_DIR, DEFAULT_WEIGHTS_DIR, Settings, SettingsError, build_parser
+from fer_async.imaging import MAX_PIXELS
+
+
+def test_defaults() -> None:
+    settings = Settings.from_args([], env={})
+    assert settings == Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.weights == DEFAULT_WEIGHTS_DIR and settings.video_dir == DEFAULT_VIDEO_DIR
+    assert (settings.max_batch, settings.max_wait_ms, settings.max_clients) == (16, 5.0, 64)
+    assert settings.max_frame_bytes == 2_000_000 and settings.max_pixels == MAX_PIXELS
+    assert settings.allow_origins == () and not settings.tls and not settings.flip_tta
+    assert settings.url == "http://127.0.0.1:8080/"
+
+
+def test_command_line_beats_environment_beats_default() -> None:
+    env = {"FER_PORT": "9000", "FER_MAX_BATCH": "4", "FER_FLIP_TTA": "yes", "FER_ALLOW_ORIGIN": "https://a.org, *"}
+    settings = Settings.from_args(["--port", "9100", "--max-frame-bytes", "1_000_000"], env=env)
+    assert settings.port == 9100  # argv
+    assert settings.max_batch == 4 and settings.flip_tta  # env
+    assert settings.allow_origins == ("https://a.org", "*")
+    assert settings.max_frame_bytes == 1_000_000
+    assert settings.max_clients == 64  # default
+
+
+def test_every_option(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    settings = Settings.from_args(
+        [
+            "--host=0.0.0.0",
+            "--port=0",
+            f"--weights={tmp_path}",
+            "--model-name=other",
+            "--flip-tta",
+            "--detector=haar",
+            f"--video-dir={tmp_path}",
+            "--max-batch=32",
+            "--max-wait-ms=2.5",
+            "--max-queue=10",
+            "--max-clients=3",
+            "--max-frame-bytes=1000",
+            "--max-pixels=640000",
+            "--allow-origin=https://a.org",
+            "--allow-origin=https://b.org",
+            f"--cert={cert}",
+            f"--key={key}",
+            "--log-level=DEBUG",
+        ],
+        env={},
+    )
+    assert settings.weights == tmp_path and settings.model_name == "other" and settings.flip_tta
+    assert (settings.max_batch, settings.max_wait_s, settings.max_queue) == (32, 0.0025, 10)
+    assert settings.allow_origins == ("https://a.org", "https://b.org")
+    assert settings.tls and settings.url == "https://0.0.0.0:0/"
+    assert settings.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--cert", "c.pem"], {}, "--cert and --key"),
+        (["--key", "k.pem"], {}, "--cert and --key"),
+        (["--max-batch", "0"], {}, "--max-batch"),
+        ([], {"FER_PORT": "eighty"}, "FER_PORT"),
+        ([], {"FER_PORT": "70000"}, "--port"),
+        (["--detector", "yunet"], {}, "--detector-model"),
+        (["--detector", "mtcnn"], {}, "invalid choice"),
+        ([], {"FER_FLIP_TTA": "maybe"}, "FER_FLIP_TTA"),
+    ],
+)
+def test_invalid_settings_exit_with_a_message(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        Settings.from_args(argv, env=env)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_direct_construction_validates() -> None:
+    with pytest.raises(SettingsError):
+        Settings(cert=Path("c.pem"))
+    assert Settings().replace(port=1).port == 1
+
+
+def test_help_documents_every_env_var_and_default() -> None:
+    text = build_parser().format_help()
+    for env in ["FER_HOST", "FER_PORT", "FER_MAX_BATCH", "FER_ALLOW_ORIGIN", "FER_CERT", "FER_VIDEO_DIR"]:
+        assert env in text
+    assert "default: 8080" in text and "default: 2000000" in text

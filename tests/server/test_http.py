@@ -1,0 +1,137 @@
+"""HTTP endpoints: /api/predict, /healthz, /metrics, the pages and static files."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from fer_async.labels import EMOTIONS, Box
+
+from .helpers import Client, MakeClient, iou
+
+
+async def test_predict_raw_body(client: Client, face_jpeg: bytes, face_box_region: Box) -> None:
+    resp = await client.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert set(body) == {"width", "height", "faces", "timings"}
+    assert (body["width"], body["height"]) == (640, 480)
+    assert len(body["faces"]) == 1
+    assert iou(body["faces"][0]["box"], face_box_region) > 0.5
+    assert list(body["faces"][0]["scores"]) == list(EMOTIONS)
+
+
+async def test_predict_multipart_form(client: Client, face_jpeg: bytes) -> None:
+    form = aiohttp.FormData()
+    form.add_field("note", "ignored")
+    form.add_field("image", face_jpeg, filename="face.jpg", content_type="image/jpeg")
+    resp = await client.post("/api/predict", data=form)
+    assert resp.status == 200, await resp.text()
+    assert len((await resp.json())["faces"]) == 1
+
+
+async def test_predict_no_face(client: Client, no_face_jpeg: bytes) -> None:
+    resp = await client.post("/api/predict", data=no_face_jpeg, headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 200
+    assert (await resp.json())["faces"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"definitely not an image", "image/jpeg", 400),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 100, "image/png", 400),  # a cut-off JPEG header
+        (b"", "application/octet-stream", 400),
+        (b"<html></html>", "text/html", 415),
+    ],
+)
+async def test_predict_bad_input(client: Client, body: bytes, content_type: str, status: int) -> None:
+    resp = await client.post("/api/predict", data=body, headers={"Content-Type": content_type})
+    assert resp.status == status
+    error = (await resp.json())["error"]
+    assert isinstance(error, str) and "Traceback" not in error
+
+
+async def test_predict_multipart_without_image_field(client: Client) -> None:
+    form = aiohttp.FormData()
+    form.add_field("file", b"x", filename="x.jpg", content_type="image/jpeg")
+    resp = await client.post("/api/predict", data=form)
+    assert resp.status == 400
+    assert "image" in (await resp.json())["error"]
+
+
+async def test_predict_too_large_is_413(make_client: MakeClient, face_jpeg: bytes) -> None:
+    client = await make_client(max_frame_bytes=20_000)
+    assert len(face_jpeg) > 20_000
+    resp = await client.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 413
+    assert "20000" in (await resp.json())["error"]
+
+    async def chunks() -> object:  # no Content-Length: the limit must hold while reading
+        for start in range(0, len(face_jpeg), 8192):
+            yield face_jpeg[start : start + 8192]
+
+    resp = await client.post("/api/predict", data=chunks(), headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 413
+
+    form = aiohttp.FormData()
+    form.add_field("image", face_jpeg, filename="face.jpg", content_type="image/jpeg")
+    resp = await client.post("/api/predict", data=form)
+    assert resp.status == 413
+
+
+async def test_healthz(client: Client) -> None:
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "ok"
+    assert body["model"] == "fernet"
+    assert body["device"] in ("CPU", "GPU")
+    assert body["clients"] == 0
+    ws = await client.ws_connect("/ws")
+    await ws.receive()
+    assert (await (await client.get("/healthz")).json())["clients"] == 1
+    await ws.close()
+
+
+async def test_metrics_expose_counters_histograms_and_gauges(client: Client, face_jpeg: bytes) -> None:
+    await client.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
+    await client.post("/api/predict", data=b"junk", headers={"Content-Type": "image/jpeg"})
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = await resp.text()
+    for needle in [
+        'fer_frames_total{source="api"} 1.0',
+        'fer_faces_total{source="api"} 1.0',
+        'fer_frames_dropped_total{source="ws"} 0.0',
+        'fer_frame_errors_total{reason="bad_image"} 1.0',
+        "fer_batch_size_count 1.0",
+        "fer_queue_wait_seconds_count 1.0",
+        "fer_model_seconds_count 1.0",
+        "fer_connected_clients 0.0",
+    ]:
+        assert needle in text, needle
+
+
+async def test_two_apps_have_separate_metrics(make_client: MakeClient, face_jpeg: bytes) -> None:
+    first = await make_client()
+    second = await make_client()
+    await first.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
+    assert 'fer_frames_total{source="api"} 1.0' in await (await first.get("/metrics")).text()
+    assert 'fer_frames_total{source="api"} 0.0' in await (await second.get("/metrics")).text()
+
+
+async def test_index_page_and_static_files(client: Client) -> None:
+    resp = await client.get("/")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    html = await resp.text()
+    assert '<script src="/static/app.js"' in html and 'id="overlay"' in html and 'id="start"' in html
+    for emotion in EMOTIONS:
+        assert f'data-emotion="{emotion}"' in html
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    for path, content_type in [("/static/app.js", "javascript"), ("/static/style.css", "text/css")]:
+        resp = await client.get(path)
+        assert resp.status == 200 and content_type in resp.content_type, path
+    assert (await client.get("/static/../pyproject.toml")).status in (403, 404)
+    assert (await client.get("/nope")).status == 404

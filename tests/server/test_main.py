@@ -1,0 +1,90 @@
+"""`python -m fer_async` as a real process: it serves, and SIGTERM shuts it down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import WSCloseCode, WSMsgType
+
+from fer_async.config import DEFAULT_WEIGHTS_DIR
+
+from .helpers import CLIP_NAME
+
+START_TIMEOUT_S = 180.0  # TensorFlow's import and the weights load, on a possibly busy CPU
+STOP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_healthy(base: str, proc: asyncio.subprocess.Process) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            assert proc.returncode is None, "the server exited during start-up"
+            try:
+                async with session.get(f"{base}/healthz") as resp:
+                    return dict(await resp.json())
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.5)
+    pytest.fail("the server did not come up")
+
+
+async def test_serves_and_stops_cleanly_on_sigterm(tmp_path: Path, video_dir: Path, face_jpeg: bytes) -> None:
+    if not (DEFAULT_WEIGHTS_DIR / "fernet.json").is_file():
+        pytest.skip("no exported model in weights/")
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "FER_PORT": str(port), "FER_VIDEO_DIR": str(video_dir)}
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--max-clients", "8"],
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health = await wait_healthy(base, proc)
+        assert health["status"] == "ok"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/") as resp:
+                assert resp.status == 200 and "app.js" in await resp.text()
+            async with session.get(f"{base}/metrics") as resp:
+                assert "fer_frames_total" in await resp.text()
+            sockets = [await session.ws_connect(f"{base}/ws", origin=base) for _ in range(3)]
+            for ws in sockets:
+                assert (await ws.receive_json(timeout=30))["type"] == "hello"
+            await sockets[0].send_bytes(face_jpeg)
+            reply = await sockets[0].receive_json(timeout=60)
+            assert reply["type"] == "result" and reply["faces"]
+            video = await session.get(f"{base}/video/{CLIP_NAME}")  # an endless stream, open
+            assert video.status == 200
+            await video.content.readline()
+
+            proc.send_signal(signal.SIGTERM)
+            for ws in sockets:
+                msg = await ws.receive(timeout=STOP_TIMEOUT_S)
+                assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED), msg
+                assert ws.close_code == WSCloseCode.GOING_AWAY
+            code = await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            video.close()
+        assert code == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        assert "stopped" in text
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
