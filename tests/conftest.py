@@ -71,11 +71,7 @@ def yunet_model() -> Path:
 
 @pytest.fixture(scope="session")
 def real_model() -> Iterator[FacialExpressionModel]:
-    """The trained FacialExpressionModel from weights/ (skips when no weights are exported)."""
-    from fer_async.model import DEFAULT_WEIGHTS_DIR, FacialExpressionModel, resolve_weights
+    """The trained FacialExpressionModel shipped in weights/."""
+    from fer_async.model import DEFAULT_WEIGHTS_DIR, FacialExpressionModel
 
-    try:
-        resolve_weights(DEFAULT_WEIGHTS_DIR)
-    except FileNotFoundError:
-        pytest.skip(f"no exported model in {DEFAULT_WEIGHTS_DIR}")
     yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR)

@@ -376,9 +376,14 @@ async def close_socket(ws: web.WebSocketResponse, code: int, reason: str) -> Non
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
             await ws.close(code=code, message=reason.encode())
     except (TimeoutError, ConnectionResetError):
-        transport = _transports.get(ws)
-        if transport is not None and isinstance(transport, asyncio.WriteTransport):
-            transport.abort()
+        abort_connection(ws)
+
+
+def abort_connection(ws: web.WebSocketResponse) -> None:
+    """Drop the TCP connection under `ws` at once, discarding whatever is still unsent."""
+    transport = _transports.get(ws)
+    if transport is not None and isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
 
 
 def _limit_send_buffer(request: web.Request) -> None:
@@ -433,6 +438,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
+        if client.evicting:
+            # Whatever state its close reached (the worker may have been cancelled mid-close),
+            # unsent replies to a peer that never reads would never drain: drop the connection.
+            abort_connection(ws)
         sockets.discard(ws)
         metrics.connected_clients.dec()
         if not ws.closed:

@@ -13,8 +13,6 @@ import aiohttp
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
 
-from fer_async.config import DEFAULT_WEIGHTS_DIR
-
 from .helpers import CLIP_NAME
 
 START_TIMEOUT_S = 180.0  # TensorFlow's import and the weights load, on a possibly busy CPU
@@ -42,8 +40,6 @@ async def wait_healthy(base: str, proc: asyncio.subprocess.Process) -> dict[str,
 
 
 async def test_serves_and_stops_cleanly_on_sigterm(tmp_path: Path, video_dir: Path, face_jpeg: bytes) -> None:
-    if not (DEFAULT_WEIGHTS_DIR / "fernet.json").is_file():
-        pytest.skip("no exported model in weights/")
     port = free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "FER_PORT": str(port), "FER_VIDEO_DIR": str(video_dir)}

@@ -1,0 +1,70 @@
+"""Fixtures for the browser end-to-end test: the real server on a real port, a face clip.
+
+The server is the real app (`create_app`) on an `AppRunner` bound to 127.0.0.1, in the same
+event loop as the async Playwright API: Chromium runs in its own processes, so the loop only
+has to serve it, and the test can read the app's state directly. The model is the session's
+`real_model` (tests/conftest.py), loaded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from .clips import make_face_clip
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    app: web.Application
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def face_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 640x480, 2 s, 15 fps y4m of the astronaut's face drifting across the frame."""
+    return make_face_clip(tmp_path_factory.mktemp("clips") / "face.y4m")
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def live_server(real_model: Any, tmp_path: Path) -> AsyncIterator[LiveServer]:
+    from fer_async.config import Settings
+    from fer_async.server.app import create_app
+
+    port = free_port()
+    video_dir = tmp_path / "videos"
+    video_dir.mkdir()
+    settings = Settings(host="127.0.0.1", port=port, video_dir=video_dir, max_clients=8)
+    runner = web.AppRunner(create_app(settings, model=real_model), shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield LiveServer(runner.app, port)
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 60.0)

@@ -1,0 +1,154 @@
+"""fer_async.bench: tiny real runs (a real server subprocess, real sockets) and its parsers.
+
+No assertion here is about speed: the runs are seconds long on a machine that may be busy.
+They check that the tool works end to end and that its last line is the JSON it promises.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_async import bench
+from fer_async.detector import create_detector
+
+KEYS = ("clients", "frames", "fps", "p50_ms", "p99_ms", "mean_batch", "dropped")
+
+
+def last_json(out: str) -> dict[str, Any]:
+    lines = [line for line in out.strip().splitlines() if line.strip()]
+    assert lines, "the bench printed nothing"
+    row = json.loads(lines[-1])
+    assert isinstance(row, dict), lines[-1]
+    return row
+
+
+def check_row(row: dict[str, Any], clients: int) -> None:
+    for key in KEYS:
+        assert key in row, f"missing {key!r} in {row}"
+    assert row["clients"] == clients
+    assert row["frames"] > 0, row  # the server answered frames (a correctness check, not a speed one)
+    assert row["errors"] == 0, row
+    assert row["timeouts"] == 0, row
+    # Every frame holds one face, so every answered frame is a result with a latency.
+    assert row["p50_ms"] is not None and row["p50_ms"] <= row["p99_ms"]
+    # One frame in flight per client: the server never has a frame to replace.
+    assert row["dropped"] == 0, row
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def test_frames_are_real_faces_at_varied_positions() -> None:
+    frames = bench.make_frames(4)
+    assert len(set(frames)) == 4
+    detector = create_detector("haar")
+    positions = set()
+    for data in frames:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (bench.FRAME_HEIGHT, bench.FRAME_WIDTH, 3)
+        boxes = detector.detect(image)
+        assert len(boxes) == 1, boxes
+        positions.add(boxes[0][:2])
+    assert len(positions) > 1
+
+
+def test_parse_histogram_sums_and_counts() -> None:
+    text = (
+        "# HELP fer_batch_size Frames per analysed batch\n"
+        "# TYPE fer_batch_size histogram\n"
+        'fer_batch_size_bucket{le="1.0"} 3.0\n'
+        'fer_batch_size_bucket{le="+Inf"} 5.0\n'
+        "fer_batch_size_count 5.0\n"
+        "fer_batch_size_sum 12.0\n"
+        "fer_batch_size_created 1.7e9\n"
+        "fer_model_seconds_sum 0.5\n"
+    )
+    assert bench.parse_histogram(text) == (12.0, 5.0)
+    assert bench.parse_histogram("fer_frames_total 3\n") is None
+
+
+def test_format_table_and_percentile() -> None:
+    assert bench.percentile([], 50) is None
+    assert bench.percentile([1.0, 2.0, 3.0], 50) == 2.0
+    table = bench.format_table([{"clients": 2, "frames": 10, "fps": 3.33, "p50_ms": None}])
+    assert table.splitlines()[2].split()[:4] == ["2", "10", "3.33", "-"]
+
+
+def test_only_loopback_urls() -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--url", "ws://192.0.2.1:8080/ws"])
+    assert bench.parse_args(["--url", "ws://127.0.0.1:8080/ws"]).url
+    assert bench.parse_args(["--url", "ws://[::1]:8080/ws"]).url
+
+
+def test_rss_of_this_process() -> None:
+    import os
+
+    value = bench.rss_kb(os.getpid())
+    assert value is not None and value > 0
+
+
+# ---------------------------------------------------------------------------- real runs
+
+
+def test_load_run_prints_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--clients", "2", "--duration", "3", "--warmup", "1", "--frames", "4"]) == 0
+    out = capsys.readouterr().out
+    row = last_json(out)
+    check_row(row, 2)
+    assert row["mode"] == "load"
+    assert row["mean_batch"] is not None and 1.0 <= row["mean_batch"] <= 16.0  # read from /metrics
+    assert "p95 ms" in out  # the human table came before the JSON
+
+
+def test_sweep_rows_against_one_server(capsys: pytest.CaptureFixture[str]) -> None:
+    # A sweep: one row per client count against one server; the JSON is the last row + "rows".
+    assert bench.main(["--sweep", "1,3", "--duration", "2", "--warmup", "1", "--frames", "4"]) == 0
+    row = last_json(capsys.readouterr().out)
+    check_row(row, 3)
+    assert [r["clients"] for r in row["rows"]] == [1, 3]
+    for r in row["rows"]:
+        check_row(r, r["clients"])
+
+
+def test_short_churn_soak_reports_server_rss(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--soak", "--churn", "--clients", "3", "--duration", "4", "--warmup", "1"]
+    argv += ["--rss-interval", "2", "--lifetime", "0.5,1.5", "--frames", "4"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    row = last_json(out)
+    for key in KEYS:
+        assert key in row
+    assert row["mode"] == "soak"
+    assert row["connects"] > 3, row  # clients came and went
+    assert row["frames"] > 0 and row["errors"] == 0, row
+    assert row["rss_start_mb"] > 0 and row["rss_end_mb"] > 0, row
+    assert len(row["rss_samples_mb"]) >= 2
+    assert "server RSS: start" in out
+
+
+def test_raw_compute_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--raw", "--max-batch", "2", "--duration", "1", "--warmup", "0", "--frames", "4"]) == 0
+    row = last_json(capsys.readouterr().out)
+    for key in KEYS:
+        assert key in row
+    assert row["mode"] == "raw"
+    assert row["frames"] > 0 and row["frames"] % 2 == 0
+    assert row["mean_batch"] == 2.0
+    assert row["errors"] == 0  # every frame decoded and had its face found
+
+
+@pytest.mark.soak
+def test_soak_30s_with_churn(capsys: pytest.CaptureFixture[str]) -> None:
+    """The short soak: 30 s of churning clients; prints start/end server RSS."""
+    argv = ["--soak", "--churn", "--clients", "8", "--duration", "30", "--warmup", "2", "--rss-interval", "10"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    row = last_json(out)
+    assert row["errors"] == 0 and row["frames"] > 0, row
+    print(f"server RSS start {row['rss_start_mb']} MB, end {row['rss_end_mb']} MB, max {row['rss_max_mb']} MB")
