@@ -12,6 +12,22 @@ Prints accuracy, macro-F1 and per-class recall/precision, writes a confusion-mat
 split, weights, ...) for scripts: `python -m training.evaluate ... | tail -n 1`.
 Exit status 2, with a one-line message on stderr, when the split or the weights are missing.
 
+`--via-detector` also measures the model on what the SERVER feeds it instead of FER2013's own
+crops: each face is upscaled to 160x160 (INTER_CUBIC), pasted in the middle of a neutral grey
+320x240 BGR frame (80 px of background left and right, 40 px above and below, so the detector
+sees a whole face with context), JPEG-encoded at quality 80 as the browser client does, and
+sent through `fer_async.analyzer.Analyzer` (decode, `--detector` haar|yunet, crop, one model
+call per 16 frames). It reports the detection rate, the accuracy on the detected faces (the
+largest face of each frame), the accuracy counting misses as wrong, and the plain 48x48
+accuracy on the same detected faces, in a "via_detector" object of the JSON line:
+
+    python -m training.evaluate --via-detector --limit 600
+    python -m training.evaluate --via-detector --detector yunet \
+        --detector-model ../shared/models/face_detection_yunet.onnx
+
+`--limit N` evaluates only the first N faces of a seeded random permutation of the split (the
+plain figures too), for a quick check; the JSON line then also has "limit" and "seed".
+
 Select models on "val" (FER2013 PublicTest); look at "test" (PrivateTest) once, at the end.
 """
 
@@ -22,11 +38,16 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from training.data import DEFAULT_DATA, SPLITS, load_split
+from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
+from fer_async.imaging import ImageError, encode_jpeg
+from fer_async.labels import EMOTIONS
+from training.data import DEFAULT_DATA, SPLITS, Split, load_split
 from training.metrics import report
 from training.plots import plot_confusion
 
@@ -36,6 +57,16 @@ DEFAULT_OUT = REPO / "runs" / "evaluate"
 # Big enough to amortise the per-call overhead, small enough that the CPU cache and the
 # flip-TTA double batch stay cheap; the result does not depend on it.
 BATCH_SIZE = 512
+LIMIT_SEED = 0
+
+# --via-detector: the frame each FER2013 face is shown in, as the server would receive it.
+VIA_FACE_SIDE = 160  # the 48x48 face upscaled with INTER_CUBIC: a webcam face of typical size
+VIA_FRAME_WIDTH, VIA_FRAME_HEIGHT = 320, 240
+VIA_FACE_X = (VIA_FRAME_WIDTH - VIA_FACE_SIDE) // 2  # 80: centred, grey margin on every side
+VIA_FACE_Y = (VIA_FRAME_HEIGHT - VIA_FACE_SIDE) // 2  # 40
+VIA_BACKGROUND = 128  # neutral grey, in all three BGR channels
+VIA_JPEG_QUALITY = 80  # what the browser client sends (canvas.toBlob("image/jpeg", 0.8))
+VIA_FRAMES_PER_CALL = 16  # frames per Analyzer.analyze call: one model call for all their faces
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,15 +84,107 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flip-tta", action="store_true", help="average each face with its mirror image, as the server can")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="confusion-matrix folder (default: %(default)s)")
+    p.add_argument(
+        "--limit", type=int, help="evaluate only the first N faces of a seeded random permutation (quick checks)"
+    )
+    p.add_argument("--seed", type=int, default=LIMIT_SEED, help="the --limit permutation's seed (default: %(default)s)")
+    via = p.add_argument_group("server path (--via-detector)")
+    via.add_argument(
+        "--via-detector",
+        action="store_true",
+        help="also evaluate each face as the server sees it: upscaled on a grey 320x240 frame, JPEG q80, "
+        "through the Analyzer's decode + detector + crop + model",
+    )
+    via.add_argument("--detector", choices=("haar", "yunet"), help="face detector for --via-detector (default: haar)")
+    via.add_argument("--detector-model", type=Path, help="YuNet ONNX file, for --detector yunet")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be at least 1")
+    if not args.via_detector and (args.detector is not None or args.detector_model is not None):
+        p.error("--detector and --detector-model only apply with --via-detector")
+    args.detector = args.detector or "haar"
+    if args.detector_model is not None and args.detector != "yunet":
+        p.error("--detector-model is only used by --detector yunet")
     return args
 
 
 def fail(message: str) -> int:
     print(f"evaluate: error: {message}", file=sys.stderr)
     return 2
+
+
+def server_frame(face: np.ndarray) -> bytes:
+    """One uint8 48x48 face as the JPEG frame the server would receive (see VIA_*)."""
+    big = cv2.resize(face, (VIA_FACE_SIDE, VIA_FACE_SIDE), interpolation=cv2.INTER_CUBIC)
+    frame = np.full((VIA_FRAME_HEIGHT, VIA_FRAME_WIDTH), VIA_BACKGROUND, np.uint8)
+    frame[VIA_FACE_Y : VIA_FACE_Y + VIA_FACE_SIDE, VIA_FACE_X : VIA_FACE_X + VIA_FACE_SIDE] = big
+    return encode_jpeg(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), VIA_JPEG_QUALITY)
+
+
+@dataclass(frozen=True)
+class ServerPath:
+    """What the Analyzer made of each face's frame."""
+
+    detected: np.ndarray  # bool [N]: at least one face found
+    predicted: np.ndarray  # int [N]: the largest face's emotion, -1 where none was found
+    faces_found: np.ndarray  # int [N]: how many faces the detector returned
+    box_side: np.ndarray  # float [N]: the largest box's mean side in frame pixels, NaN where none
+
+
+def run_server_path(analyzer: Analyzer, faces: np.ndarray, frames_per_call: int = VIA_FRAMES_PER_CALL) -> ServerPath:
+    """Send every face through `analyzer` as a server frame, `frames_per_call` frames per call."""
+    n = len(faces)
+    predicted = np.full(n, -1, np.int64)
+    found = np.zeros(n, np.int64)
+    side = np.full(n, np.nan)
+    for start in range(0, n, frames_per_call):
+        frames = [server_frame(face) for face in faces[start : start + frames_per_call]]
+        for i, result in enumerate(analyzer.analyze(frames), start):
+            if isinstance(result, ImageError):
+                raise RuntimeError(f"face {i}: the server refused its frame: {result}")
+            found[i] = len(result.faces)
+            if result.faces:
+                largest = result.faces[0]  # the Analyzer orders faces largest first
+                predicted[i] = int(np.argmax(largest.scores))
+                side[i] = (largest.box[2] + largest.box[3]) / 2
+    return ServerPath(detected=found > 0, predicted=predicted, faces_found=found, box_side=side)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def via_detector_summary(
+    path: ServerPath, y: np.ndarray, plain_probs: np.ndarray, seconds: float
+) -> dict[str, object]:
+    """The --via-detector figures for labels `y` (plain_probs: the 48x48 run); ratios over no faces are None."""
+    n, detected = len(y), path.detected
+    n_detected = int(detected.sum())
+    correct = int((path.predicted[detected] == y[detected]).sum())
+    plain_pred = plain_probs.argmax(axis=1)
+    plain_correct = int((plain_pred[detected] == y[detected]).sum())
+    agree = int((plain_pred[detected] == path.predicted[detected]).sum())
+    per_class = {
+        name: _ratio(float(detected[y == k].sum()), float((y == k).sum())) for k, name in enumerate(EMOTIONS)
+    }
+    return {
+        "n": n,
+        "detected": n_detected,
+        "detection_rate": round(n_detected / n, 4),
+        "accuracy_detected": _ratio(correct, n_detected),
+        "accuracy_with_misses": _ratio(correct, n),
+        "plain_accuracy_detected": _ratio(plain_correct, n_detected),
+        "agreement_with_plain": _ratio(agree, n_detected),
+        "multi_face_frames": int((path.faces_found > 1).sum()),
+        # The largest box's side over the pasted face's 160 px: ~1.0 is FER2013's own framing.
+        "median_box_side_ratio": (
+            round(float(np.nanmedian(path.box_side)) / VIA_FACE_SIDE, 4) if n_detected else None
+        ),
+        "detection_rate_by_class": per_class,
+        "seconds": round(seconds, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     if len(split) == 0:
         return fail(f"{args.data}: the {args.split!r} split is empty")
+    if args.limit is not None:
+        keep = np.random.default_rng(args.seed).permutation(len(split))[: args.limit]
+        split = Split(x=split.x[keep], y=split.y[keep])
+    detector = None
+    if args.via_detector:
+        from fer_async.detector import create_detector  # OpenCV only: a bad model path fails before TensorFlow
+
+        try:
+            detector = create_detector(args.detector, args.detector_model)
+        except (ValueError, RuntimeError) as e:
+            return fail(str(e))
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
@@ -94,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(split)} faces in {seconds:.1f} s ({len(split) / seconds:,.0f} faces/s)")
     print(result.text())
     args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / f"confusion_{model.json_path.stem}_{args.split}{'_tta' if args.flip_tta else ''}.png"
+    stem = f"{model.json_path.stem}_{args.split}{'_tta' if args.flip_tta else ''}"
+    if args.limit is not None:
+        stem += f"_limit{args.limit}"
+    png = args.out / f"confusion_{stem}.png"
     title = f"{model.json_path.stem} on {args.split}{tta}: accuracy {result.accuracy:.2%} (n={result.n})"
     plot_confusion(result.confusion, png, title)
     print(f"wrote {png}")
@@ -106,6 +243,30 @@ def main(argv: list[str] | None = None) -> int:
         "flip_tta": args.flip_tta,
         "confusion_png": str(png),
     }
+    if args.limit is not None:
+        summary.update(limit=args.limit, seed=args.seed)
+    if detector is not None:
+        started = time.perf_counter()
+        with Analyzer(model, detector) as analyzer:
+            path = run_server_path(analyzer, split.x)
+        via = via_detector_summary(path, split.y, probs, time.perf_counter() - started)
+        model_file = {} if args.detector_model is None else {"detector_model": str(args.detector_model)}
+        via = {"detector": args.detector, **model_file, **via}
+        if path.detected.any():
+            via_png = args.out / f"confusion_{stem}_via_{args.detector}.png"
+            via_report = report(split.y[path.detected], np.eye(len(EMOTIONS))[path.predicted[path.detected]])
+            plot_confusion(
+                via_report.confusion,
+                via_png,
+                f"{model.json_path.stem} on {args.split}{tta} via {args.detector}: accuracy "
+                f"{via_report.accuracy:.2%} on {via_report.n} detected of {len(split)}",
+            )
+            via["confusion_png"] = str(via_png)
+        print(f"via {args.detector} (server path): detected {via['detected']}/{len(split)} "
+              f"({via['detection_rate']}), accuracy {via['accuracy_detected']} on detected, "
+              f"{via['accuracy_with_misses']} counting misses, plain 48x48 on the same faces "
+              f"{via['plain_accuracy_detected']}, {via['seconds']} s")
+        summary["via_detector"] = via
     print(json.dumps(summary), flush=True)
     return 0
 

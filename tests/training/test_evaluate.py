@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from fer_async.labels import EMOTIONS
@@ -64,3 +66,66 @@ def test_missing_weights_exits_2(tiny_npz: Path, tmp_path: Path, capsys: pytest.
 def test_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate.main(["--data", str(tmp_path / "absent.npz")]) == 2
     assert "FER2013 data not found" in capsys.readouterr().err
+
+
+# The astronaut's face in skimage.data.astronaut() (512x512): the Haar box, so the 48x48 crop
+# is framed like a FER2013 face. Both detectors find it again once it is upscaled and padded.
+ASTRONAUT_FACE = (174, 64, 98, 98)
+
+
+@pytest.fixture
+def astronaut_npz(tmp_path: Path, astronaut_bgr: np.ndarray) -> Path:
+    """A real face (the random tiny_npz faces hold none a detector could find), 7 times, plus 2 noise faces."""
+    x, y, w, h = ASTRONAUT_FACE
+    face = cv2.resize(cv2.cvtColor(astronaut_bgr[y : y + h, x : x + w], cv2.COLOR_BGR2GRAY), (48, 48),
+                      interpolation=cv2.INTER_AREA)
+    noise = np.random.default_rng(0).integers(0, 256, size=(2, 48, 48), dtype=np.uint8)
+    faces = np.concatenate([np.repeat(face[None], 7, axis=0), noise])
+    labels = (np.arange(len(faces)) % 7).astype(np.uint8)
+    path = tmp_path / "astronaut.npz"
+    np.savez(path, x_train=faces, y_train=labels, x_val=faces, y_val=labels)
+    return path
+
+
+@pytest.mark.parametrize("detector", ["haar", "yunet"])
+def test_via_detector_reports_server_path(
+    detector: str, astronaut_npz: Path, untrained_export: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest,
+) -> None:
+    extra = ["--detector", detector]
+    if detector == "yunet":
+        extra += ["--detector-model", str(request.getfixturevalue("yunet_model"))]
+    rc = evaluate.main(["--data", str(astronaut_npz), "--weights", str(untrained_export), "--out", str(tmp_path),
+                        "--via-detector", "--limit", "8", *extra])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 8 and summary["limit"] == 8 and summary["seed"] == 0  # the plain keys stay
+    assert 0.0 <= summary["accuracy"] <= 1.0 and list(summary["recall"]) == list(EMOTIONS)
+    via = summary["via_detector"]
+    assert via["detector"] == detector and via["n"] == 8
+    assert 0.0 <= via["detection_rate"] <= 1.0
+    assert via["detected"] >= 1  # the astronaut's face is found at least once
+    for key in ("accuracy_detected", "accuracy_with_misses", "plain_accuracy_detected", "agreement_with_plain"):
+        assert 0.0 <= via[key] <= 1.0, key
+    assert via["accuracy_with_misses"] <= via["accuracy_detected"]
+    assert list(via["detection_rate_by_class"]) == list(EMOTIONS)
+    assert Path(via["confusion_png"]).is_file()
+
+
+def test_default_run_has_no_via_detector(
+    tiny_npz: Path, untrained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert evaluate.main(["--data", str(tiny_npz), "--weights", str(untrained_export), "--out", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "via_detector" not in summary and "limit" not in summary
+
+
+def test_detector_options_need_via_detector(tiny_npz: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate.parse_args(["--data", str(tiny_npz), "--detector", "yunet"])
+    assert exc.value.code == 2
+
+
+def test_yunet_without_model_exits_2(tiny_npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main(["--data", str(tiny_npz), "--via-detector", "--detector", "yunet"]) == 2
+    assert "needs a model file" in capsys.readouterr().err
