@@ -18,7 +18,7 @@ RNG = np.random.default_rng(0)
 # The shipped weights are part of the product: their absence is a failure, not a skip.
 @pytest.fixture(scope="module")
 def model() -> Iterator[FacialExpressionModel]:
-    yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR)
+    yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR, flip_tta=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Evaluate exported weights on one FER2013 split, through the server's own model class.
 
     python -m training.evaluate --data ../shared/data/fer2013/fer2013.npz --split val
-    python -m training.evaluate --split val --weights weights/ --flip-tta
+    python -m training.evaluate --split val --weights weights/ --no-flip-tta
 
 The faces go through `fer_async.model.FacialExpressionModel`, the class the server runs (same
 JSON + weights loading, same uint8 input path, same optional flip test-time augmentation),
@@ -81,7 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--weights", type=Path, default=DEFAULT_WEIGHTS, help="directory or <name>.json path (default: %(default)s)"
     )
     p.add_argument("--name", default="fernet", help="model file stem inside a --weights directory")
-    p.add_argument("--flip-tta", action="store_true", help="average each face with its mirror image, as the server can")
+    p.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average each face with its mirror image, as the server does by default (default: on)",
+    )
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="confusion-matrix folder (default: %(default)s)")
     p.add_argument(

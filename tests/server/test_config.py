@@ -17,15 +17,16 @@ def test_defaults() -> None:
     assert settings.weights == DEFAULT_WEIGHTS_DIR and settings.video_dir == DEFAULT_VIDEO_DIR
     assert (settings.max_batch, settings.max_wait_ms, settings.max_clients) == (16, 5.0, 64)
     assert settings.max_frame_bytes == 2_000_000 and settings.max_pixels == MAX_PIXELS
-    assert settings.allow_origins == () and not settings.tls and not settings.flip_tta
+    assert settings.allow_origins == () and not settings.tls and settings.flip_tta
     assert settings.url == "http://127.0.0.1:8080/"
 
 
 def test_command_line_beats_environment_beats_default() -> None:
-    env = {"FER_PORT": "9000", "FER_MAX_BATCH": "4", "FER_FLIP_TTA": "yes", "FER_ALLOW_ORIGIN": "https://a.org, *"}
+    env = {"FER_PORT": "9000", "FER_MAX_BATCH": "4", "FER_FLIP_TTA": "no", "FER_ALLOW_ORIGIN": "https://a.org, *"}
     settings = Settings.from_args(["--port", "9100", "--max-frame-bytes", "1_000_000"], env=env)
     assert settings.port == 9100  # argv
-    assert settings.max_batch == 4 and settings.flip_tta  # env
+    assert settings.max_batch == 4 and not settings.flip_tta  # env
+    assert Settings.from_args(["--flip-tta"], env=env).flip_tta  # argv beats env for flags too
     assert settings.allow_origins == ("https://a.org", "*")
     assert settings.max_frame_bytes == 1_000_000
     assert settings.max_clients == 64  # default
@@ -39,7 +40,7 @@ def test_every_option(tmp_path: Path) -> None:
             "--port=0",
             f"--weights={tmp_path}",
             "--model-name=other",
-            "--flip-tta",
+            "--no-flip-tta",
             "--detector=haar",
             f"--video-dir={tmp_path}",
             "--max-batch=32",
@@ -56,7 +57,7 @@ def test_every_option(tmp_path: Path) -> None:
         ],
         env={},
     )
-    assert settings.weights == tmp_path and settings.model_name == "other" and settings.flip_tta
+    assert settings.weights == tmp_path and settings.model_name == "other" and not settings.flip_tta
     assert (settings.max_batch, settings.max_wait_s, settings.max_queue) == (32, 0.0025, 10)
     assert settings.allow_origins == ("https://a.org", "https://b.org")
     assert settings.tls and settings.url == "https://0.0.0.0:0/"

@@ -26,7 +26,7 @@ def test_prints_report_and_json_last_line(
     assert rc == 0
     stdout = capsys.readouterr().out
     summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["n"] == 21 and summary["split"] == "val" and summary["flip_tta"] is False
+    assert summary["n"] == 21 and summary["split"] == "val" and summary["flip_tta"] is True  # the serving default
     assert 0.0 <= summary["accuracy"] <= 1.0 and 0.0 <= summary["macro_f1"] <= 1.0
     assert list(summary["recall"]) == list(EMOTIONS)
     assert summary["weights"].endswith("fernet.weights.h5")
@@ -34,15 +34,15 @@ def test_prints_report_and_json_last_line(
     assert "macro-F1" in stdout and "neutral" in stdout
 
 
-def test_flip_tta_and_json_path_weights(
+def test_no_flip_tta_and_json_path_weights(
     tiny_npz: Path, untrained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rc = evaluate.main(["--data", str(tiny_npz), "--split", "train", "--weights", str(untrained_export / "fernet.json"),
-                        "--flip-tta", "--out", str(tmp_path)])
+                        "--no-flip-tta", "--out", str(tmp_path)])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["flip_tta"] is True and summary["n"] == 70
-    assert (tmp_path / "confusion_fernet_train_tta.png").is_file()
+    assert summary["flip_tta"] is False and summary["n"] == 70
+    assert (tmp_path / "confusion_fernet_train.png").is_file()
 
 
 def test_missing_split_exits_2_without_traceback(tiny_npz: Path, tmp_path: Path) -> None:
