@@ -112,12 +112,29 @@ def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray) -> Report:
     return report(y, probs)
 
 
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The same network and weights without the training state.
+
+    A compiled model's `to_json()` carries its optimizer config, and `save_weights` then
+    stores the optimizer's moment estimates too: three times the weights' size, useless for
+    serving. A fresh model from the architecture config has neither.
+    """
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    return clean
+
+
+def write_model(model: keras.Model, json_path: Path, weights_path: Path) -> None:
+    clean = inference_copy(model)
+    json_path.write_text(clean.to_json(indent=1) + "\n")
+    clean.save_weights(weights_path)
+
+
 def export(model: keras.Model, args: argparse.Namespace, val: Report, seconds: float, epochs_run: int) -> None:
     args.export_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.export_dir / f"{args.name}.json"
     weights_path = args.export_dir / f"{args.name}.weights.h5"
-    json_path.write_text(model.to_json(indent=1) + "\n")
-    model.save_weights(weights_path)
+    write_model(model, json_path, weights_path)
     card = args.export_dir / f"{args.name}.md"
     command = "python -m training.train " + " ".join(shlex.quote(str(a)) for a in args.argv)
     card.write_text(
