@@ -73,6 +73,30 @@ async def test_a_lone_item_waits_at_most_max_wait(make: Make, handler: Handler) 
     assert handler.batches == [[1]]
 
 
+async def test_a_lone_caller_stops_paying_the_wait_until_callers_overlap(make: Make, handler: Handler) -> None:
+    """One caller at a time: only the first item waits max_wait; overlap turns the wait back on."""
+    batcher = make(max_batch=8, max_wait_s=1.0)
+    await batcher.start()
+    started = time.monotonic()
+    for i in range(5):  # strictly one after another, like one webcam tab
+        assert await batcher.submit(i) == i * 2
+    # Waiting on every item would take 5 s; the first wait showed nobody else was coming.
+    assert time.monotonic() - started < 3.0
+    assert handler.batches == [[0], [1], [2], [3], [4]]
+
+    # Two callers at once share a batch (the second is already queued), which re-arms the wait...
+    assert await asyncio.gather(batcher.submit(5), batcher.submit(6)) == [10, 12]
+    assert handler.batches[-1] == [5, 6]
+
+    # ...so the next lone item waits for company again, and a caller arriving within it joins.
+    async def later(item: int, delay: float) -> object:
+        await asyncio.sleep(delay)
+        return await batcher.submit(item)
+
+    await asyncio.gather(later(7, 0), later(8, 0.2))
+    assert handler.batches[-1] == [7, 8]
+
+
 async def test_items_within_max_wait_share_a_batch(make: Make, handler: Handler) -> None:
     batcher = make(max_batch=8, max_wait_s=0.3)
     await batcher.start()
