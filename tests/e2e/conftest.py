@@ -9,7 +9,6 @@ has to serve it, and the test can read the app's state directly. The model is th
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from testsupport import free_port
 
 from .clips import make_face_clip
 
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

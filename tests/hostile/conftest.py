@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
+from testsupport import free_port
 
 from fer_async.labels import EMOTIONS
 
@@ -35,12 +35,6 @@ VIDEO_NAME = "demo.mp4"
 # Directories whose contents change for reasons that have nothing to do with the server.
 # (runs/ is where a background training run writes its checkpoints.)
 SNAPSHOT_SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "runs"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -18,13 +18,13 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
 from aiohttp import WSCloseCode
+from testsupport import eventually
 
 from fer_async.labels import EMOTIONS
 from fer_async.server.keys import METRICS, VIDEO_HUB, WEBSOCKETS
@@ -44,15 +44,6 @@ from .conftest import (
     small_face_jpeg,
 )
 from .rawws import OP_BINARY, OP_CLOSE, OP_TEXT, http_get_raw, open_socket, read_head, ws_connect_raw, ws_frame
-
-
-async def eventually(check: Callable[[], bool], within_s: float = 30.0, what: str = "condition") -> None:
-    """Poll `check` every 50 ms until it holds; fail after `within_s` seconds."""
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {within_s:.0f} s")
-        await asyncio.sleep(0.05)
 
 
 async def connect(live: LiveServer, http: aiohttp.ClientSession, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:

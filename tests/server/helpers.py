@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -12,7 +11,6 @@ from typing import Any
 import aiohttp
 import cv2
 import numpy as np
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -62,14 +60,6 @@ async def connect(client: Client, **kwargs: Any) -> aiohttp.ClientWebSocketRespo
     hello = await receive_json(ws)
     assert hello["type"] == "hello"
     return ws
-
-
-async def eventually(check: Callable[[], bool], within_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {within_s:.0f} s")
-        await asyncio.sleep(0.05)
 
 
 def write_clip(path: Path, photo: np.ndarray) -> Path:

@@ -5,24 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
+from testsupport import free_port
 
 from .helpers import CLIP_NAME
 
 START_TIMEOUT_S = 180.0  # TensorFlow's import and the weights load, on a possibly busy CPU
 STOP_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_healthy(base: str, proc: asyncio.subprocess.Process) -> dict[str, object]:

@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import yarl
+from testsupport import eventually
 
 from fer_async.server.keys import METRICS, VIDEO_HUB
 from fer_async.server.mjpeg import BOUNDARY
 
-from .helpers import CLIP_NAME, CLIP_SIZE, REPLY_TIMEOUT_S, Client, eventually
+from .helpers import CLIP_NAME, CLIP_SIZE, REPLY_TIMEOUT_S, Client
 
 
 async def read_part(stream: aiohttp.StreamReader) -> bytes | None:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestServer
+from testsupport import eventually
 
 from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS, Box
@@ -30,7 +31,6 @@ from .helpers import (
     Client,
     MakeClient,
     connect,
-    eventually,
     iou,
     make_frame_jpeg,
     receive_json,
