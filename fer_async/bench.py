@@ -623,8 +623,9 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     threads), in this process and on this thread; no sockets, no JSON, no batcher waits.
     """
     from fer_async.analyzer import Analyzer
+    from fer_async.config import DEFAULT_WEIGHTS_DIR
     from fer_async.detector import create_detector
-    from fer_async.model import DEFAULT_WEIGHTS_DIR, FacialExpressionModel
+    from fer_async.model import FacialExpressionModel
 
     model = FacialExpressionModel(ns.weights or DEFAULT_WEIGHTS_DIR)
     detector = create_detector(ns.detector or "haar", ns.detector_model)

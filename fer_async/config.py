@@ -19,8 +19,10 @@ from fer_async.detector import DETECTOR_KINDS
 from fer_async.imaging import MAX_PIXELS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Mirrors model.DEFAULT_WEIGHTS_DIR; not imported from there because model.py imports TensorFlow.
+# The shipped model. Defined here, not in model.py, so that reading a default does not import
+# TensorFlow; model.py, the training scripts and the settings all take it from here.
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
+DEFAULT_MODEL_NAME = "fernet"
 DEFAULT_VIDEO_DIR = REPO_ROOT / "static" / "videos"
 
 ENV_PREFIX = "FER_"
@@ -64,7 +66,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     weights: Path = DEFAULT_WEIGHTS_DIR
-    model_name: str = "fernet"
+    model_name: str = DEFAULT_MODEL_NAME
     flip_tta: bool = True  # +~1 point on PublicTest; the model is a small part of a frame's cost
     detector: str = "haar"
     detector_model: Path | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
@@ -23,8 +24,6 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 FACE_SIZE = 48
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL_NAME = "fernet"
 
 
 def resolve_weights(weights: str | os.PathLike[str], name: str = DEFAULT_MODEL_NAME) -> tuple[Path, Path]:

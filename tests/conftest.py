@@ -72,6 +72,7 @@ def yunet_model() -> Path:
 @pytest.fixture(scope="session")
 def real_model() -> Iterator[FacialExpressionModel]:
     """The trained FacialExpressionModel shipped in weights/."""
-    from fer_async.model import DEFAULT_WEIGHTS_DIR, FacialExpressionModel
+    from fer_async.config import DEFAULT_WEIGHTS_DIR
+    from fer_async.model import FacialExpressionModel
 
     yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR)

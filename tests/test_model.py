@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
-from fer_async.model import DEFAULT_WEIGHTS_DIR, FacialExpressionModel
+from fer_async.model import FacialExpressionModel
 
 RNG = np.random.default_rng(0)
 

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
+from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS
 from training.data import DEFAULT_DATA, SPLITS, Split, load_split
@@ -52,7 +53,6 @@ from training.metrics import report
 from training.plots import plot_confusion
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO / "weights"  # == fer_async.model.DEFAULT_WEIGHTS_DIR, without importing TensorFlow
 DEFAULT_OUT = REPO / "runs" / "evaluate"
 # Big enough to amortise the per-call overhead, small enough that the CPU cache and the
 # flip-TTA double batch stay cheap; the result does not depend on it.
@@ -78,9 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 npz/csv/folder (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default="val", help="default: %(default)s")
     p.add_argument(
-        "--weights", type=Path, default=DEFAULT_WEIGHTS, help="directory or <name>.json path (default: %(default)s)"
+        "--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="directory or <name>.json path (default: %(default)s)"
     )
-    p.add_argument("--name", default="fernet", help="model file stem inside a --weights directory")
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model file stem inside a --weights directory")
     p.add_argument(
         "--flip-tta",
         action=argparse.BooleanOptionalAction,

@@ -15,6 +15,7 @@ Select only on validation (FER2013 PublicTest); the test split is held out.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import shlex
 import sys
@@ -26,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
 from training import models
 from training.data import DEFAULT_DATA, class_counts, class_weights, load_split
@@ -33,7 +35,7 @@ from training.metrics import Report, report
 from training.plots import plot_history
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_EXPORT_DIR = REPO / "weights"
+DEFAULT_EXPORT_DIR = DEFAULT_WEIGHTS_DIR
 
 # Hyper-parameters of the shipped run; every one can be overridden on the command line.
 EPOCHS = 50
@@ -154,16 +156,20 @@ def export(model: keras.Model, args: argparse.Namespace, val: Report, seconds: f
     print(f"exported {json_path}, {weights_path}, {card}")
 
 
-def best_epoch(csv_path: Path) -> tuple[int, int]:
-    """(1-based epoch with the best val_accuracy, epochs logged) from the CSV log."""
-    import csv
+def summarise_log(csv_path: Path) -> tuple[int, int, float]:
+    """(1-based epoch with the best val_accuracy, epochs logged, seconds of epochs) from the CSV log.
 
+    Read from the log rather than this process's clock, so a resumed run counts every epoch.
+    """
+    if not csv_path.exists():
+        return 0, 0, 0.0
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        return 0, 0
+        return 0, 0, 0.0
     best = max(rows, key=lambda r: float(r["val_accuracy"]))
-    return int(best["epoch"]) + 1, len(rows)
+    seconds = sum(float(r.get("epoch_seconds") or 0) for r in rows)
+    return int(best["epoch"]) + 1, len(rows), seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,13 +216,8 @@ def main(argv: list[str] | None = None) -> None:
             ],
         )
     model.load_weights(best_path)
-    args.best_epoch, epochs_run = best_epoch(csv_path)
-    seconds = time.monotonic() - started
-    if csv_path.exists():
-        import csv
-
-        with csv_path.open() as f:
-            seconds = sum(float(r.get("epoch_seconds") or 0) for r in csv.DictReader(f)) or seconds
+    args.best_epoch, epochs_run, logged_seconds = summarise_log(csv_path)
+    seconds = logged_seconds or time.monotonic() - started
     val_report = evaluate_model(model, val.x, val.y)
     print(val_report.text())
     export(model, args, val_report, seconds, epochs_run)
