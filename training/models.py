@@ -28,6 +28,9 @@ ROTATION_DEGREES = 10.0
 ZOOM = 0.10
 SHIFT = 0.10
 CONTRAST = 0.20
+# Random erasing (Zhong et al. 2017): blanks a noise patch of 2-20 % of the face in about half
+# the images, so the net cannot lean on one region (a smile alone) and must read the whole face.
+ERASING_AREA = (0.02, 0.20)
 
 
 def augmentation() -> keras.Sequential:
@@ -38,9 +41,19 @@ def augmentation() -> keras.Sequential:
             layers.RandomRotation(ROTATION_DEGREES / 360.0, fill_mode="nearest"),
             layers.RandomZoom(ZOOM, fill_mode="nearest"),
             layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest"),
-            layers.RandomContrast(CONTRAST),
+            layers.RandomContrast(CONTRAST, value_range=(0.0, 1.0)),
+            layers.RandomErasing(factor=1.0, scale=ERASING_AREA, value_range=(0.0, 1.0)),
         ],
         name="augmentation",
+    )
+
+
+def describe_augmentation() -> str:
+    """One line for model cards: what `augmentation()` does while training."""
+    low, high = ERASING_AREA
+    return (
+        f"horizontal flip, rotation ±{ROTATION_DEGREES:g}°, zoom ±{ZOOM:.0%}, shift ±{SHIFT:.0%}, "
+        f"contrast ±{CONTRAST:.0%}, random erasing of {low:.0%} to {high:.0%} of the face (about half the images)"
     )
 
 

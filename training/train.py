@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING)
     p.add_argument("--class-weight-power", type=float, default=CLASS_WEIGHT_POWER)
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument(
+        "--init-weights",
+        type=Path,
+        default=None,
+        help="start from these weights (e.g. an earlier export of the same network) instead of random ones",
+    )
     p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke tests)")
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<model>")
     p.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR)
@@ -109,6 +116,17 @@ def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> keras.opti
     return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
 
 
+def load_exactly(model: keras.Model, weights_path: Path) -> None:
+    """Load every weight or fail: Keras only warns when part of a file does not match and
+    leaves those layers freshly initialised, which would quietly train from a half-random start."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.load_weights(weights_path)
+    except (ValueError, UserWarning) as exc:
+        raise ValueError(f"{weights_path} does not fit network {model.name!r}: {exc}") from exc
+
+
 def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray) -> Report:
     probs = model.predict(x[..., None], batch_size=256, verbose=0)
     return report(y, probs)
@@ -146,6 +164,8 @@ def export(model: keras.Model, args: argparse.Namespace, val: Report, seconds: f
         f"- data: FER2013 Training ({args.train_size:,} faces) from `{args.data.name}`; "
         f"selected on PublicTest (`x_val`, {val.n:,} faces)\n"
         f"- command: `{command}`\n"
+        f"- initial weights: {args.init_weights or 'random (seeded)'}\n"
+        f"- augmentation: {models.describe_augmentation()}\n"
         f"- seed: {args.seed}; epochs run: {epochs_run}; best epoch: {args.best_epoch}; "
         f"wall time: {seconds / 60:.1f} min on this machine\n"
         f"- optimizer: {args.optimizer} (peak lr {args.lr}, cosine, warm-up {args.warmup_epochs} epochs, "
@@ -187,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     best_path, csv_path = run_dir / "best.weights.h5", run_dir / "log.csv"
     model = models.build(args.model)
+    if args.init_weights:
+        load_exactly(model, args.init_weights)
+        print(f"initial weights: {args.init_weights}")
     steps_per_epoch = -(-len(train) // args.batch_size)
     model.compile(
         optimizer=make_optimizer(args, steps_per_epoch),

@@ -1,0 +1,42 @@
+"""training.models: the compute budget, and augmentation that is live in training only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import models
+
+# Issue 5: a network the server can run in real time on two CPU cores.
+GMAC_BUDGET_PER_FACE = 0.15
+
+
+def test_fernet_fits_the_compute_budget() -> None:
+    assert models.count_macs(models.build("fernet")) / 1e9 <= GMAC_BUDGET_PER_FACE
+
+
+def test_classic_costs_what_its_docstring_says() -> None:
+    # 0.29 GMAC is the figure quoted in the card and README for the baseline.
+    assert models.count_macs(models.build("classic")) / 1e9 == pytest.approx(0.29, abs=0.01)
+
+
+def test_augmentation_changes_faces_in_training_and_is_inert_at_inference() -> None:
+    faces = np.random.default_rng(0).uniform(0.0, 1.0, size=(16, 48, 48, 1)).astype("float32")
+    augment = models.augmentation()
+    assert np.array_equal(np.asarray(augment(faces, training=False)), faces)
+    augmented = np.asarray(augment(faces, training=True))
+    assert augmented.shape == faces.shape and not np.allclose(augmented, faces)
+    assert augmented.min() >= 0.0 and augmented.max() <= 1.0  # contrast and erasing stay in range
+
+
+def test_model_output_is_deterministic_at_inference() -> None:
+    model = models.build("fernet")
+    faces = np.random.default_rng(1).integers(0, 256, size=(4, 48, 48, 1)).astype("float32")
+    first, second = np.asarray(model(faces, training=False)), np.asarray(model(faces, training=False))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_unknown_network_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="fernet"):
+        models.build("resnet9000")
