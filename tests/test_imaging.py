@@ -11,6 +11,7 @@ import pytest
 
 from fer_async.imaging import (
     FACE_SIZE,
+    MAX_JPEG_SCANS,
     MAX_PIXELS,
     ImageError,
     crop_faces,
@@ -104,6 +105,31 @@ def test_corrupt_jpeg_body(face_jpeg: bytes) -> None:
     noise = np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes().replace(b"\xff", b"")
     with pytest.raises(ImageError, match="corrupt or truncated"):
         decode_image(face_jpeg[: sos + 20] + noise)
+
+
+def _progressive_jpeg(image: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 30])
+    assert ok
+    return buffer.tobytes()
+
+
+def test_progressive_jpeg_decodes(astronaut_bgr: np.ndarray) -> None:
+    data = _progressive_jpeg(astronaut_bgr)
+    assert 1 < data.count(b"\xff\xda") <= MAX_JPEG_SCANS
+    assert decode_image(data).shape == astronaut_bgr.shape
+
+
+def test_jpeg_repeating_its_last_scan_is_refused_from_its_header() -> None:
+    # libjpeg decodes this (with a warning) at a cost of pixels x scans: a CPU bomb in a small
+    # file. A flat image makes each scan a few bytes.
+    data = _progressive_jpeg(np.full((1200, 1600, 3), 128, np.uint8))
+    last_scan = data[data.rindex(b"\xff\xda") : -2]
+    bomb = data[:-2] + last_scan * MAX_JPEG_SCANS + b"\xff\xd9"
+    assert len(bomb) < 64 * 1024
+    with pytest.raises(ImageError, match=f"scans; the limit is {MAX_JPEG_SCANS}"):
+        image_size(bomb)
+    with pytest.raises(ImageError, match="scans"):
+        decode_image(bomb)
 
 
 @pytest.mark.parametrize(

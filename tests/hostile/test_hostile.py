@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import aiohttp
+import cv2
 import numpy as np
 import pytest
 from aiohttp import WSCloseCode
@@ -172,6 +173,30 @@ async def test_png_bomb_is_refused_without_allocating(
     if can_measure and rss_before is not None and peak is not None:
         # Decoding would take 400 MB (grey) to 1.2 GB (BGR); the refusal must cost next to nothing.
         assert peak - rss_before < 200 * 1024, f"peak RSS rose by {(peak - rss_before) / 1024:.0f} MB"
+    await ws.close()
+
+
+async def test_jpeg_scan_bomb_is_refused_before_decoding(
+    server: LiveServer, http: aiohttp.ClientSession, canary: Canary
+) -> None:
+    """A progressive JPEG that repeats its last scan thousands of times: small, valid to
+    libjpeg, and decoded at a cost of pixels x scans. It must be refused from its markers."""
+    flat = np.full((1200, 1600, 3), 128, np.uint8)
+    ok, encoded = cv2.imencode(".jpg", flat, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    jpeg = encoded.tobytes()
+    last_scan = jpeg[jpeg.rindex(b"\xff\xda") : -2]
+    bomb = jpeg[:-2] + last_scan * 3000 + b"\xff\xd9"
+    assert len(bomb) < MAX_FRAME_BYTES
+    ws = await connect(server, http)
+    await ws.send_bytes(bomb)
+    reply = await reply_for(server, ws, 1)
+    assert reply["type"] == "error" and "scans" in reply["error"], reply
+    await canary.roundtrip()
+    async with http.post(f"{server.base_url}/api/predict", data=bomb, headers={"Content-Type": "image/jpeg"}) as resp:
+        body = await resp.text()
+        server.record(body)
+        assert resp.status == 400 and "scans" in body, (resp.status, body)
     await ws.close()
 
 
