@@ -106,6 +106,12 @@ async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
         async for part in reader:
             if isinstance(part, BodyPartReader) and part.name == "image":
                 return await _read_limited(part, limit)
+            # Other fields are read and discarded; without a Content-Length (chunked upload)
+            # nothing else would stop a client streaming junk fields forever.
+            if part is not None:
+                await part.release()
+            if request.content.total_bytes > limit + MULTIPART_OVERHEAD:
+                raise _TooLarge
         return _error(400, "multipart upload needs a form field named 'image'")
     if request.content_type not in RAW_CONTENT_TYPES:
         return _error(415, "send the image as the body (image/jpeg or image/png) or as form field 'image'")

@@ -79,6 +79,23 @@ async def test_predict_too_large_is_413(make_client: MakeClient, face_jpeg: byte
     resp = await client.post("/api/predict", data=form)
     assert resp.status == 413
 
+    # Many small fields that are not "image", streamed without a Content-Length.
+    boundary = "junk-boundary"
+    fields = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="junk{i}"\r\n\r\n'.encode() + b"x" * 4096 + b"\r\n"
+        for i in range(40)
+    ]
+    payload = b"".join(fields) + f"--{boundary}--\r\n".encode()
+    assert len(payload) > 20_000 + 16 * 1024
+
+    async def streamed() -> object:
+        for start in range(0, len(payload), 8192):
+            yield payload[start : start + 8192]
+
+    content_type = f"multipart/form-data; boundary={boundary}"
+    resp = await client.post("/api/predict", data=streamed(), headers={"Content-Type": content_type})
+    assert resp.status == 413
+
 
 async def test_healthz(client: Client) -> None:
     resp = await client.get("/healthz")
