@@ -1,0 +1,164 @@
+"""How the model behaves on a video, through the server's own decode-free MJPEG path.
+
+    python -m training.clip static/videos/demo.mp4 --expect happy
+    python -m training.clip static/videos/demo.mp4 --detector yunet \
+        --detector-model ../shared/models/face_detection_yunet.onnx
+
+Every frame of the file (scaled to at most 640 px wide, as the MJPEG stream does) goes through
+`fer_async.analyzer.Analyzer` (detector, crop, one model call per 16 frames) with the weights
+the server would load. Prints how often faces were found, the share of each label over all
+faces, the mean top probability, and how often the largest face's label changes from one frame
+to the next (flicker: the clip's faces do not change expression, so every change is noise).
+`--expect LABEL` adds the share of faces given that label, for clips whose expression is known.
+Ends with ONE line of JSON for scripts. Exit status 2 with a message when an input is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
+from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
+from fer_async.imaging import ImageError
+from fer_async.labels import EMOTIONS, FrameResult
+from fer_async.server.mjpeg import VIDEO_MAX_WIDTH
+
+FRAMES_PER_CALL = 16
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}" if __spec__ else None,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("video", type=Path, help="a video file OpenCV can read (mp4, avi, ...)")
+    p.add_argument("--expect", choices=EMOTIONS, help="the expression the clip's faces show, if known")
+    p.add_argument(
+        "--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="directory or <name>.json path (default: %(default)s)"
+    )
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model file stem inside a --weights directory")
+    p.add_argument(
+        "--flip-tta", action=argparse.BooleanOptionalAction, default=True, help="as the server (default: on)"
+    )
+    p.add_argument("--detector", choices=("haar", "yunet"), default="haar")
+    p.add_argument("--detector-model", type=Path, help="YuNet ONNX file, for --detector yunet")
+    args = p.parse_args(argv)
+    if args.detector_model is not None and args.detector != "yunet":
+        p.error("--detector-model is only used by --detector yunet")
+    return args
+
+
+def read_frames(path: Path, max_width: int = VIDEO_MAX_WIDTH) -> Iterator[np.ndarray]:
+    """Every frame of `path` as BGR, shrunk like the MJPEG stream shrinks it."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise ValueError(f"cannot open video {path}")
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                return
+            if frame.shape[1] > max_width:
+                height = max(1, round(frame.shape[0] * max_width / frame.shape[1]))
+                frame = cv2.resize(frame, (max_width, height), interpolation=cv2.INTER_AREA)
+            yield frame
+    finally:
+        capture.release()
+
+
+def analyse_clip(analyzer: Analyzer, frames: Iterator[np.ndarray]) -> list[FrameResult]:
+    results: list[FrameResult] = []
+    chunk: list[np.ndarray] = []
+
+    def flush() -> None:
+        for result in analyzer.analyze(chunk):
+            if isinstance(result, ImageError):
+                raise RuntimeError(f"frame {len(results)}: {result}")
+            results.append(result)
+        chunk.clear()
+
+    for frame in frames:
+        chunk.append(frame)
+        if len(chunk) == FRAMES_PER_CALL:
+            flush()
+    if chunk:
+        flush()
+    return results
+
+
+def summarise(results: list[FrameResult], expect: str | None) -> dict[str, object]:
+    faces = [face for result in results for face in result.faces]
+    labels = Counter(face.emotion for face in faces)
+    # The Analyzer orders faces largest first; compare the largest face of consecutive frames.
+    largest = [result.faces[0].emotion if result.faces else None for result in results]
+    pairs = [(a, b) for a, b in pairwise(largest) if a is not None and b is not None]
+    summary: dict[str, object] = {
+        "frames": len(results),
+        "frames_with_faces": sum(1 for result in results if result.faces),
+        "faces": len(faces),
+        "label_share": {name: round(labels[name] / len(faces), 4) if faces else None for name in EMOTIONS},
+        "mean_top_probability": round(float(np.mean([max(face.scores) for face in faces])), 4) if faces else None,
+        "largest_face_label_changes": sum(1 for a, b in pairs if a != b),
+        "consecutive_pairs": len(pairs),
+    }
+    if expect is not None:
+        summary["expect"] = expect
+        summary["expected_share"] = round(labels[expect] / len(faces), 4) if faces else None
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.video.is_file():
+        print(f"clip: error: no such video: {args.video}", file=sys.stderr)
+        return 2
+    from fer_async.detector import create_detector  # OpenCV only: a bad model path fails before TensorFlow
+
+    try:
+        detector = create_detector(args.detector, args.detector_model)
+    except (ValueError, RuntimeError) as e:
+        print(f"clip: error: {e}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
+
+    try:
+        model = FacialExpressionModel(args.weights, args.name, flip_tta=args.flip_tta)
+    except FileNotFoundError as e:
+        print(f"clip: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        with Analyzer(model, detector) as analyzer:
+            results = analyse_clip(analyzer, read_frames(args.video))
+    except ValueError as e:
+        print(f"clip: error: {e}", file=sys.stderr)
+        return 2
+    figures = summarise(results, args.expect)
+    summary = {"video": str(args.video), "detector": args.detector, "weights": str(model.weights_path), **figures}
+    share = Counter({name: sum(face.emotion == name for r in results for face in r.faces) for name in EMOTIONS})
+    total = sum(share.values())
+    print(f"{args.video.name}: {summary['frames']} frames, faces in {summary['frames_with_faces']}, "
+          f"{summary['faces']} faces ({args.detector})")
+    print("labels: " + ", ".join(f"{k} {v / total:.1%}" for k, v in share.items() if v))
+    print(f"mean top probability {summary['mean_top_probability']}; largest face changed label "
+          f"{summary['largest_face_label_changes']} times in {summary['consecutive_pairs']} frame pairs")
+    if args.expect is not None:
+        print(f"expected {args.expect!r}: {summary['expected_share']}")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
