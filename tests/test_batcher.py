@@ -85,7 +85,7 @@ async def test_a_lone_caller_stops_paying_the_wait_until_callers_overlap(make: M
     assert handler.batches == [[0], [1], [2], [3], [4]]
 
     # Two callers at once share a batch (the second is already queued), which re-arms the wait...
-    assert await asyncio.gather(batcher.submit(5), batcher.submit(6)) == [10, 12]
+    assert list(await asyncio.gather(batcher.submit(5), batcher.submit(6))) == [10, 12]
     assert handler.batches[-1] == [5, 6]
 
     # ...so the next lone item waits for company again, and a caller arriving within it joins.

@@ -50,7 +50,7 @@ def test_frames_are_real_faces_at_varied_positions() -> None:
     positions = set()
     for data in frames:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        assert image.shape == (bench.FRAME_HEIGHT, bench.FRAME_WIDTH, 3)
+        assert image is not None and image.shape == (bench.FRAME_HEIGHT, bench.FRAME_WIDTH, 3)
         boxes = detector.detect(image)
         assert len(boxes) == 1, boxes
         positions.add(boxes[0][:2])

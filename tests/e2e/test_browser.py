@@ -153,8 +153,10 @@ async def check_box_on_face(page: Any, tmp_path: Path) -> None:
     await page.evaluate("() => { document.getElementById('overlay').style.visibility = 'hidden'; }")
     shot = await page.locator("#stage").screenshot(path=str(tmp_path / "video-only.png"))
     await page.evaluate("() => { document.getElementById('overlay').style.visibility = ''; }")
-    grey = cv2.cvtColor(cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
+    page_image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
+    assert page_image is not None, "the screenshot is not a decodable image"
+    grey = cv2.cvtColor(page_image, cv2.COLOR_BGR2GRAY)
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     faces = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
     assert len(faces) >= 1, "no face visible in the page's video"
     fx, fy, fw, fh = (float(v) for v in max(faces, key=lambda f: f[2] * f[3]))

@@ -69,7 +69,7 @@ def write_demo_video(path: Path, frames: int = 30, fps: int = 15) -> Path:
     from fer_async.bench import astronaut_bgr, compose_frame
 
     photo = astronaut_bgr()
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (320, 240))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (320, 240))
     assert writer.isOpened(), "OpenCV cannot write mp4v here"
     try:
         for i in range(frames):

@@ -374,7 +374,8 @@ FILL_LIMIT_S = 90.0  # bound on filling the socket buffers of a client that neve
 
 
 def _server_side(server: LiveServer) -> list[Any]:
-    return list(server.app[WEBSOCKETS])
+    sockets: Any = server.app[WEBSOCKETS]  # a WeakSet, which mypy's AppKey lookup does not accept
+    return list(sockets)
 
 
 def _write_buffer(ws: Any) -> int:
