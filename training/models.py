@@ -1,7 +1,8 @@
 """Network definitions.
 
 Run `python -m training.models` to print the parameter count and the multiply-accumulate
-operations (MACs) per face of every network defined here.
+operations (MACs) per face of every network defined here; `--speed` also times the shipped
+weights through the server's `FacialExpressionModel` at batch 1 and 64, with and without TTA.
 
 Every network takes uint8-range grey faces `[N, 48, 48, 1]` and rescales them itself, so
 training and serving cannot disagree about normalisation. The augmentation layers sit inside
@@ -148,13 +149,49 @@ def _leaf_layers(model: keras.Model) -> list[layers.Layer]:
     return found
 
 
+def measure_speed(
+    batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0
+) -> list[tuple[bool, int, float, float]]:
+    """(flip_tta, batch, ms per call, faces/s) of the shipped model through the server's class."""
+    import time
+
+    import numpy as np
+
+    from fer_async.model import FacialExpressionModel
+
+    rows = []
+    for flip_tta in (False, True):
+        served = FacialExpressionModel(flip_tta=flip_tta)
+        for batch in batch_sizes:
+            faces = np.random.default_rng(batch).integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+            for _ in range(5):  # warm caches and the compiled function for this shape
+                served.predict(faces)
+            calls, started = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - started) < seconds:
+                served.predict(faces)
+                calls += 1
+            per_call = elapsed / calls
+            rows.append((flip_tta, batch, per_call * 1000, batch / per_call))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=sorted(NETWORKS), help="networks to describe")
+    parser.add_argument(
+        "--speed",
+        action="store_true",
+        help="also time the shipped weights (weights/) through FacialExpressionModel at batch 1 and 64",
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing per (TTA, batch) pair for --speed")
     args = parser.parse_args(argv)
     for name in args.names:
         model = build(name)
         print(f"{name:10s} params={model.count_params():>10,d}  GMAC/face={count_macs(model) / 1e9:.3f}")
+    if args.speed:
+        for flip_tta, batch, ms, faces_per_s in measure_speed(seconds=args.seconds):
+            tta = "flip TTA" if flip_tta else "no TTA  "
+            print(f"shipped model, {tta} batch {batch:3d}: {ms:7.2f} ms per call, {faces_per_s:7,.0f} faces/s")
 
 
 if __name__ == "__main__":

@@ -40,3 +40,11 @@ def test_model_output_is_deterministic_at_inference() -> None:
 def test_unknown_network_names_the_choices() -> None:
     with pytest.raises(ValueError, match="fernet"):
         models.build("resnet9000")
+
+
+def test_speed_report_times_the_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:
+    models.main(["fernet", "--speed", "--seconds", "0.2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("fernet") and "GMAC/face=0.118" in lines[0]
+    speed = [line for line in lines if line.startswith("shipped model")]
+    assert len(speed) == 4 and all("faces/s" in line for line in speed)
