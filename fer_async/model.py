@@ -44,7 +44,7 @@ class FacialExpressionModel:
     loop), on the GPU when TensorFlow sees one. With `flip_tta` (the default) each face is also
     classified mirrored, in the same call, and the two probability vectors are averaged: it
     doubles the model's share of the work, which is small next to face detection, and gains
-    about a point of accuracy on PublicTest (see weights/fernet.md).
+    about 1.5 points of accuracy on PublicTest (see weights/fernet.md).
     """
 
     def __init__(
