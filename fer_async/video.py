@@ -69,6 +69,14 @@ def _clamp_fps(fps: float) -> float:
     return min(MAX_FPS, max(MIN_FPS, fps))
 
 
+
+def shrink_to_width(frame: np.ndarray, max_width: int | None) -> np.ndarray:
+    """`frame` scaled down (aspect kept) to at most `max_width` pixels wide; narrower frames as is."""
+    if max_width is None or frame.shape[1] <= max_width:
+        return frame
+    height = max(1, round(frame.shape[0] * max_width / frame.shape[1]))
+    return cv2.resize(frame, (max_width, height), interpolation=cv2.INTER_AREA)
+
 class VideoReader:
     """Frames of a video file as BGR arrays, delivered at the file's frame rate.
 
@@ -103,10 +111,7 @@ class VideoReader:
             ok, frame = cap.read()
         if not ok or frame is None:
             return None
-        if self.max_width is not None and frame.shape[1] > self.max_width:
-            height = max(1, round(frame.shape[0] * self.max_width / frame.shape[1]))
-            frame = cv2.resize(frame, (self.max_width, height), interpolation=cv2.INTER_AREA)
-        return np.asarray(frame)
+        return shrink_to_width(np.asarray(frame), self.max_width)
 
     async def frames(self) -> AsyncGenerator[np.ndarray, None]:
         """Paced frames; close it (`contextlib.aclosing`) when you stop early to free the decoder."""

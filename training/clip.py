@@ -32,6 +32,7 @@ from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from fer_async.imaging import ImageError
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.server.mjpeg import VIDEO_MAX_WIDTH
+from fer_async.video import shrink_to_width
 
 FRAMES_PER_CALL = 16
 
@@ -70,10 +71,7 @@ def read_frames(path: Path, max_width: int = VIDEO_MAX_WIDTH) -> Iterator[np.nda
             ok, frame = capture.read()
             if not ok or frame is None:
                 return
-            if frame.shape[1] > max_width:
-                height = max(1, round(frame.shape[0] * max_width / frame.shape[1]))
-                frame = cv2.resize(frame, (max_width, height), interpolation=cv2.INTER_AREA)
-            yield frame
+            yield shrink_to_width(frame, max_width)
     finally:
         capture.release()
 
@@ -98,9 +96,13 @@ def analyse_clip(analyzer: Analyzer, frames: Iterator[np.ndarray]) -> list[Frame
     return results
 
 
-def summarise(results: list[FrameResult], expect: str | None) -> dict[str, object]:
+def count_labels(results: list[FrameResult]) -> Counter[str]:
+    return Counter(face.emotion for result in results for face in result.faces)
+
+
+def summarise(results: list[FrameResult], labels: Counter[str], expect: str | None) -> dict[str, object]:
+    """The figures of `results`; `labels` is `count_labels(results)`."""
     faces = [face for result in results for face in result.faces]
-    labels = Counter(face.emotion for face in faces)
     # The Analyzer orders faces largest first; compare the largest face of consecutive frames.
     largest = [result.faces[0].emotion if result.faces else None for result in results]
     pairs = [(a, b) for a, b in pairwise(largest) if a is not None and b is not None]
@@ -145,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2
-    figures = summarise(results, args.expect)
+    labels = count_labels(results)
+    figures = summarise(results, labels, args.expect)
     summary = {"video": str(args.video), "detector": args.detector, "weights": str(model.weights_path), **figures}
-    share = Counter({name: sum(face.emotion == name for r in results for face in r.faces) for name in EMOTIONS})
-    total = sum(share.values())
+    total = sum(labels.values())
     print(f"{args.video.name}: {summary['frames']} frames, faces in {summary['frames_with_faces']}, "
           f"{summary['faces']} faces ({args.detector})")
-    print("labels: " + ", ".join(f"{k} {v / total:.1%}" for k, v in share.items() if v))
+    print("labels: " + ", ".join(f"{name} {labels[name] / total:.1%}" for name in EMOTIONS if labels[name]))
     print(f"mean top probability {summary['mean_top_probability']}; largest face changed label "
           f"{summary['largest_face_label_changes']} times in {summary['consecutive_pairs']} frame pairs")
     if args.expect is not None:

@@ -13,9 +13,11 @@ the model too: Keras switches them off at inference (`training=False`), so the e
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from fer_async.labels import EMOTIONS
@@ -153,11 +155,7 @@ def measure_speed(
     batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0
 ) -> list[tuple[bool, int, float, float]]:
     """(flip_tta, batch, ms per call, faces/s) of the shipped model through the server's class."""
-    import time
-
-    import numpy as np
-
-    from fer_async.model import FacialExpressionModel
+    from fer_async.model import FacialExpressionModel  # the server's class, loaded only for --speed
 
     rows = []
     for flip_tta in (False, True):
