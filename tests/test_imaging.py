@@ -8,6 +8,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from testsupport import jpeg_scan_bomb
 
 from fer_async.imaging import (
     FACE_SIZE,
@@ -120,11 +121,7 @@ def test_progressive_jpeg_decodes(astronaut_bgr: np.ndarray) -> None:
 
 
 def test_jpeg_repeating_its_last_scan_is_refused_from_its_header() -> None:
-    # libjpeg decodes this (with a warning) at a cost of pixels x scans: a CPU bomb in a small
-    # file. A flat image makes each scan a few bytes.
-    data = _progressive_jpeg(np.full((1200, 1600, 3), 128, np.uint8))
-    last_scan = data[data.rindex(b"\xff\xda") : -2]
-    bomb = data[:-2] + last_scan * MAX_JPEG_SCANS + b"\xff\xd9"
+    bomb = jpeg_scan_bomb(MAX_JPEG_SCANS)
     assert len(bomb) < 64 * 1024
     with pytest.raises(ImageError, match=f"scans; the limit is {MAX_JPEG_SCANS}"):
         image_size(bomb)

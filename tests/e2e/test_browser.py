@@ -9,7 +9,9 @@ Never `playwright install`: we drive the system Chromium; without it the tests s
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +87,27 @@ PAINTED_BOX_JS = """
 """
 
 
-async def launch(playwright: Any, chromium: Path, clip: Path) -> Any:
-    return await playwright.chromium.launch(
-        executable_path=str(chromium),
-        headless=True,
-        args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"],
-        timeout=TIMEOUT_MS,
-    )
+@contextlib.asynccontextmanager
+async def browser_session(chromium: Path, clip: Path) -> AsyncIterator[tuple[Any, list[str]]]:
+    """Chromium with `clip` as its webcam, and the list that `open_page` fills with page errors.
+
+    On a clean exit the list must be empty: a test that passed with a JavaScript error failed.
+    """
+    from playwright.async_api import async_playwright
+
+    errors: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium),
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"],
+            timeout=TIMEOUT_MS,
+        )
+        try:
+            yield browser, errors
+        finally:
+            await browser.close()
+    assert not errors, errors
 
 
 async def open_page(browser: Any, server: LiveServer, errors: list[str]) -> Any:
@@ -170,34 +186,26 @@ async def check_box_on_face(page: Any, tmp_path: Path) -> None:
 async def test_webcam_page_draws_labelled_faces(
     chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
-
-    errors: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await launch(playwright, chromium, face_clip)
-        try:
-            page = await open_page(browser, live_server, errors)
-            assert await page.get_attribute("#overlay", "data-faces") == "0"
-            await page.click("#start")
-            handle = await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
-            seen = await handle.json_value()
-            await page.screenshot(path=str(tmp_path / "page.png"))
-            result = check_drawn(seen, "page")
-            await check_box_on_face(page, tmp_path)
-            # Keep going: more results arrive for later frames of the same connection.
-            first = seen["state"]["resultsReceived"]
-            await page.wait_for_function(f"() => window.ferState.resultsReceived >= {first + 3}", polling=100)
-            state = await page.evaluate(STATE_JS)
-            assert state["lastResult"]["frame"] > result["frame"]
-            assert state["errors"] == 0, state["lastError"]
-            (tmp_path / "state.json").write_text(json.dumps(state, indent=2))
-            # Stop releases the camera, closes the socket and clears the overlay.
-            await page.click("#stop")
-            await page.wait_for_function("() => window.ferState.connected === false", polling=100)
-            assert await page.get_attribute("#overlay", "data-faces") == "0"
-        finally:
-            await browser.close()
-    assert not errors, errors
+    async with browser_session(chromium, face_clip) as (browser, errors):
+        page = await open_page(browser, live_server, errors)
+        assert await page.get_attribute("#overlay", "data-faces") == "0"
+        await page.click("#start")
+        handle = await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
+        seen = await handle.json_value()
+        await page.screenshot(path=str(tmp_path / "page.png"))
+        result = check_drawn(seen, "page")
+        await check_box_on_face(page, tmp_path)
+        # Keep going: more results arrive for later frames of the same connection.
+        first = seen["state"]["resultsReceived"]
+        await page.wait_for_function(f"() => window.ferState.resultsReceived >= {first + 3}", polling=100)
+        state = await page.evaluate(STATE_JS)
+        assert state["lastResult"]["frame"] > result["frame"]
+        assert state["errors"] == 0, state["lastError"]
+        (tmp_path / "state.json").write_text(json.dumps(state, indent=2))
+        # Stop releases the camera, closes the socket and clears the overlay.
+        await page.click("#stop")
+        await page.wait_for_function("() => window.ferState.connected === false", polling=100)
+        assert await page.get_attribute("#overlay", "data-faces") == "0"
     print(f"screenshot: {tmp_path / 'page.png'}")
 
 
@@ -205,60 +213,45 @@ async def test_two_pages_get_their_own_results(
     chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
 ) -> None:
     """Two browser contexts (two tabs of two users) at once: each is answered on its own socket."""
-    from playwright.async_api import async_playwright
+    async with browser_session(chromium, face_clip) as (browser, errors):
+        pages = [await open_page(browser, live_server, errors) for _ in range(2)]
+        for page in pages:
+            await page.click("#start")
+        seen = []
+        for i, page in enumerate(pages):
+            handle = await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
+            seen.append(await handle.json_value())
+            check_drawn(seen[-1], f"page {i}")
+            await page.screenshot(path=str(tmp_path / f"page{i}.png"))
+        assert len(live_server.app[WEBSOCKETS]) == 2  # two clients, two sockets
 
-    errors: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await launch(playwright, chromium, face_clip)
-        try:
-            pages = [await open_page(browser, live_server, errors) for _ in range(2)]
-            for page in pages:
-                await page.click("#start")
-            seen = []
-            for i, page in enumerate(pages):
-                handle = await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
-                seen.append(await handle.json_value())
-                check_drawn(seen[-1], f"page {i}")
-                await page.screenshot(path=str(tmp_path / f"page{i}.png"))
-            assert len(live_server.app[WEBSOCKETS]) == 2  # two clients, two sockets
-
-            # Stop page 0: its counters freeze while page 1 keeps receiving its own results.
-            await pages[0].click("#stop")
-            await pages[0].wait_for_function("() => window.ferState.connected === false", polling=100)
-            frozen = await pages[0].evaluate(STATE_JS)
-            before = await pages[1].evaluate(STATE_JS)
-            await pages[1].wait_for_function(
-                f"() => window.ferState.resultsReceived >= {before['resultsReceived'] + 3}", polling=100
-            )
-            after = [await page.evaluate(STATE_JS) for page in pages]
-            assert after[0]["resultsReceived"] == frozen["resultsReceived"]
-            assert after[0]["framesSent"] == frozen["framesSent"]
-            assert after[1]["lastResult"]["frame"] > before["lastResult"]["frame"]
-            for state in (frozen, after[1]):
-                assert state["resultsReceived"] > 0 and state["framesSent"] > 0
-                assert state["lastResult"]["frame"] <= state["framesSent"]
-                assert state["errors"] == 0, state["lastError"]
-            print(
-                "frames sent / results:",
-                [(s["framesSent"], s["resultsReceived"], s["lastResult"]["frame"]) for s in (frozen, after[1])],
-            )
-        finally:
-            await browser.close()
-    assert not errors, errors
+        # Stop page 0: its counters freeze while page 1 keeps receiving its own results.
+        await pages[0].click("#stop")
+        await pages[0].wait_for_function("() => window.ferState.connected === false", polling=100)
+        frozen = await pages[0].evaluate(STATE_JS)
+        before = await pages[1].evaluate(STATE_JS)
+        await pages[1].wait_for_function(
+            f"() => window.ferState.resultsReceived >= {before['resultsReceived'] + 3}", polling=100
+        )
+        after = [await page.evaluate(STATE_JS) for page in pages]
+        assert after[0]["resultsReceived"] == frozen["resultsReceived"]
+        assert after[0]["framesSent"] == frozen["framesSent"]
+        assert after[1]["lastResult"]["frame"] > before["lastResult"]["frame"]
+        for state in (frozen, after[1]):
+            assert state["resultsReceived"] > 0 and state["framesSent"] > 0
+            assert state["lastResult"]["frame"] <= state["framesSent"]
+            assert state["errors"] == 0, state["lastError"]
+        print(
+            "frames sent / results:",
+            [(s["framesSent"], s["resultsReceived"], s["lastResult"]["frame"]) for s in (frozen, after[1])],
+        )
 
 
 async def test_placeholder_hides_once_the_camera_runs(chromium: Path, face_clip: Path, live_server: LiveServer) -> None:
-    from playwright.async_api import async_playwright
-
-    errors: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await launch(playwright, chromium, face_clip)
-        try:
-            page = await open_page(browser, live_server, errors)
-            assert await page.is_visible("#placeholder")
-            await page.click("#start")
-            await page.wait_for_function("() => window.ferState.resultsReceived > 0", polling=100)
-            assert await page.get_attribute("#placeholder", "hidden") is not None  # app.js did its part
-            assert not await page.is_visible("#placeholder"), "the placeholder text still covers the video"
-        finally:
-            await browser.close()
+    async with browser_session(chromium, face_clip) as (browser, errors):
+        page = await open_page(browser, live_server, errors)
+        assert await page.is_visible("#placeholder")
+        await page.click("#start")
+        await page.wait_for_function("() => window.ferState.resultsReceived > 0", polling=100)
+        assert await page.get_attribute("#placeholder", "hidden") is not None  # app.js did its part
+        assert not await page.is_visible("#placeholder"), "the placeholder text still covers the video"

@@ -21,11 +21,10 @@ import time
 from typing import Any
 
 import aiohttp
-import cv2
 import numpy as np
 import pytest
 from aiohttp import WSCloseCode
-from testsupport import eventually
+from testsupport import eventually, jpeg_scan_bomb
 
 from fer_async.labels import EMOTIONS
 from fer_async.server.keys import METRICS, VIDEO_HUB, WEBSOCKETS
@@ -181,12 +180,7 @@ async def test_jpeg_scan_bomb_is_refused_before_decoding(
 ) -> None:
     """A progressive JPEG that repeats its last scan thousands of times: small, valid to
     libjpeg, and decoded at a cost of pixels x scans. It must be refused from its markers."""
-    flat = np.full((1200, 1600, 3), 128, np.uint8)
-    ok, encoded = cv2.imencode(".jpg", flat, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
-    assert ok
-    jpeg = encoded.tobytes()
-    last_scan = jpeg[jpeg.rindex(b"\xff\xda") : -2]
-    bomb = jpeg[:-2] + last_scan * 3000 + b"\xff\xd9"
+    bomb = jpeg_scan_bomb(3000)
     assert len(bomb) < MAX_FRAME_BYTES
     ws = await connect(server, http)
     await ws.send_bytes(bomb)
