@@ -69,13 +69,13 @@ def _clamp_fps(fps: float) -> float:
     return min(MAX_FPS, max(MIN_FPS, fps))
 
 
-
 def shrink_to_width(frame: np.ndarray, max_width: int | None) -> np.ndarray:
     """`frame` scaled down (aspect kept) to at most `max_width` pixels wide; narrower frames as is."""
     if max_width is None or frame.shape[1] <= max_width:
         return frame
     height = max(1, round(frame.shape[0] * max_width / frame.shape[1]))
     return cv2.resize(frame, (max_width, height), interpolation=cv2.INTER_AREA)
+
 
 class VideoReader:
     """Frames of a video file as BGR arrays, delivered at the file's frame rate.

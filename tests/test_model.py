@@ -97,8 +97,24 @@ def test_tiny_training_run_exports_a_loadable_model(tmp_path: Path, capsys: pyte
         y_val=np.arange(35) % 7,
     )
     export = tmp_path / "export"
-    train.main(["--data", str(data), "--limit", "256", "--epochs", "1", "--batch-size", "64", "--verbose", "0",
-                "--run-dir", str(tmp_path / "run"), "--export-dir", str(export)])
+    train.main(
+        [
+            "--data",
+            str(data),
+            "--limit",
+            "256",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--verbose",
+            "0",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--export-dir",
+            str(export),
+        ]
+    )
     assert {p.name for p in export.iterdir()} >= {"fernet.json", "fernet.weights.h5", "fernet.md"}
     card = (export / "fernet.md").read_text()
     assert "--limit 256" in card and "256 faces" in card
@@ -107,7 +123,11 @@ def test_tiny_training_run_exports_a_loadable_model(tmp_path: Path, capsys: pyte
     assert loaded.predict(faces(2)).shape == (2, 7)
 
     capsys.readouterr()
-    assert evaluate.main(["--data", str(data), "--split", "val", "--weights", str(export),
-                          "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        evaluate.main(
+            ["--data", str(data), "--split", "val", "--weights", str(export), "--out", str(tmp_path / "eval")]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n"] == 35 and 0.0 <= summary["accuracy"] <= 1.0

@@ -151,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     figures = summarise(results, labels, args.expect)
     summary = {"video": str(args.video), "detector": args.detector, "weights": str(model.weights_path), **figures}
     total = sum(labels.values())
-    print(f"{args.video.name}: {summary['frames']} frames, faces in {summary['frames_with_faces']}, "
-          f"{summary['faces']} faces ({args.detector})")
+    print(
+        f"{args.video.name}: {summary['frames']} frames, faces in {summary['frames_with_faces']}, "
+        f"{summary['faces']} faces ({args.detector})"
+    )
     print("labels: " + ", ".join(f"{name} {labels[name] / total:.1%}" for name in EMOTIONS if labels[name]))
-    print(f"mean top probability {summary['mean_top_probability']}; largest face changed label "
-          f"{summary['largest_face_label_changes']} times in {summary['consecutive_pairs']} frame pairs")
+    print(
+        f"mean top probability {summary['mean_top_probability']}; largest face changed label "
+        f"{summary['largest_face_label_changes']} times in {summary['consecutive_pairs']} frame pairs"
+    )
     if args.expect is not None:
         print(f"expected {args.expect!r}: {summary['expected_share']}")
     print(json.dumps(summary), flush=True)

@@ -161,9 +161,7 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 4) if b else None
 
 
-def via_detector_summary(
-    path: ServerPath, y: np.ndarray, plain_probs: np.ndarray, seconds: float
-) -> dict[str, object]:
+def via_detector_summary(path: ServerPath, y: np.ndarray, plain_probs: np.ndarray, seconds: float) -> dict[str, object]:
     """The --via-detector figures for labels `y` (plain_probs: the 48x48 run); ratios over no faces are None."""
     n, detected = len(y), path.detected
     n_detected = int(detected.sum())
@@ -171,9 +169,7 @@ def via_detector_summary(
     plain_pred = plain_probs.argmax(axis=1)
     plain_correct = int((plain_pred[detected] == y[detected]).sum())
     agree = int((plain_pred[detected] == path.predicted[detected]).sum())
-    per_class = {
-        name: _ratio(float(detected[y == k].sum()), float((y == k).sum())) for k, name in enumerate(EMOTIONS)
-    }
+    per_class = {name: _ratio(float(detected[y == k].sum()), float((y == k).sum())) for k, name in enumerate(EMOTIONS)}
     return {
         "n": n,
         "detected": n_detected,
@@ -184,9 +180,7 @@ def via_detector_summary(
         "agreement_with_plain": _ratio(agree, n_detected),
         "multi_face_frames": int((path.faces_found > 1).sum()),
         # The largest box's side over the pasted face's 160 px: ~1.0 is FER2013's own framing.
-        "median_box_side_ratio": (
-            round(float(np.nanmedian(path.box_side)) / VIA_FACE_SIDE, 4) if n_detected else None
-        ),
+        "median_box_side_ratio": (round(float(np.nanmedian(path.box_side)) / VIA_FACE_SIDE, 4) if n_detected else None),
         "detection_rate_by_class": per_class,
         "seconds": round(seconds, 2),
     }
@@ -229,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     result = report(split.y, probs)
 
     tta = " + flip TTA" if args.flip_tta else ""
-    print(f"{model.json_path.name} on {args.data.name} [{args.split}]{tta}, {model.device}: "
-          f"{len(split)} faces in {seconds:.1f} s ({len(split) / seconds:,.0f} faces/s)")
+    print(
+        f"{model.json_path.name} on {args.data.name} [{args.split}]{tta}, {model.device}: "
+        f"{len(split)} faces in {seconds:.1f} s ({len(split) / seconds:,.0f} faces/s)"
+    )
     print(result.text())
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{model.json_path.stem}_{args.split}{'_tta' if args.flip_tta else ''}"
@@ -267,10 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{via_report.accuracy:.2%} on {via_report.n} detected of {len(split)}",
             )
             via["confusion_png"] = str(via_png)
-        print(f"via {args.detector} (server path): detected {via['detected']}/{len(split)} "
-              f"({via['detection_rate']}), accuracy {via['accuracy_detected']} on detected, "
-              f"{via['accuracy_with_misses']} counting misses, plain 48x48 on the same faces "
-              f"{via['plain_accuracy_detected']}, {via['seconds']} s")
+        print(
+            f"via {args.detector} (server path): detected {via['detected']}/{len(split)} "
+            f"({via['detection_rate']}), accuracy {via['accuracy_detected']} on detected, "
+            f"{via['accuracy_with_misses']} counting misses, plain 48x48 on the same faces "
+            f"{via['plain_accuracy_detected']}, {via['seconds']} s"
+        )
         summary["via_detector"] = via
     print(json.dumps(summary), flush=True)
     return 0

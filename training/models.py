@@ -151,9 +151,7 @@ def _leaf_layers(model: keras.Model) -> list[layers.Layer]:
     return found
 
 
-def measure_speed(
-    batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0
-) -> list[tuple[bool, int, float, float]]:
+def measure_speed(batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0) -> list[tuple[bool, int, float, float]]:
     """(flip_tta, batch, ms per call, faces/s) of the shipped model through the server's class."""
     from fer_async.model import FacialExpressionModel  # the server's class, loaded only for --speed
 

@@ -83,8 +83,14 @@ def write_csv(path: Path, rows: list[tuple[int, np.ndarray, str]], header: str =
 
 def test_csv_usage_maps_to_splits(tmp_path: Path) -> None:
     x = faces(6)
-    rows = [(3, x[0], "Training"), (0, x[1], "PublicTest"), (6, x[2], "Training"),
-            (1, x[3], "PrivateTest"), (5, x[4], "PublicTest"), (4, x[5], "PrivateTest")]
+    rows = [
+        (3, x[0], "Training"),
+        (0, x[1], "PublicTest"),
+        (6, x[2], "Training"),
+        (1, x[3], "PrivateTest"),
+        (5, x[4], "PublicTest"),
+        (4, x[5], "PrivateTest"),
+    ]
     path = write_csv(tmp_path / "fer2013.csv", rows)
 
     train, val, test = (load_split(path, s) for s in ("train", "val", "test"))

@@ -21,8 +21,20 @@ def test_prints_report_and_json_last_line(
     tiny_npz: Path, untrained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    rc = evaluate.main(["--data", str(tiny_npz), "--split", "val", "--weights", str(untrained_export),
-                        "--out", str(out), "--batch-size", "8"])
+    rc = evaluate.main(
+        [
+            "--data",
+            str(tiny_npz),
+            "--split",
+            "val",
+            "--weights",
+            str(untrained_export),
+            "--out",
+            str(out),
+            "--batch-size",
+            "8",
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -37,8 +49,19 @@ def test_prints_report_and_json_last_line(
 def test_no_flip_tta_and_json_path_weights(
     tiny_npz: Path, untrained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = evaluate.main(["--data", str(tiny_npz), "--split", "train", "--weights", str(untrained_export / "fernet.json"),
-                        "--no-flip-tta", "--out", str(tmp_path)])
+    rc = evaluate.main(
+        [
+            "--data",
+            str(tiny_npz),
+            "--split",
+            "train",
+            "--weights",
+            str(untrained_export / "fernet.json"),
+            "--no-flip-tta",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["flip_tta"] is False and summary["n"] == 70
@@ -49,7 +72,10 @@ def test_missing_split_exits_2_without_traceback(tiny_npz: Path, tmp_path: Path)
     # A subprocess: the exit status and the exact stderr are what a user sees.
     done = subprocess.run(
         [sys.executable, "-m", "training.evaluate", "--data", str(tiny_npz), "--split", "test", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "has no 'test' split (it has: train, val)" in done.stderr
@@ -77,8 +103,9 @@ ASTRONAUT_FACE = (174, 64, 98, 98)
 def astronaut_npz(tmp_path: Path, astronaut_bgr: np.ndarray) -> Path:
     """A real face (the random tiny_npz faces hold none a detector could find), 7 times, plus 2 noise faces."""
     x, y, w, h = ASTRONAUT_FACE
-    face = cv2.resize(cv2.cvtColor(astronaut_bgr[y : y + h, x : x + w], cv2.COLOR_BGR2GRAY), (48, 48),
-                      interpolation=cv2.INTER_AREA)
+    face = cv2.resize(
+        cv2.cvtColor(astronaut_bgr[y : y + h, x : x + w], cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA
+    )
     noise = np.random.default_rng(0).integers(0, 256, size=(2, 48, 48), dtype=np.uint8)
     faces = np.concatenate([np.repeat(face[None], 7, axis=0), noise])
     labels = (np.arange(len(faces)) % 7).astype(np.uint8)
@@ -89,14 +116,30 @@ def astronaut_npz(tmp_path: Path, astronaut_bgr: np.ndarray) -> Path:
 
 @pytest.mark.parametrize("detector", ["haar", "yunet"])
 def test_via_detector_reports_server_path(
-    detector: str, astronaut_npz: Path, untrained_export: Path, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest,
+    detector: str,
+    astronaut_npz: Path,
+    untrained_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     extra = ["--detector", detector]
     if detector == "yunet":
         extra += ["--detector-model", str(request.getfixturevalue("yunet_model"))]
-    rc = evaluate.main(["--data", str(astronaut_npz), "--weights", str(untrained_export), "--out", str(tmp_path),
-                        "--via-detector", "--limit", "8", *extra])
+    rc = evaluate.main(
+        [
+            "--data",
+            str(astronaut_npz),
+            "--weights",
+            str(untrained_export),
+            "--out",
+            str(tmp_path),
+            "--via-detector",
+            "--limit",
+            "8",
+            *extra,
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n"] == 8 and summary["limit"] == 8 and summary["seed"] == 0  # the plain keys stay

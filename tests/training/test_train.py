@@ -16,8 +16,21 @@ from training import train
 def _run(tiny_npz: Path, tmp_path: Path, *extra: str) -> tuple[Path, Path]:
     run_dir, export_dir = tmp_path / "run", tmp_path / "export"
     train.main(
-        ["--data", str(tiny_npz), "--batch-size", "32", "--warmup-epochs", "1", "--verbose", "0",
-         "--run-dir", str(run_dir), "--export-dir", str(export_dir), *extra]
+        [
+            "--data",
+            str(tiny_npz),
+            "--batch-size",
+            "32",
+            "--warmup-epochs",
+            "1",
+            "--verbose",
+            "0",
+            "--run-dir",
+            str(run_dir),
+            "--export-dir",
+            str(export_dir),
+            *extra,
+        ]
     )
     return run_dir, export_dir
 
@@ -68,8 +81,18 @@ def test_init_weights_start_from_an_earlier_export(
     start = untrained_export / "fernet.weights.h5"
     # A learning rate of ~0 leaves the kernels where they started, so the export shows the origin.
     _, export_dir = _run(
-        tiny_npz, tmp_path, "--epochs", "1", "--lr", "1e-12", "--weight-decay", "0", "--seed", "99",
-        "--init-weights", str(start),
+        tiny_npz,
+        tmp_path,
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-12",
+        "--weight-decay",
+        "0",
+        "--seed",
+        "99",
+        "--init-weights",
+        str(start),
     )
     initial, exported = _first_conv_kernel(start), _first_conv_kernel(export_dir / "fernet.weights.h5")
     np.testing.assert_allclose(exported, initial, atol=1e-6)
@@ -79,5 +102,13 @@ def test_init_weights_start_from_an_earlier_export(
 
 def test_init_weights_of_another_network_fail_loudly(tiny_npz: Path, untrained_export: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not fit network 'classic'"):
-        _run(tiny_npz, tmp_path, "--model", "classic", "--epochs", "1",
-             "--init-weights", str(untrained_export / "fernet.weights.h5"))
+        _run(
+            tiny_npz,
+            tmp_path,
+            "--model",
+            "classic",
+            "--epochs",
+            "1",
+            "--init-weights",
+            str(untrained_export / "fernet.weights.h5"),
+        )
