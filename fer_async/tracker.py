@@ -1,0 +1,211 @@
+"""Face tracks over a stream of frames: stable ids, time-based smoothing, steady labels.
+
+The shared pipeline (batcher, analyzer) is stateless and answers one frame at a time; what a
+person watches is a stream. One `Tracker` per consumer of a stream (a WebSocket connection, an
+MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
+
+* Matching: each face is matched to the live track whose last box overlaps it most (IoU at
+  least `min_iou`), or, failing that, whose centre is nearest within `max_centre_shift` box
+  sides (a face that moved fast between two slow frames). Greedy, best pairs first; a face
+  left over starts a new track with the next integer id (1, 2, 3 ... per Tracker).
+* A track not matched for `max_unseen_ms` dies; its id is never reused.
+* Smoothing: an exponential moving average whose weight for the new frame is
+  ``1 - exp(-dt / tau)``, dt the time since the track's last update and tau `smoothing_ms`.
+  Time-based, so a client sending 5 fps is smoothed over the same span as one sending 30 fps.
+  ``smoothing_ms == 0`` turns it off (scores == raw_scores).
+* Hysteresis: the shown label changes only when another class leads the shown one by at least
+  `switch_margin` in the smoothed scores, so two nearly equal classes do not flicker.
+
+Pure Python + numpy; no I/O. Not thread-safe: one Tracker belongs to one task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fer_async.labels import EMOTIONS, Box, Face
+
+# Chosen on ../shared/data/videos (see /work/notes/video-readme.md for the measurement):
+# 250 ms of smoothing and a 0.15 margin keep one continuous face at <= 0.3 label changes/s
+# while the label still follows a smile within a few frames.
+DEFAULT_SMOOTHING_MS = 250.0
+DEFAULT_SWITCH_MARGIN = 0.15
+# A face the detector misses for a few frames (a turn of the head, motion blur) keeps its id.
+DEFAULT_MAX_UNSEEN_MS = 1000.0
+DEFAULT_MIN_IOU = 0.3
+# Centre distance, in units of the larger of the two boxes' sides, still taken as the same face.
+DEFAULT_MAX_CENTRE_SHIFT = 0.5
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x, y, w, h) boxes; 0 when either is empty."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = min(ax + aw, bx + bw) - max(ax, bx)
+    h = min(ay + ah, by + bh) - max(ay, by)
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def centre_shift(a: Box, b: Box) -> float:
+    """Distance between the boxes' centres in units of the larger box side."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    side = max(aw, ah, bw, bh, 1)
+    return math.hypot((ax + aw / 2) - (bx + bw / 2), (ay + ah / 2) - (by + bh / 2)) / side
+
+
+def _scores_json(scores: Sequence[float]) -> dict[str, float]:
+    return {name: round(float(p), 4) for name, p in zip(EMOTIONS, scores, strict=True)}
+
+
+@dataclass(frozen=True)
+class TrackedFace:
+    """One face of one frame, with its track's id, smoothed scores and shown label."""
+
+    id: int
+    box: Box
+    scores: tuple[float, ...]  # smoothed along the track (== raw_scores when smoothing is off)
+    raw_scores: tuple[float, ...]  # this frame's model output
+    emotion: str  # the label to show (after hysteresis)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "box": list(self.box),
+            "emotion": self.emotion,
+            "scores": _scores_json(self.scores),
+            "raw_scores": _scores_json(self.raw_scores),
+        }
+
+    def as_face(self) -> Face:
+        """The face with its smoothed scores (what drawing code that takes `Face` should show)."""
+        return Face(self.box, self.scores)
+
+
+@dataclass(eq=False)
+class _Track:
+    id: int
+    box: Box
+    last_seen_s: float
+    scores: np.ndarray  # smoothed, float64
+    shown: int  # index into EMOTIONS
+    seen: int = field(default=1)
+
+
+class Tracker:
+    """Tracks the faces of one stream of frames; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        smoothing_ms: float = DEFAULT_SMOOTHING_MS,
+        switch_margin: float = DEFAULT_SWITCH_MARGIN,
+        max_unseen_ms: float = DEFAULT_MAX_UNSEEN_MS,
+        min_iou: float = DEFAULT_MIN_IOU,
+        max_centre_shift: float = DEFAULT_MAX_CENTRE_SHIFT,
+    ) -> None:
+        if not (math.isfinite(smoothing_ms) and smoothing_ms >= 0):
+            raise ValueError(f"smoothing_ms must be >= 0, got {smoothing_ms}")
+        if not (math.isfinite(switch_margin) and 0 <= switch_margin < 1):
+            raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin}")
+        if not (math.isfinite(max_unseen_ms) and max_unseen_ms >= 0):
+            raise ValueError(f"max_unseen_ms must be >= 0, got {max_unseen_ms}")
+        if not 0 < min_iou <= 1:
+            raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
+        if not (math.isfinite(max_centre_shift) and max_centre_shift >= 0):
+            raise ValueError(f"max_centre_shift must be >= 0, got {max_centre_shift}")
+        self.smoothing_s = smoothing_ms / 1000.0
+        self.switch_margin = switch_margin
+        self.max_unseen_s = max_unseen_ms / 1000.0
+        self.min_iou = min_iou
+        self.max_centre_shift = max_centre_shift
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._last_now_s: float | None = None
+
+    @property
+    def live_tracks(self) -> int:
+        return len(self._tracks)
+
+    def reset(self) -> None:
+        """Forget every track (ids keep counting up, so an old id never names a new face)."""
+        self._tracks.clear()
+        self._last_now_s = None
+
+    def update(self, faces: Sequence[Face], now_s: float) -> tuple[TrackedFace, ...]:
+        """Match this frame's faces to live tracks, smooth, apply hysteresis.
+
+        Returns one TrackedFace per input face, in the input order. `now_s` is the frame's time
+        in seconds (a monotonic clock of receipt for live clients, frame_index / fps for
+        files). A time earlier than the last one (a looping file starting over) resets the
+        tracks rather than smoothing across the jump.
+        """
+        if not math.isfinite(now_s):
+            raise ValueError(f"now_s must be finite, got {now_s}")
+        if self._last_now_s is not None and now_s < self._last_now_s:
+            self.reset()
+        self._last_now_s = now_s
+        self._tracks = [t for t in self._tracks if now_s - t.last_seen_s <= self.max_unseen_s]
+        assignment = self._match(faces)
+        out: list[TrackedFace] = []
+        for index, face in enumerate(faces):
+            raw = np.asarray(face.scores, dtype=np.float64)
+            track = assignment.get(index)
+            if track is None:
+                track = _Track(self._next_id, face.box, now_s, raw.copy(), int(np.argmax(raw)))
+                self._next_id += 1
+                self._tracks.append(track)
+            else:
+                self._advance(track, face.box, raw, now_s)
+            out.append(
+                TrackedFace(
+                    id=track.id,
+                    box=face.box,
+                    scores=tuple(float(p) for p in track.scores),
+                    raw_scores=tuple(float(p) for p in face.scores),
+                    emotion=EMOTIONS[track.shown],
+                )
+            )
+        return tuple(out)
+
+    def _match(self, faces: Sequence[Face]) -> dict[int, _Track]:
+        """Greedy matching: highest IoU pairs first, then the nearest centres for the rest."""
+        pairs: list[tuple[float, float, int, int]] = []  # (-iou, shift, face index, track index)
+        for fi, face in enumerate(faces):
+            for ti, track in enumerate(self._tracks):
+                overlap = iou(face.box, track.box)
+                shift = centre_shift(face.box, track.box)
+                if overlap >= self.min_iou or shift <= self.max_centre_shift:
+                    pairs.append((-overlap, shift, fi, ti))
+        pairs.sort()
+        assignment: dict[int, _Track] = {}
+        taken: set[int] = set()
+        for _neg_iou, _shift, fi, ti in pairs:
+            if fi in assignment or ti in taken:
+                continue
+            assignment[fi] = self._tracks[ti]
+            taken.add(ti)
+        return assignment
+
+    def _advance(self, track: _Track, box: Box, raw: np.ndarray, now_s: float) -> None:
+        dt = max(0.0, now_s - track.last_seen_s)
+        if self.smoothing_s <= 0:
+            track.scores = raw.copy()
+        else:
+            weight = 1.0 - math.exp(-dt / self.smoothing_s)
+            track.scores = track.scores + weight * (raw - track.scores)
+        leader = int(np.argmax(track.scores))
+        if leader != track.shown and track.scores[leader] - track.scores[track.shown] >= self.switch_margin:
+            track.shown = leader
+        track.box = box
+        track.last_seen_s = now_s
+        track.seen += 1
