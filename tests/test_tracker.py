@@ -121,7 +121,7 @@ def test_time_based_smoothing_is_rate_independent() -> None:
 def test_smoothing_off_gives_raw_scores() -> None:
     tracker = Tracker(smoothing_ms=0, switch_margin=0)
     for i, named in enumerate([{"happy": 0.8}, {"sad": 0.6}, {"neutral": 0.5}]):
-        (tracked,) = tracker.update([face(100, 100, **named)], i * 0.1)
+        (tracked,) = tracker.update([Face((100, 100, 100, 100), scores(**named))], i * 0.1)
         assert tracked.scores == tracked.raw_scores
         assert tracked.emotion == next(iter(named))
 
