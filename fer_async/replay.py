@@ -144,7 +144,7 @@ def retrack(replies: Sequence[Reply], fps: float, **tracker_options: Any) -> lis
     tracker = Tracker(**tracker_options)
     out = []
     for reply in replies:
-        faces = [Face(tuple(f["box"]), _scores(f["raw_scores"])) for f in reply.faces]  # type: ignore[arg-type]
+        faces = [Face(tuple(f["box"]), _scores(f["raw_scores"])) for f in reply.faces]
         out.append([t.to_json() for t in tracker.update(faces, reply.index / fps)])
     return out
 
