@@ -15,15 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fer_async.detector import DETECTOR_KINDS
-from fer_async.imaging import MAX_PIXELS
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The shipped model. Defined here, not in model.py, so that reading a default does not import
 # TensorFlow; model.py, the training scripts and the settings all take it from here.
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 DEFAULT_MODEL_NAME = "fernet"
 DEFAULT_VIDEO_DIR = REPO_ROOT / "static" / "videos"
+
+# Defined here rather than in detector.py / imaging.py so that this module stays a stdlib-only
+# leaf: reading the settings must not import OpenCV or numpy.
+DETECTOR_KINDS = ("haar", "yunet")
+# Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
+# allocate 1.2 GB. imaging reads the size from the header and refuses before decoding. 4 Mpx
+# covers every webcam frame up to 2560x1600 with room to spare.
+MAX_PIXELS = 4096 * 1024
 
 ENV_PREFIX = "FER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -31,8 +31,7 @@ from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorF
 from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from fer_async.imaging import ImageError
 from fer_async.labels import EMOTIONS, FrameResult
-from fer_async.server.mjpeg import VIDEO_MAX_WIDTH
-from fer_async.video import shrink_to_width
+from fer_async.video import VIDEO_MAX_WIDTH, shrink_to_width
 
 FRAMES_PER_CALL = 16
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fer_async.config import DEFAULT_VIDEO_DIR, DEFAULT_WEIGHTS_DIR, Settings, SettingsError, build_parser
-from fer_async.imaging import MAX_PIXELS
+from fer_async.config import MAX_PIXELS
 
 
 def test_defaults() -> None:
