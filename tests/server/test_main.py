@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
-from testsupport import free_port
+
+from fer_async.bench.harness import free_port
 
 from .helpers import CLIP_NAME
 
