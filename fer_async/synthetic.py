@@ -67,21 +67,6 @@ def jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     return bytes(buffer.tobytes())
 
 
-def face_frame_jpeg(
-    x: int,
-    y: int,
-    *,
-    width: int = FRAME_WIDTH,
-    height: int = FRAME_HEIGHT,
-    side: int = FACE_SIDE,
-    seed: int = 0,
-    quality: int = JPEG_QUALITY,
-) -> bytes:
-    """One JPEG with the astronaut's face shrunk to `side` and pasted at (x, y)."""
-    frame = compose_frame(astronaut_bgr(), x, y, width=width, height=height, side=side, seed=seed)
-    return jpeg(frame, quality)
-
-
 def frame_position(
     index: int, *, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, side: int = FACE_SIDE
 ) -> tuple[int, int]:

@@ -28,7 +28,8 @@ Connect to ``ws://HOST:PORT/ws`` (``wss://`` when the server runs with ``--cert/
        "timings": {"decode": ms, "detect": ms, "model": ms, "queue": ms, "total": ms},
        "dropped": COUNT}
 
-  Boxes are in the frame's own pixels; scores follow the order of ``emotions``. ``total`` is
+  Boxes are ``[x, y, w, h]`` in the frame's own pixels, faces largest first; scores follow
+  the order of ``emotions``. ``total`` is
   the server-side time from receiving the frame to sending the result, ``queue`` the part of
   it spent waiting (for this client's previous frame, for a batch, for the model thread).
   ``dropped`` counts this connection's frames replaced so far (see below).
@@ -40,7 +41,7 @@ Connect to ``ws://HOST:PORT/ws`` (``wss://`` when the server runs with ``--cert/
   frame in flight: send the next when the reply to the last one arrives.
 * Errors, after which the connection stays open:
   ``{"type": "error", "frame": ID, "error": "..."}`` for a frame that is not a JPEG/PNG, is
-  truncated, has too many pixels, or exceeds ``max_frame_bytes``; with ``"error": "server
+  corrupt or truncated, has too many pixels or JPEG scans (64), or exceeds ``max_frame_bytes``; with ``"error": "server
   busy"`` when the analysis queue is full (send again later), ``"analysis failed"`` when the
   model failed on that frame's batch (details are only logged on the server), ``"server
   shutting down"`` during shutdown. Text messages other than the ones below (not JSON, not an
@@ -52,7 +53,8 @@ Connect to ``ws://HOST:PORT/ws`` (``wss://`` when the server runs with ``--cert/
 * Close codes from the server: 1001 server shutting down, 1008 client does not read its
   replies (a send blocked for more than a few seconds), 1009 message larger than twice
   ``max_frame_bytes`` (refused before it is buffered; smaller oversize frames only get an
-  error), 1013 server full. The server pings every 20 s and drops peers that do not answer.
+  error), 1013 server full. The server pings every 20 s and drops peers that do not answer. Messages are not
+  compressed (JPEG does not deflate).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import pytest
 from fer_async.bench import harness
 from fer_async.bench.harness import free_port
 from fer_async.labels import EMOTIONS
-from fer_async.synthetic import drifting_face_frames, face_frame_jpeg, write_video
+from fer_async.synthetic import astronaut_bgr, compose_frame, drifting_face_frames, jpeg, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_FRAME_BYTES = 200_000
@@ -224,7 +224,7 @@ def lying_png(width: int = 20_000, height: int = 20_000) -> bytes:
 
 def small_face_jpeg(width: int = 320, height: int = 240, quality: int = 70) -> bytes:
     """A small real-face JPEG (a few KB), for flooding cheaply."""
-    return face_frame_jpeg(60, 20, width=width, height=height, side=200, seed=3, quality=quality)
+    return jpeg(compose_frame(astronaut_bgr(), 60, 20, width=width, height=height, side=200, seed=3), quality)
 
 
 def decodes(data: bytes) -> bool:
