@@ -183,7 +183,7 @@ class InProcessServer:
     """`serve_in_process` behind ServerProcess's start/stop interface (the bench's --in-process)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings.replace(host="127.0.0.1", port=settings.port or free_port())
+        self.settings = settings.replace(host="127.0.0.1", port=free_port())
         self.port = self.settings.port
         self._stack = contextlib.AsyncExitStack()
 
