@@ -296,12 +296,12 @@ async def _health(url: str) -> dict[str, Any]:
 
 
 async def _run(ns: argparse.Namespace, clips: list[Clip]) -> list[tuple[Clip, list[Reply]]]:
-    from fer_async.bench import Server
+    from fer_async.bench.harness import ServerProcess
 
-    server: Server | None = None
+    server: ServerProcess | None = None
     url = ns.url
     if url is None:
-        server = Server(ns.server_arg)
+        server = ServerProcess(ns.server_arg)
         await server.start()
         url = server.base_url.replace("http://", "ws://") + "/ws"
     try:
