@@ -63,7 +63,7 @@ def test_one_model_call_for_all_faces_of_all_frames(
     assert [len(r.faces) for r in frames] == [1, 2, 0, 1]
     for r in frames:
         assert (r.width, r.height) == (640, 480)
-        assert set(r.timings) == {"decode", "detect", "model", "total"}
+        assert set(r.timings) == {"decode", "detect", "crop", "model", "total"}
         for face in r.faces:
             assert len(face.scores) == len(EMOTIONS) and abs(sum(face.scores) - 1) < 1e-4
             assert face.emotion in EMOTIONS
