@@ -144,13 +144,6 @@ class Analyzer:
             results.append(FrameResult(width=p.width, height=p.height, faces=faces, timings=timings))
         return results
 
-    def analyze_one(self, frame: Frame) -> FrameResult:
-        """Analyse a single frame; a bad image raises its ImageError."""
-        (result,) = self.analyze([frame])
-        if isinstance(result, ImageError):
-            raise result
-        return result
-
     def close(self) -> None:
         """Stop the detection threads (waits for running work; later calls to analyze fail)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
