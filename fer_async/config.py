@@ -83,6 +83,10 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     log_level: str = "info"
+    # An Open Inference Protocol server (Triton, KServe, MLServer) that classifies the faces
+    # instead of the in-process model; None = in-process.
+    executor: str | None = None
+    executor_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -101,6 +105,10 @@ class Settings:
             problems.append("--cert and --key must be given together")
         if self.log_level.lower() not in LOG_LEVELS:
             problems.append(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.executor is not None and not self.executor.startswith(("http://", "https://")):
+            problems.append(f"--executor must be an http:// or https:// URL, got {self.executor!r}")
+        if self.executor_timeout_s <= 0:
+            problems.append(f"--executor-timeout must be > 0, got {self.executor_timeout_s}")
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -181,6 +189,17 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "cert": ("--cert", Path, "TLS certificate (PEM) to serve https/wss; needs --key"),
     "key": ("--key", Path, "TLS private key (PEM)"),
     "log_level": ("--log-level", str, f"logging level: {', '.join(LOG_LEVELS)}"),
+    "executor": (
+        "--executor",
+        str,
+        "URL of an Open Inference Protocol server (Triton, KServe, MLServer) serving the model as "
+        "--model-name; faces are classified there instead of in this process",
+    ),
+    "executor_timeout_s": (
+        "--executor-timeout",
+        float,
+        "seconds a batch may take on the --executor server before its frames get 'analysis failed'",
+    ),
 }
 
 
