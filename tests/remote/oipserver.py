@@ -30,6 +30,7 @@ VENV = Path(os.environ.get("FER_OIP_VENV", REPO / ".venv-oip"))
 REQUIREMENTS = REPO / "deploy" / "mlserver" / "requirements.txt"
 MODEL_FOLDER = REPO / "deploy" / "mlserver" / "fernet"
 INSTALL_TIMEOUT_S = 900
+EXPORT_VERSION = b"faces-uint8/probabilities-fp32"  # part of the cache key of our own export
 READY_TIMEOUT_S = 90.0  # MLServer imports fastapi, pydantic, grpc: seconds on a loaded machine
 
 
@@ -58,9 +59,13 @@ def ensure_venv() -> Path:
 
 
 def cached_onnx(weights: Path, model_name: str) -> Path:
-    """The ONNX export of the shipped weights, made once per weights file and kept in the venv."""
-    weights_file = weights / f"{model_name}.weights.h5"
-    digest = hashlib.sha256(weights_file.read_bytes() + (weights / f"{model_name}.json").read_bytes()).hexdigest()
+    """The ONNX export of the shipped weights: `weights/NAME.onnx` when it is there and fresh,
+    else one made here once per weights file (tf2onnx) and kept in the venv folder."""
+    sources = [weights / f"{model_name}.json", weights / f"{model_name}.weights.h5"]
+    shipped = weights / f"{model_name}.onnx"
+    if shipped.is_file() and _made_from(shipped, sources):
+        return shipped
+    digest = hashlib.sha256(EXPORT_VERSION + b"".join(p.read_bytes() for p in sources)).hexdigest()
     path = VENV / "models" / f"{model_name}-{digest[:16]}.onnx"
     if not path.is_file():
         from .onnx_export import export_onnx
@@ -68,6 +73,15 @@ def cached_onnx(weights: Path, model_name: str) -> Path:
         partial = export_onnx(weights, model_name, path.with_suffix(".partial"))
         partial.rename(path)
     return path
+
+
+def _made_from(onnx_file: Path, sources: list[Path]) -> bool:
+    """Whether the export records the sha256 of these very .json and .weights.h5 files."""
+    import onnx
+
+    recorded = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+    wanted = {hashlib.sha256(p.read_bytes()).hexdigest() for p in sources}
+    return wanted <= set(recorded.values())
 
 
 def free_port() -> int:

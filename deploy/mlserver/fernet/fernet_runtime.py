@@ -1,7 +1,7 @@
 """MLServer runtime for fer_async's expression model: the ONNX export through onnxruntime.
 
 Takes `faces` uint8 [N, 48, 48, 1] (grey levels 0..255; the network rescales them itself) and
-gives `probs` float32 [N, 7] in FER2013 order (angry, disgust, fear, happy, sad, surprise,
+gives `probabilities` float32 [N, 7] in FER2013 order (angry, disgust, fear, happy, sad, surprise,
 neutral). Flip TTA is the client's business: fer_async sends each face and its mirror image in
 the same request.
 
