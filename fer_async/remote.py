@@ -34,11 +34,10 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import numpy as np
 
-from fer_async.labels import EMOTIONS
+from fer_async.labels import EMOTIONS, FACE_SIZE
 
 logger = logging.getLogger(__name__)
 
-FACE_SIZE = 48
 # Rows (faces, mirrored ones included) in one HTTP request. Equal to max_batch_size in
 # deploy/triton/fernet/config.pbtxt: Triton refuses a request larger than the model's
 # max batch, so a bigger analyzer batch is split and its requests sent side by side.
