@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from fer_async.config import Settings
 from fer_async.detector import create_detector
 from fer_async.imaging import crop_faces, decode_image
-from fer_async.remote import RemotePredictor
+from fer_async.remote import ExecutorUnavailable, RemotePredictor
 from fer_async.server.app import create_app
 
 from .oipserver import MLServer
@@ -98,6 +98,19 @@ async def test_the_server_merges_concurrent_requests_into_batches(mlserver: MLSe
             if calls < requests:
                 break
         assert calls < requests, f"{requests} concurrent requests ran as {calls} model calls: no batching"
+    finally:
+        await remote.aclose()
+
+
+async def test_a_model_the_server_does_not_serve_leaves_the_executor_degraded(
+    mlserver: MLServer, real_faces: np.ndarray
+) -> None:
+    remote = RemotePredictor(mlserver.url, "no-such-model", timeout_s=GENEROUS_TIMEOUT_S)
+    await remote.start()
+    try:
+        assert remote.problem is not None and "'no-such-model' not ready" in remote.problem
+        with pytest.raises(ExecutorUnavailable, match="not ready"):
+            await remote.predict_async(real_faces[:2])
     finally:
         await remote.aclose()
 
