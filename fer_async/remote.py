@@ -277,12 +277,12 @@ class RemotePredictor:
             started = time.perf_counter()
             body = encode_request(signature, rows)
             sent = time.perf_counter()
-            headers = {"Content-Type": "application/json"}
-            async with self._session.post(f"{self._model_url}/infer", data=body, headers=headers) as response:
-                if response.status != 200:
-                    text = (await response.text())[:_ERROR_BODY_LIMIT]
-                    raise ExecutorUnavailable(f"HTTP {response.status} from {self._model_url}/infer: {text}")
-                raw = await response.read()
+            try:
+                raw = await self._post(body)
+            except aiohttp.ServerDisconnectedError:
+                # A pooled keep-alive connection the server closed (it restarted, or an idle
+                # timeout): inference has no side effects, so one retry on a fresh connection.
+                raw = await self._post(body)
             received = time.perf_counter()
             probs = decode_response(signature, json.loads(raw), len(rows))
             stats = self.stats
@@ -292,6 +292,15 @@ class RemotePredictor:
             stats.wire_s += received - sent
             stats.decode_s += time.perf_counter() - received
             return probs
+
+    async def _post(self, body: bytes) -> bytes:
+        assert self._session is not None
+        headers = {"Content-Type": "application/json"}
+        async with self._session.post(f"{self._model_url}/infer", data=body, headers=headers) as response:
+            if response.status != 200:
+                text = (await response.text())[:_ERROR_BODY_LIMIT]
+                raise ExecutorUnavailable(f"HTTP {response.status} from {self._model_url}/infer: {text}")
+            return await response.read()
 
     async def _check(self) -> None:
         """Raise unless the model is ready; (re)read its signature after start or an outage."""
