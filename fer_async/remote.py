@@ -60,8 +60,12 @@ class ExecutorUnavailable(RuntimeError):
     """The inference server could not classify this batch (down, timed out, refused it)."""
 
 
-class ExecutorMisconfigured(ExecutorUnavailable):
-    """The server answers, but its model does not take 48x48 faces or give 7 probabilities."""
+class ExecutorMisconfigured(ExecutorUnavailable, ValueError):
+    """The server answers, but its model does not take 48x48 faces or give 7 probabilities.
+
+    A ValueError too: at start-up it is a configuration error, which `python -m fer_async`
+    reports as "cannot start" (exit 1) instead of serving frames it can never analyse.
+    """
 
 
 @dataclass(frozen=True)
@@ -181,14 +185,14 @@ class RemotePredictor:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"the executor URL must be http(s)://host[:port][/prefix], got {url!r}")
-        if timeout_s <= 0 or max_in_flight < 1 or max_rows_per_request < 2:
-            raise ValueError("timeout_s > 0, max_in_flight >= 1 and max_rows_per_request >= 2 are required")
+        if timeout_s <= 0 or max_in_flight < 1 or max_rows_per_request < 1:
+            raise ValueError("timeout_s > 0, max_in_flight >= 1 and max_rows_per_request >= 1 are required")
         self.base_url = url.rstrip("/")
         self.model_name = model_name
         self.flip_tta = flip_tta
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
-        self.max_rows_per_request = max_rows_per_request - max_rows_per_request % 2
+        self.max_rows_per_request = max_rows_per_request
         self.device = f"remote {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
         self.stats = RemoteStats()
         self.signature: ModelSignature | None = None

@@ -53,8 +53,9 @@ def test_metadata_of_the_deployed_model_is_accepted() -> None:
     ],
 )
 def test_metadata_of_another_model_is_refused(change: dict[str, object], complaint: str) -> None:
-    with pytest.raises(ExecutorMisconfigured, match=complaint):
+    with pytest.raises(ExecutorMisconfigured, match=complaint) as refused:
         parse_metadata({**TRITON_METADATA, **change})
+    assert isinstance(refused.value, ValueError)  # `python -m fer_async` then says "cannot start", exit 1
 
 
 @pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
