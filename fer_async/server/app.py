@@ -103,7 +103,9 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def analyze(frames: list[Frame]) -> list[FrameResult | Exception]:
         try:
-            return list(await loop.run_in_executor(executor, analyzer.analyze, frames))
+            results: list[FrameResult | Exception] = list(
+                await loop.run_in_executor(executor, analyzer.analyze, frames)
+            )
         except ExecutorUnavailable as exc:
             # An outage fails every batch until the server is back. The executor logs its state
             # changes once; per-frame errors keep the batcher from logging every batch too.
@@ -113,6 +115,8 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
             # Logged once here, with the traceback; each client only hears "analysis failed".
             logger.exception("analysis of a batch of %d frames failed", len(frames))
             raise
+        metrics.observe_analysis([r.timings for r in results if isinstance(r, FrameResult)])
+        return results
 
     def on_batch(stats: BatchStats) -> None:
         metrics.observe_batch(stats.size, stats.queue_wait_s, stats.run_s)
