@@ -7,7 +7,8 @@ project's. `.ci/run` creates it; `ensure_venv` creates it too when missing (abou
 
 The served model repository is deploy/mlserver/ as shipped (the runtime and
 model-settings.json), with test ports, loopback only and one process (`parallel_workers: 0`:
-a SIGKILL of the server then takes the whole server down, which is the fault the tests want).
+a SIGKILL of the server then takes the whole server down, which is the fault the tests want),
+plus a copy of the model that declares the wrong output shape.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ REQUIREMENTS = REPO / "deploy" / "mlserver" / "requirements.txt"
 MODEL_FOLDER = REPO / "deploy" / "mlserver" / "fernet"
 INSTALL_TIMEOUT_S = 900
 EXPORT_VERSION = b"faces-uint8/probabilities-fp32"  # part of the cache key of our own export
-READY_TIMEOUT_S = 90.0  # MLServer imports fastapi, pydantic, grpc: seconds on a loaded machine
+READY_TIMEOUT_S = 90.0
+MISDECLARED_MODEL = "fernet-misdeclared"  # MLServer imports fastapi, pydantic, grpc: seconds on a loaded machine
 
 
 def ensure_venv() -> Path:
@@ -100,6 +102,13 @@ class MLServer:
         self.url = f"http://127.0.0.1:{self.http_port}"
         shutil.copytree(MODEL_FOLDER, workdir / "fernet", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copyfile(onnx_file, workdir / "fernet" / "model.onnx")
+        # A second model, as a wrong deployment looks to the client: it declares 8 outputs.
+        misdeclared = workdir / MISDECLARED_MODEL
+        shutil.copytree(workdir / "fernet", misdeclared)
+        model_settings = json.loads((misdeclared / "model-settings.json").read_text())
+        model_settings["name"] = MISDECLARED_MODEL
+        model_settings["outputs"][0]["shape"] = [-1, 8]
+        (misdeclared / "model-settings.json").write_text(json.dumps(model_settings))
         settings = {
             "host": "127.0.0.1",
             "http_port": self.http_port,

@@ -8,6 +8,8 @@ whole app classifying through it, and the faults: the server hung (SIGSTOP) and 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from fer_async.imaging import crop_faces, decode_image
 from fer_async.remote import ExecutorUnavailable, RemotePredictor
 from fer_async.server.app import create_app
 
-from .oipserver import MLServer
+from .oipserver import MISDECLARED_MODEL, MLServer, free_port
 
 FER2013 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fer2013" / "fer2013.npz"
 PARITY_FACES = 128  # with flip TTA: 256 rows, four requests of 64
@@ -116,6 +118,15 @@ async def test_a_model_the_server_does_not_serve_leaves_the_executor_degraded(
             await remote.predict_async(real_faces[:2])
     finally:
         await remote.aclose()
+
+
+def test_the_server_refuses_to_start_against_a_model_of_another_signature(mlserver: MLServer) -> None:
+    command = [sys.executable, "-m", "fer_async", "--port", str(free_port()), "--executor", mlserver.url]
+    started = subprocess.run(
+        [*command, "--model-name", MISDECLARED_MODEL], capture_output=True, text=True, timeout=GENEROUS_TIMEOUT_S
+    )
+    assert started.returncode == 1, started.stderr[-2000:]
+    assert "cannot start: the model must have one output of shape [-1, 7]" in started.stderr
 
 
 def _settings(url: str, timeout_s: float) -> Settings:
