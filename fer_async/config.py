@@ -99,6 +99,10 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     log_level: str = "info"
+    # An Open Inference Protocol server (Triton, KServe, MLServer) that classifies the faces
+    # instead of the in-process model; None = in-process.
+    executor: str | None = None
+    executor_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -119,6 +123,10 @@ class Settings:
             problems.append("--cert and --key must be given together")
         if self.log_level.lower() not in LOG_LEVELS:
             problems.append(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.executor is not None and not self.executor.startswith(("http://", "https://")):
+            problems.append(f"--executor must be an http:// or https:// URL, got {self.executor!r}")
+        if self.executor_timeout_s <= 0:
+            problems.append(f"--executor-timeout must be > 0, got {self.executor_timeout_s}")
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -255,6 +263,19 @@ _OPTIONS: dict[str, Option] = {
         str,
         f"logging level: {', '.join(LOG_LEVELS)}",
         argparse={"choices": LOG_LEVELS, "type": str.lower},
+    ),
+    "executor": Option(
+        "--executor",
+        str,
+        "URL of an Open Inference Protocol server (Triton, KServe, MLServer) serving the model as "
+        "--model-name; faces are classified there instead of in this process",
+        "URL",
+    ),
+    "executor_timeout_s": Option(
+        "--executor-timeout",
+        float,
+        "seconds a batch may take on the --executor server before its frames get 'analysis failed'",
+        "SECONDS",
     ),
 }
 

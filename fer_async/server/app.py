@@ -19,6 +19,7 @@ from fer_async.config import REPO_ROOT, Settings
 from fer_async.detector import create_detector_for
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
+from fer_async.remote import ExecutorUnavailable, RemotePredictor
 from fer_async.server import mjpeg, views, ws
 from fer_async.server.connection import Connections
 from fer_async.server.keys import (
@@ -67,8 +68,17 @@ async def _model_executor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if MODEL not in app and settings.executor is not None:
+        remote = RemotePredictor(
+            settings.executor, settings.model_name, flip_tta=settings.flip_tta, timeout_s=settings.executor_timeout_s
+        )
+        await remote.start()
+        app[MODEL] = remote
+        yield
+        await remote.aclose()
+        return
     if MODEL not in app:  # not injected by a test
-        settings = app[SETTINGS]
         loop = asyncio.get_running_loop()
         # FacialExpressionModel warms up (traces, allocates) in its constructor: all in the thread.
         app[MODEL] = await loop.run_in_executor(app[MODEL_EXECUTOR], _load_model, settings)
@@ -101,6 +111,11 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
             results: list[FrameResult | Exception] = list(
                 await loop.run_in_executor(executor, analyzer.analyze, frames)
             )
+        except ExecutorUnavailable as exc:
+            # An outage fails every batch until the server is back. The executor logs its state
+            # changes once; per-frame errors keep the batcher from logging every batch too.
+            logger.debug("batch of %d frames failed: %s", len(frames), exc)
+            return [exc] * len(frames)
         except Exception:
             # Logged once here, with the traceback; each client only hears "analysis failed".
             logger.exception("analysis of a batch of %d frames failed", len(frames))

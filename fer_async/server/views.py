@@ -67,9 +67,13 @@ async def videos(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    # A remote executor reports why it cannot serve (server down, model not ready): the
+    # process is alive and answers every frame, but with "analysis failed".
+    problem = getattr(request.app[MODEL], "problem", None)
     return web.json_response(
         {
-            "status": "ok",
+            "status": "ok" if problem is None else "degraded",
+            **({} if problem is None else {"reason": str(problem)}),
             "model": settings.model_name,
             "device": _device(request),
             "detector": request.app[DETECTOR_NAME],
