@@ -25,6 +25,9 @@ DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 DEFAULT_MODEL_NAME = "fernet"
 DEFAULT_VIDEO_DIR = REPO_ROOT / "static" / "videos"
 
+# How the network runs (fer_async.model): "auto" = onnx when weights/<name>.onnx is current, else keras.
+RUNTIMES = ("auto", "onnx", "keras")
+
 ENV_PREFIX = "FER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -67,6 +70,7 @@ class Settings:
     port: int = 8080
     weights: Path = DEFAULT_WEIGHTS_DIR
     model_name: str = DEFAULT_MODEL_NAME
+    runtime: str = "auto"
     flip_tta: bool = True  # +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost
     detector: str = "haar"
     detector_model: Path | None = None
@@ -93,6 +97,8 @@ class Settings:
                 problems.append(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             problems.append(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if self.runtime not in RUNTIMES:
+            problems.append(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.detector not in DETECTOR_KINDS:
             problems.append(f"--detector must be one of {', '.join(DETECTOR_KINDS)}, got {self.detector!r}")
         if self.detector == "yunet" and self.detector_model is None:
@@ -158,6 +164,12 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "port": ("--port", _parse_int, "TCP port"),
     "weights": ("--weights", Path, "directory holding <model-name>.json and <model-name>.weights.h5"),
     "model_name": ("--model-name", str, "model file stem inside --weights"),
+    "runtime": (
+        "--runtime",
+        str,
+        "how the network runs: onnx (onnxruntime, weights/<model-name>.onnx), keras (TensorFlow), "
+        "or auto (onnx when its file is there and current, else keras)",
+    ),
     "flip_tta": (
         "--flip-tta",
         _parse_bool,
@@ -201,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs.update(action="append", metavar="ORIGIN")
         elif name == "detector":
             kwargs.update(choices=DETECTOR_KINDS)
+        elif name == "runtime":
+            kwargs.update(choices=RUNTIMES)
         elif name == "log_level":
             kwargs.update(choices=LOG_LEVELS, type=str.lower)
         else:

@@ -66,6 +66,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "ok",
             "model": settings.model_name,
             "device": _device(request),
+            "runtime": str(getattr(request.app[MODEL], "runtime", "keras")),
             "clients": len(request.app[WEBSOCKETS]),
             "video_viewers": request.app[VIDEO_HUB].viewers,
             "queue": request.app[BATCHER].queue_size,

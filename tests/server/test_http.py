@@ -103,7 +103,7 @@ async def test_healthz(client: Client) -> None:
     body = await resp.json()
     assert body["status"] == "ok"
     assert body["model"] == "fernet"
-    assert body["device"] in ("CPU", "GPU")
+    assert body["device"] in ("CPU", "GPU") and body["runtime"] == "onnx"  # the shipped export is current
     assert body["clients"] == 0
     ws = await client.ws_connect("/ws")
     await ws.receive()
