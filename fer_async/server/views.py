@@ -12,11 +12,11 @@ import aiohttp_jinja2
 from aiohttp import BodyPartReader, StreamReader, web
 
 from fer_async.batcher import BatcherClosed, BatcherOverloaded
-from fer_async.imaging import ImageError
+from fer_async.imaging import ImageError, ImageTooLarge, check_image_header
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fer_async.server.keys import BATCHER, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
-from fer_async.server.ws import check_image_header, server_timings
+from fer_async.server.ws import server_timings
 from fer_async.video import list_videos
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,9 @@ async def predict(request: web.Request) -> web.Response:
     try:
         check_image_header(upload, request.app[SETTINGS].max_pixels)
         result: FrameResult = await request.app[BATCHER].submit(upload)
+    except ImageTooLarge as exc:
+        metrics_.frame_errors.labels("too_large").inc()
+        return _error(413, str(exc))
     except ImageError as exc:
         metrics_.frame_errors.labels("bad_image").inc()
         return _error(400, str(exc))

@@ -74,7 +74,7 @@ import yarl
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from fer_async.batcher import BatcherClosed, BatcherOverloaded
-from fer_async.imaging import ImageError, image_size
+from fer_async.imaging import ImageError, check_image_header
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.server.keys import BATCHER, METRICS, SETTINGS, WEBSOCKETS
@@ -335,16 +335,6 @@ class ClientConnection:
         except ConnectionResetError:
             return False
         return True
-
-
-def check_image_header(data: bytes, max_pixels: int) -> None:
-    """Raise ImageError unless `data` starts like a JPEG/PNG of at most `max_pixels` pixels.
-
-    Reads headers only (microseconds); the analyzer still decodes and checks for real.
-    """
-    width, height = image_size(data)
-    if width * height > max_pixels:
-        raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
 
 
 def server_timings(result: FrameResult, received: float) -> dict[str, float]:
