@@ -14,16 +14,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fer_async.labels import Box, Face
+from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
+from fer_async.labels import FACE_SIZE, Box, Face
 
 logger = logging.getLogger(__name__)
-
-# Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
-# allocate 1.2 GB. We read the size from the header and refuse before decoding. 4 Mpx covers
-# every webcam frame up to 2560x1600 with room to spare.
-MAX_PIXELS = 4096 * 1024
-
-FACE_SIZE = 48  # the model's input side (FER2013)
 
 # FER2013 faces fill their 48x48 frame the way a Haar box does: on 521 validation faces
 # upscaled and padded, the Haar cascade's box side was 0.99x the frame (median, IQR 0.91-1.04)
@@ -48,11 +42,8 @@ _CORRUPT = "corrupt or truncated image"
 MAX_JPEG_SCANS = 64
 
 
-# A JPEG over the pixel budget is decoded at 1/2, 1/4 or 1/8 scale: libjpeg scales inside its
-# inverse DCT, so the full-size image is never allocated. Its pixels are still entropy-decoded,
-# so this many times the budget is the most we accept at all (16 x 4 Mpx: a 50 MP phone photo
-# passes, decoded at 1/4).
-MAX_REDUCED_FACTOR = 16
+# A JPEG over the pixel budget (or wider than a caller needs) is decoded at 1/2, 1/4 or 1/8
+# scale: libjpeg scales inside its inverse DCT, so the full-size image is never allocated.
 JPEG_REDUCTIONS: dict[int, int] = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,

@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR, RUNTIMES
-from fer_async.labels import EMOTIONS
+from fer_async.labels import EMOTIONS, FACE_SIZE
 
 logger = logging.getLogger(__name__)
 
-FACE_SIZE = 48
 # ONNX metadata keys written by training.export_onnx.
 JSON_SHA256 = "source_json_sha256"
 WEIGHTS_SHA256 = "source_weights_sha256"

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 from testsupport import jpeg_scan_bomb
 
+from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.imaging import (
-    FACE_SIZE,
     MAX_JPEG_SCANS,
-    MAX_PIXELS,
-    MAX_REDUCED_FACTOR,
     ImageError,
     ImageTooLarge,
     check_image_header,
@@ -25,7 +23,7 @@ from fer_async.imaging import (
     encode_jpeg,
     image_size,
 )
-from fer_async.labels import EMOTIONS, Face
+from fer_async.labels import EMOTIONS, FACE_SIZE, Face
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

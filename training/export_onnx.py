@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 
 from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
-from fer_async.model import FACE_SIZE, JSON_SHA256, WEIGHTS_SHA256, load_keras_model, resolve_weights, sha256_of
+from fer_async.labels import FACE_SIZE
+from fer_async.model import JSON_SHA256, WEIGHTS_SHA256, load_keras_model, resolve_weights, sha256_of
 
 INPUT_NAME = "faces"
 OPSET = 17
