@@ -62,6 +62,12 @@ class ImageTooLarge(ImageError):
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the first SOF segment; checks the file also reaches its EOI."""
+    width, height, _scans = _jpeg_header(data)
+    return width, height
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int]:
+    """(width, height, scans) from the markers; refuses more than MAX_JPEG_SCANS scans."""
     pos, n = 2, len(data)
     size: tuple[int, int] | None = None
     while True:
@@ -101,7 +107,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             scans = data.count(b"\xff\xda", pos - 2)
             if scans > MAX_JPEG_SCANS:
                 raise ImageError(f"JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
-            return size
+            return (*size, scans)
         pos += length
 
 
@@ -143,6 +149,16 @@ def check_image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, 
                 f"image is {width}x{height} = {pixels} pixels; the limit is {cap} for a JPEG "
                 f"({MAX_REDUCED_FACTOR} x --max-pixels {max_pixels}, decoded at reduced scale)"
             )
+        # Every scan is entropy-decoded at full size even when the output is reduced: over the
+        # budget, a JPEG may cost no more than MAX_JPEG_SCANS scans of a budget-sized one. Phone
+        # photos are baseline (one scan); a 67 Mpx flat JPEG with 64 scans took 12 s (loaded machine).
+        if pixels > max_pixels:
+            scans = _jpeg_header(data)[2]
+            if pixels * scans > max_pixels * MAX_JPEG_SCANS:
+                raise ImageTooLarge(
+                    f"JPEG of {width}x{height} pixels has {scans} scans; over --max-pixels {max_pixels} "
+                    f"at most {max_pixels * MAX_JPEG_SCANS // pixels} are accepted"
+                )
     elif pixels > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {pixels} pixels; the limit is {max_pixels} (--max-pixels)")
     return width, height

@@ -225,7 +225,10 @@ class FacialExpressionModel:
 
     def _load(self, runtime: str, onnx_threads: int) -> tuple[str, tuple[Forward, str, str]]:
         if runtime == "keras":
-            return "keras", _keras_forward(self.json_path, self.weights_path)
+            try:
+                return "keras", _keras_forward(self.json_path, self.weights_path)
+            except ImportError as exc:
+                raise ValueError(f"--runtime keras needs TensorFlow: pip install -e '.[train]' ({exc})") from exc
         if runtime == "onnx":
             if not self.onnx_path.is_file():
                 raise FileNotFoundError(f"model file not found: {self.onnx_path} (export it with `{EXPORT_COMMAND}`)")

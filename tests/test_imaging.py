@@ -81,6 +81,25 @@ def test_a_12_megapixel_photo_decodes_at_the_detectors_size(face_jpeg: bytes) ->
         assert decode_scaled(big, min_width=min_width).image.shape[1] == side
 
 
+def test_a_big_jpeg_may_not_have_many_scans() -> None:
+    """Scans are entropy-decoded at full size even for a reduced decode: over the budget, pixels
+    x scans must stay within what a budget-sized JPEG of MAX_JPEG_SCANS scans would cost."""
+    ok, encoded = cv2.imencode(".jpg", np.full((3000, 4000, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    jpeg = encoded.tobytes()
+    last_scan = jpeg[jpeg.rindex(b"\xff\xda") : -2]
+    scans = jpeg.count(b"\xff\xda")
+    allowed = MAX_PIXELS * MAX_JPEG_SCANS // (4000 * 3000)  # 22
+    for total, accepted in ((allowed, True), (allowed + 1, False)):
+        data = jpeg[:-2] + last_scan * (total - scans) + b"\xff\xd9"
+        if accepted:
+            assert check_image_header(data) == (4000, 3000)
+        else:
+            with pytest.raises(ImageTooLarge, match=rf"has {total} scans; over --max-pixels .* at most {allowed}"):
+                check_image_header(data)
+    assert check_image_header(jpeg[:-2] + last_scan * 40 + b"\xff\xd9", max_pixels=4000 * 3000)  # within budget
+
+
 def test_png_over_the_budget_is_refused_naming_the_option(astronaut_bgr: np.ndarray) -> None:
     ok, png = cv2.imencode(".png", astronaut_bgr)
     assert ok

@@ -129,7 +129,7 @@ async def predict(request: web.Request) -> web.Response:
     """One image in (raw body or multipart field "image"), its faces out."""
     settings = request.app[SETTINGS]
     limit = settings.max_frame_bytes
-    too_large = f"image larger than {limit} bytes"
+    too_large = f"image larger than {limit} bytes (--max-frame-bytes)"
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
         return _error(413, too_large)
     metrics_ = request.app[METRICS]
