@@ -22,7 +22,7 @@ from testsupport import eventually
 
 from fer_async.analyzer import Analyzer
 from fer_async.detector import create_detector
-from fer_async.labels import EMOTIONS, Box
+from fer_async.labels import EMOTIONS, Box, FrameResult
 from fer_async.server.app import create_app
 from fer_async.server.keys import METRICS, WEBSOCKETS
 
@@ -97,7 +97,9 @@ async def test_eight_concurrent_clients_each_get_their_own_results(
     for i in range(8):
         side = 330 + 20 * (i % 4)
         jpeg = make_frame_jpeg(astronaut_bgr, 10 + 30 * i, 10 + 20 * (i % 3), side)
-        expected = [face.box for face in reference.analyze_one(jpeg).faces]
+        (result,) = reference.analyze([jpeg])
+        assert isinstance(result, FrameResult), result
+        expected = [face.box for face in result.faces]
         assert len(expected) == 1, f"client {i}: the reference detector should see one face"
         plans.append((jpeg, expected))
     assert len({tuple(boxes[0]) for _, boxes in plans}) == 8
