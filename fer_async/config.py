@@ -38,6 +38,12 @@ DEFAULT_LABEL_MARGIN = 0.15
 # allocate 1.2 GB. imaging reads the size from the header and refuses before decoding. 4 Mpx
 # covers every webcam frame up to 2560x1600 with room to spare.
 MAX_PIXELS = 4096 * 1024
+# A JPEG over MAX_PIXELS is decoded at 1/2 or 1/4 scale (imaging.decode_scaled), never at full
+# size. Its pixels are still entropy-decoded, so this many times the budget is the most accepted
+# at all: 16 x 4 Mpx lets a 50 MP phone photo in.
+MAX_REDUCED_FACTOR = 16
+# How the network runs (fer_async.model): "auto" = onnx when weights/<name>.onnx is current, else keras.
+RUNTIMES = ("auto", "onnx", "keras")
 
 ENV_PREFIX = "FER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -81,6 +87,7 @@ class Settings:
     port: int = 8080
     weights: Path = DEFAULT_WEIGHTS_DIR
     model_name: str = DEFAULT_MODEL_NAME
+    runtime: str = "auto"
     flip_tta: bool = True  # +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost
     detector: str = DEFAULT_DETECTOR
     detector_model: Path | None = None
@@ -113,6 +120,8 @@ class Settings:
                 problems.append(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             problems.append(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if self.runtime not in RUNTIMES:
+            problems.append(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.detector not in DETECTOR_KINDS:
             problems.append(f"--detector must be one of {', '.join(DETECTOR_KINDS)}, got {self.detector!r}")
         if not 0 <= self.smoothing_ms <= 10_000:
@@ -204,6 +213,13 @@ _OPTIONS: dict[str, Option] = {
     "port": Option("--port", _parse_int, "TCP port", "PORT"),
     "weights": Option("--weights", Path, "directory holding NAME.json and NAME.weights.h5 (NAME: --model-name)", "DIR"),
     "model_name": Option("--model-name", str, "model file stem inside --weights", "NAME"),
+    "runtime": Option(
+        "--runtime",
+        str,
+        "how the network runs: onnx (onnxruntime, NAME.onnx beside NAME.json), keras (TensorFlow, the [train] extra), "
+        "auto (onnx when that file is current, else keras)",
+        argparse={"choices": RUNTIMES},
+    ),
     "flip_tta": Option(
         "--flip-tta",
         _parse_bool,
@@ -246,7 +262,11 @@ _OPTIONS: dict[str, Option] = {
         "--max-frame-bytes", _parse_int, "largest accepted encoded frame / upload, in bytes", "N"
     ),
     "max_pixels": Option(
-        "--max-pixels", _parse_int, "largest accepted frame in pixels (width*height), read from the header", "N"
+        "--max-pixels",
+        _parse_int,
+        f"largest decoded frame in pixels (width*height); a JPEG up to {MAX_REDUCED_FACTOR}x this is decoded at "
+        "1/2..1/4 scale, anything larger is refused from its header",
+        "N",
     ),
     "allow_origins": Option(
         "--allow-origin",
@@ -281,7 +301,7 @@ _OPTIONS: dict[str, Option] = {
 
 # The options that say which model and detector to run; the training tools and the bench take
 # them too, under the same names and with the same defaults as the server.
-MODEL_OPTIONS = ("weights", "model_name", "flip_tta", "detector", "detector_model")
+MODEL_OPTIONS = ("weights", "model_name", "runtime", "flip_tta", "detector", "detector_model")
 
 
 def _shown_default(name: str) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from fer_async.config import MAX_PIXELS
+from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.labels import EMOTIONS, FACE_SIZE, Box, Face
 from fer_async.tracker import TrackedFace
 
@@ -42,12 +43,32 @@ _CORRUPT = "corrupt or truncated image"
 MAX_JPEG_SCANS = 64
 
 
+# A JPEG over the pixel budget (or wider than a caller needs) is decoded at 1/2, 1/4 or 1/8
+# scale: libjpeg scales inside its inverse DCT, so the full-size image is never allocated.
+JPEG_REDUCTIONS: dict[int, int] = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
 class ImageError(ValueError):
     """The bytes are not an image we accept; the message is safe to show to the client."""
 
 
+class ImageTooLarge(ImageError):
+    """The image has more pixels than we decode at all (HTTP 413)."""
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int]:
     """(width, height) from the first SOF segment; checks the file also reaches its EOI."""
+    width, height, _scans = _jpeg_header(data)
+    return width, height
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int]:
+    """(width, height, scans) from the markers; refuses more than MAX_JPEG_SCANS scans."""
     pos, n = 2, len(data)
     size: tuple[int, int] | None = None
     while True:
@@ -87,7 +108,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             scans = data.count(b"\xff\xda", pos - 2)
             if scans > MAX_JPEG_SCANS:
                 raise ImageError(f"JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
-            return size
+            return (*size, scans)
         pos += length
 
 
@@ -115,28 +136,88 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 
 def check_image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) of a JPEG/PNG of at most `max_pixels` pixels, else ImageError.
+    """(width, height) of a JPEG/PNG we accept, from its header alone (microseconds).
 
-    Reads headers only (microseconds): the endpoints call it before a frame takes a batch
-    slot, and `decode_image` calls it before it allocates anything.
+    A PNG may have at most `max_pixels` pixels; a JPEG up to MAX_REDUCED_FACTOR times that,
+    as it is decoded at a reduced scale. Raises ImageTooLarge beyond, ImageError for the rest.
     """
     width, height = image_size(data)
-    if width * height > max_pixels:
-        raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    pixels = width * height
+    if data.startswith(_JPEG_MAGIC):
+        cap = max_pixels * MAX_REDUCED_FACTOR
+        if pixels > cap:
+            raise ImageTooLarge(
+                f"image is {width}x{height} = {pixels} pixels; the limit is {cap} for a JPEG "
+                f"({MAX_REDUCED_FACTOR} x --max-pixels {max_pixels}, decoded at reduced scale)"
+            )
+        # Every scan is entropy-decoded at full size even when the output is reduced: over the
+        # budget, a JPEG may cost no more than MAX_JPEG_SCANS scans of a budget-sized one. Phone
+        # photos are baseline (one scan); a 67 Mpx flat JPEG with 64 scans took 12 s (loaded machine).
+        if pixels > max_pixels:
+            scans = _jpeg_header(data)[2]
+            if pixels * scans > max_pixels * MAX_JPEG_SCANS:
+                raise ImageTooLarge(
+                    f"JPEG of {width}x{height} pixels has {scans} scans; over --max-pixels {max_pixels} "
+                    f"at most {max_pixels * MAX_JPEG_SCANS // pixels} are accepted"
+                )
+    elif pixels > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {pixels} pixels; the limit is {max_pixels} (--max-pixels)")
     return width, height
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG or PNG bytes into a BGR uint8 array, refusing bombs before allocating."""
+def _reduced(side: int, reduction: int) -> int:
+    return -(-side // reduction)  # libjpeg rounds the scaled size up
+
+
+def jpeg_reduction(width: int, height: int, max_pixels: int, min_width: int = 0) -> int:
+    """The JPEG scale-down (1, 2, 4 or 8) to decode at: within `max_pixels`, and otherwise the
+    most that still leaves the image at least `min_width` wide (0: no reduction beyond the budget)."""
+    fitting = [r for r in JPEG_REDUCTIONS if _reduced(width, r) * _reduced(height, r) <= max_pixels]
+    if not fitting:
+        raise ImageTooLarge(f"image is {width}x{height}: too large even at 1/8 scale for --max-pixels {max_pixels}")
+    wide_enough = [r for r in fitting if min_width and _reduced(width, r) >= min_width]
+    return max(wide_enough) if wide_enough else min(fitting)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and the size of the image it came from (in the decoded orientation)."""
+
+    image: np.ndarray  # BGR uint8, possibly reduced
+    width: int  # the source image's own size
+    height: int
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Source pixels per decoded pixel, along x and y (1.0 when decoded at full size)."""
+        return self.width / self.image.shape[1], self.height / self.image.shape[0]
+
+
+def decode_scaled(data: bytes, max_pixels: int = MAX_PIXELS, min_width: int = 0) -> Decoded:
+    """Decode JPEG or PNG bytes into BGR, refusing bombs from the header before allocating.
+
+    A JPEG over `max_pixels` is decoded at the reduction that fits; with `min_width`, a JPEG is
+    also reduced as far as it stays at least `min_width` pixels wide (a detector working at
+    320 px gains nothing from a 1080 p decode). PNGs are always decoded at full size.
+    """
     width, height = check_image_header(data, max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    reduction = jpeg_reduction(width, height, max_pixels, min_width) if data.startswith(_JPEG_MAGIC) else 1
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), JPEG_REDUCTIONS[reduction])
     if image is None:
         raise ImageError(_CORRUPT)
     # OpenCV applies the EXIF orientation, so a phone photo taken upright comes back rotated
     # by 90 degrees (width and height swapped); any other size means the header lied.
-    if image.shape[:2] not in ((height, width), (width, height)):
-        raise ImageError(_CORRUPT)
-    return image
+    expected = (_reduced(height, reduction), _reduced(width, reduction))
+    if image.shape[:2] == expected:
+        return Decoded(image, width, height)
+    if image.shape[:2] == expected[::-1]:
+        return Decoded(image, height, width)
+    raise ImageError(_CORRUPT)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode JPEG or PNG bytes into a BGR uint8 array (a JPEG over `max_pixels` comes back reduced)."""
+    return decode_scaled(data, max_pixels).image
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:

@@ -1,29 +1,52 @@
-"""FacialExpressionModel: the trained Keras network behind the server.
+"""FacialExpressionModel: the trained network behind the server, on onnxruntime or on Keras.
 
-This is the only module of the package that imports TensorFlow / Keras, so the rest of the
-server stays importable (and testable) without paying TensorFlow's import cost.
+Two runtimes serve the same weights (`weights/<name>.json` + `.weights.h5`):
+
+* "onnx": `weights/<name>.onnx` (written by `python -m training.export_onnx`) through
+  onnxruntime. Small and quick to start (no TensorFlow in the process).
+* "keras": the Keras model itself on TensorFlow. This module is the only one of the package
+  that imports TensorFlow, and only when this runtime is chosen.
+
+"auto" (the default) takes onnx when the `.onnx` file is there, onnxruntime imports, and the
+file was exported from exactly these `.json` + `.weights.h5` (sha256 in its metadata);
+otherwise keras.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import re
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
-from fer_async.labels import EMOTIONS
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of logs
-
-import keras
-import tensorflow as tf
+from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR, RUNTIMES
+from fer_async.labels import EMOTIONS, FACE_SIZE
 
 logger = logging.getLogger(__name__)
 
-FACE_SIZE = 48
+# ONNX metadata keys written by training.export_onnx.
+JSON_SHA256 = "source_json_sha256"
+WEIGHTS_SHA256 = "source_weights_sha256"
+EXPORT_COMMAND = "python -m training.export_onnx"
+# onnxruntime's intra-op threads. The server decodes and detects faces on two other threads
+# while the model runs, on a two-core machine: one thread for the model does not fight them
+# (and a batch of 16-64 faces gains little from a second one; see the README's figures).
+ONNX_THREADS = 1
+
+Forward = Callable[[np.ndarray], np.ndarray]  # uint8 [N, 48, 48, 1] -> float32 [N, 7]
+
+
+class StaleExportError(ValueError):
+    """The .onnx file was not exported from the .json + .weights.h5 beside it."""
 
 
 def resolve_weights(weights: str | os.PathLike[str], name: str = DEFAULT_MODEL_NAME) -> tuple[Path, Path]:
@@ -37,14 +60,140 @@ def resolve_weights(weights: str | os.PathLike[str], name: str = DEFAULT_MODEL_N
     return json_path, weights_path
 
 
-class FacialExpressionModel:
-    """Loads `<name>.json` (Keras `to_json()`) + `<name>.weights.h5` and classifies 48x48 faces.
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    `predict` runs the whole batch in one call of a compiled function (no `Model.predict`
-    loop), on the GPU when TensorFlow sees one. With `flip_tta` (the default) each face is also
-    classified mirrored, in the same call, and the two probability vectors are averaged: it
-    doubles the model's share of the work, which is small next to face detection, and gains
-    about 1.5 points of accuracy on PublicTest (see weights/fernet.md).
+
+def onnx_staleness(onnx_metadata: dict[str, str], json_path: Path, weights_path: Path) -> str | None:
+    """Why the ONNX export does not match the Keras files (None when it does)."""
+    for key, source in ((JSON_SHA256, json_path), (WEIGHTS_SHA256, weights_path)):
+        recorded = onnx_metadata.get(key)
+        if recorded is None:
+            return f"it records no {key}"
+        if recorded != sha256_of(source):
+            return f"{source.name} changed since the export"
+    return None
+
+
+# --- TensorFlow, imported only by the keras runtime --------------------------------------------
+
+# Lines TensorFlow writes straight to stderr (not through Python logging) while it is imported
+# and probes for CUDA. On a machine without an NVIDIA driver they only say "no GPU here": the
+# cuInit one is even tagged E(rror). Dropped only when no driver is present; anything else
+# written meanwhile is passed on.
+_NO_GPU_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|failed call to cuInit"
+)
+
+
+def _nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
+@contextlib.contextmanager
+def _without_stderr_lines(pattern: re.Pattern[str]) -> Iterator[None]:
+    """Capture file descriptor 2 (C++ code writes there directly) and re-emit all but `pattern`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if not pattern.search(line.decode())]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def _tensorflow() -> Any:
+    """`import tensorflow` plus its device probe, without the CUDA noise of a CPU-only machine."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING chatter
+    quiet = contextlib.nullcontext() if _nvidia_driver_present() else _without_stderr_lines(_NO_GPU_NOISE)
+    with quiet:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe (cuInit) happens here, once
+    return tf
+
+
+def load_keras_model(json_path: Path, weights_path: Path) -> Any:
+    """The Keras model of `<name>.json` (`to_json()`) with its weights (imports TensorFlow)."""
+    _tensorflow()
+    import keras
+
+    model = keras.models.model_from_json(json_path.read_text())
+    model.load_weights(weights_path)
+    return model
+
+
+def _keras_forward(json_path: Path, weights_path: Path) -> tuple[Forward, str, str]:
+    tf = _tensorflow()
+    model = load_keras_model(json_path, weights_path)
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+    def call(faces: Any) -> Any:
+        return model(tf.cast(faces, tf.float32), training=False)  # the model rescales 0..255 itself
+
+    signature = [tf.TensorSpec([None, FACE_SIZE, FACE_SIZE, 1], tf.uint8)]
+    forward = tf.function(call, input_signature=signature, reduce_retracing=True)
+
+    def run(faces: np.ndarray) -> np.ndarray:
+        return np.asarray(forward(tf.convert_to_tensor(faces)), dtype=np.float32)
+
+    return run, device, f"{json_path.name} on Keras ({model.count_params():,} parameters)"
+
+
+# --- onnxruntime ---------------------------------------------------------------------------------
+
+
+def _onnx_session(onnx_path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle model threads must not spin on the cores that decode and detect the next frames.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_forward(onnx_path: Path, json_path: Path, weights_path: Path, threads: int) -> tuple[Forward, str, str]:
+    session = _onnx_session(onnx_path, threads)
+    stale = onnx_staleness(session.get_modelmeta().custom_metadata_map, json_path, weights_path)
+    if stale is not None:
+        raise StaleExportError(f"{onnx_path} is stale ({stale}); re-export it with `{EXPORT_COMMAND}`")
+    (model_input,) = session.get_inputs()
+    input_name = model_input.name
+
+    def run(faces: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {input_name: faces})[0], dtype=np.float32)
+
+    return run, "CPU", f"{onnx_path.name} on onnxruntime ({threads} intra-op thread{'s' * (threads != 1)})"
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FacialExpressionModel:
+    """Classifies 48x48 grey faces with the network of `<name>.json` + `<name>.weights.h5`.
+
+    `predict` runs the whole batch in one call of the runtime. With `flip_tta` (the default)
+    each face is also classified mirrored, in the same call, and the two probability vectors
+    are averaged: it doubles the model's share of the work, which is small next to face
+    detection, and gains about 1.5 points of accuracy on PublicTest (see weights/fernet.md).
     """
 
     def __init__(
@@ -53,34 +202,56 @@ class FacialExpressionModel:
         name: str = DEFAULT_MODEL_NAME,
         *,
         flip_tta: bool = True,
+        runtime: str = "auto",
+        onnx_threads: int = ONNX_THREADS,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if onnx_threads < 1:
+            raise ValueError(f"onnx_threads must be at least 1, got {onnx_threads}")
         self.json_path, self.weights_path = resolve_weights(weights, name)
-        self.model = keras.models.model_from_json(self.json_path.read_text())
-        self.model.load_weights(self.weights_path)
-        self.flip_tta = flip_tta
-        self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-        self._forward = tf.function(
-            self._forward_impl,
-            input_signature=[tf.TensorSpec([None, FACE_SIZE, FACE_SIZE, 1], tf.uint8)],
-            reduce_retracing=True,
-        )
+        self.onnx_path = self.json_path.with_suffix(".onnx")
+        self._flip_tta = flip_tta
         started = time.perf_counter()
+        self.runtime, (self._forward, self.device, description) = self._load(runtime, onnx_threads)
         self.predict(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))  # trace + allocate before traffic
         logger.info(
-            "loaded %s (%s parameters) on %s, warm-up %.0f ms",
-            self.json_path.name,
-            f"{self.model.count_params():,}",
+            "loaded %s on %s%s in %.0f ms",
+            description,
             self.device,
+            ", flip TTA" if flip_tta else "",
             (time.perf_counter() - started) * 1000,
         )
 
-    def _forward_impl(self, faces: tf.Tensor) -> tf.Tensor:
-        x = tf.cast(faces, tf.float32)  # the model rescales 0..255 itself
-        if not self.flip_tta:
-            return self.model(x, training=False)
-        n = tf.shape(x)[0]
-        probs = self.model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False)
-        return (probs[:n] + probs[n:]) / 2.0
+    def _load(self, runtime: str, onnx_threads: int) -> tuple[str, tuple[Forward, str, str]]:
+        if runtime == "keras":
+            try:
+                return "keras", _keras_forward(self.json_path, self.weights_path)
+            except ImportError as exc:
+                raise ValueError(f"--runtime keras needs TensorFlow: pip install -e '.[train]' ({exc})") from exc
+        if runtime == "onnx":
+            if not self.onnx_path.is_file():
+                raise FileNotFoundError(f"model file not found: {self.onnx_path} (export it with `{EXPORT_COMMAND}`)")
+            if not onnxruntime_available():
+                raise ValueError("--runtime onnx needs the onnxruntime package (pip install onnxruntime)")
+            return "onnx", _onnx_forward(self.onnx_path, self.json_path, self.weights_path, onnx_threads)
+        if self.onnx_path.is_file() and onnxruntime_available():
+            try:
+                return "onnx", _onnx_forward(self.onnx_path, self.json_path, self.weights_path, onnx_threads)
+            except StaleExportError as exc:
+                logger.warning("%s: using the Keras runtime instead", exc)
+        try:
+            return "keras", _keras_forward(self.json_path, self.weights_path)
+        except ImportError as exc:
+            raise ValueError(
+                f"no runtime for {self.json_path.name}: {self.onnx_path.name} is missing or stale and TensorFlow is "
+                f"not installed ({exc}); run `{EXPORT_COMMAND}` or install the [train] extra"
+            ) from exc
+
+    @property
+    def flip_tta(self) -> bool:
+        """Whether each face is also classified mirrored (fixed at construction)."""
+        return self._flip_tta
 
     @staticmethod
     def _validate(faces: np.ndarray) -> np.ndarray:
@@ -99,8 +270,10 @@ class FacialExpressionModel:
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Probabilities `[N, 7]` (float32, FER2013 order) for uint8 faces `[N, 48, 48(, 1)]`."""
         faces = self._validate(faces)
-        probs = self._forward(tf.convert_to_tensor(faces[..., None]))
-        return np.asarray(probs, dtype=np.float32)
+        n = len(faces)
+        batch = np.concatenate([faces, faces[:, :, ::-1]]) if self._flip_tta else np.ascontiguousarray(faces)
+        probs = self._forward(batch[..., None])
+        return (probs[:n] + probs[n:]) / 2.0 if self._flip_tta else probs
 
     def predict_emotion(self, face: np.ndarray) -> str:
         """The most likely emotion of one uint8 face `[48, 48]` or `[48, 48, 1]`."""

@@ -6,12 +6,14 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import pytest
+from server.helpers import iou
 
 from fer_async.analyzer import MAX_FACES_PER_FRAME, Analyzer
 from fer_async.detector import HaarDetector
-from fer_async.imaging import ImageError, decode_image
+from fer_async.imaging import ImageError, ImageTooLarge, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, Box, FrameResult
 
 if TYPE_CHECKING:
@@ -122,9 +124,33 @@ def test_a_lone_bad_frame_gets_its_image_error(analyzer: Analyzer) -> None:
 
 
 def test_max_pixels_is_applied(counting: CountingModel, face_jpeg: bytes) -> None:
-    with Analyzer(counting, HaarDetector(), max_pixels=320 * 240) as small:
+    with Analyzer(counting, HaarDetector(), max_pixels=640 * 480 // 32) as small:
         (result,) = small.analyze([face_jpeg])
-    assert isinstance(result, ImageError) and "limit is 76800" in str(result)
+    assert isinstance(result, ImageTooLarge) and "--max-pixels 9600" in str(result)
+
+
+def _result(analyzer: Analyzer, frame: bytes) -> FrameResult:
+    (result,) = analyzer.analyze([frame])
+    assert isinstance(result, FrameResult), result
+    return result
+
+
+def test_boxes_are_in_the_source_pixels_of_a_reduced_decode(
+    counting: CountingModel, face_jpeg: bytes, two_faces_jpeg: bytes, face_box_region: Box
+) -> None:
+    """Detection and crops on the reduced decode give the full decode's faces and labels."""
+    big = encode_jpeg(cv2.resize(decode_image(face_jpeg), (4000, 3000), interpolation=cv2.INTER_CUBIC), 90)
+    full_size = Analyzer(counting, HaarDetector(), max_pixels=4000 * 3000, decode_width=10_000)
+    with full_size, Analyzer(counting, HaarDetector()) as reduced:
+        for frame in (face_jpeg, two_faces_jpeg, big):
+            expected, got = _result(full_size, frame), _result(reduced, frame)
+            assert (got.width, got.height) == (expected.width, expected.height)
+            assert len(got.faces) == len(expected.faces) >= 1
+            for a, b in zip(got.faces, expected.faces, strict=True):
+                assert iou(a.box, b.box) > 0.8 and a.emotion == b.emotion, (a, b)
+        (face,) = _result(reduced, big).faces
+    region = tuple(round(v * 4000 / 640) for v in face_box_region)
+    assert iou(face.box, region) > 0.8, (face.box, region)
 
 
 def test_detection_runs_on_the_pool(counting: CountingModel, face_jpeg: bytes) -> None:
@@ -142,7 +168,7 @@ class CrowdDetector:
 
 
 def test_faces_per_frame_are_capped_largest_first(counting: CountingModel, face_jpeg: bytes) -> None:
-    with Analyzer(counting, CrowdDetector()) as analyzer:
+    with Analyzer(counting, CrowdDetector(), decode_width=640) as analyzer:  # its boxes are for 640 px
         results = analyzer.analyze([face_jpeg, face_jpeg])
     assert counting.calls == [2 * MAX_FACES_PER_FRAME]
     first = results[0]

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 from testsupport import jpeg_scan_bomb
 
-from fer_async.config import MAX_PIXELS
+from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.imaging import (
     MAX_JPEG_SCANS,
     ImageError,
+    ImageTooLarge,
+    check_image_header,
     crop_faces,
     decode_image,
+    decode_scaled,
     draw_annotations,
     encode_jpeg,
     image_size,
@@ -57,11 +60,52 @@ def test_png_bomb_is_refused_from_its_header() -> None:
         decode_image(bomb_png(20000, 20000))
 
 
-def test_jpeg_over_the_limit_is_refused(face_jpeg: bytes) -> None:
+def test_jpeg_over_the_budget_is_decoded_reduced_and_past_the_cap_refused(face_jpeg: bytes) -> None:
     assert image_size(face_jpeg) == (640, 480)
-    with pytest.raises(ImageError, match="the limit is 1000"):
-        decode_image(face_jpeg, max_pixels=1000)
+    decoded = decode_scaled(face_jpeg, max_pixels=320 * 240)
+    assert decoded.image.shape == (240, 320, 3) and (decoded.width, decoded.height) == (640, 480)
+    assert decoded.scale == (2.0, 2.0)
+    assert decode_image(face_jpeg, max_pixels=160 * 120).shape == (120, 160, 3)  # 1/4: at the cap
+    too_small = 640 * 480 // MAX_REDUCED_FACTOR - 1
+    with pytest.raises(ImageTooLarge, match=rf"the limit is {too_small * MAX_REDUCED_FACTOR} for a JPEG.*--max-pixels"):
+        decode_image(face_jpeg, max_pixels=too_small)
     assert MAX_PIXELS == 4096 * 1024
+
+
+def test_a_12_megapixel_photo_decodes_at_the_detectors_size(face_jpeg: bytes) -> None:
+    big = encode_jpeg(cv2.resize(decode_image(face_jpeg), (4000, 3000), interpolation=cv2.INTER_CUBIC), 90)
+    assert check_image_header(big) == (4000, 3000)  # 12 Mpx: over the 4 Mpx budget, under the cap
+    within_budget = decode_scaled(big)
+    assert within_budget.image.shape == (1500, 2000, 3) and (within_budget.width, within_budget.height) == (4000, 3000)
+    for min_width, side in ((320, 500), (640, 1000), (2000, 2000), (5000, 2000)):
+        assert decode_scaled(big, min_width=min_width).image.shape[1] == side
+
+
+def test_a_big_jpeg_may_not_have_many_scans() -> None:
+    """Scans are entropy-decoded at full size even for a reduced decode: over the budget, pixels
+    x scans must stay within what a budget-sized JPEG of MAX_JPEG_SCANS scans would cost."""
+    ok, encoded = cv2.imencode(".jpg", np.full((3000, 4000, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    jpeg = encoded.tobytes()
+    last_scan = jpeg[jpeg.rindex(b"\xff\xda") : -2]
+    scans = jpeg.count(b"\xff\xda")
+    allowed = MAX_PIXELS * MAX_JPEG_SCANS // (4000 * 3000)  # 22
+    for total, accepted in ((allowed, True), (allowed + 1, False)):
+        data = jpeg[:-2] + last_scan * (total - scans) + b"\xff\xd9"
+        if accepted:
+            assert check_image_header(data) == (4000, 3000)
+        else:
+            with pytest.raises(ImageTooLarge, match=rf"has {total} scans; over --max-pixels .* at most {allowed}"):
+                check_image_header(data)
+    assert check_image_header(jpeg[:-2] + last_scan * 40 + b"\xff\xd9", max_pixels=4000 * 3000)  # within budget
+
+
+def test_png_over_the_budget_is_refused_naming_the_option(astronaut_bgr: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", astronaut_bgr)
+    assert ok
+    with pytest.raises(ImageTooLarge, match=r"512x512 = 262144 pixels; the limit is 1000 \(--max-pixels\)"):
+        decode_scaled(png.tobytes(), max_pixels=1000, min_width=10)
+    assert decode_scaled(png.tobytes(), min_width=10).image.shape == (512, 512, 3)  # PNGs are never reduced
 
 
 def test_jpeg_header_is_read_past_exif_and_fill_bytes(face_jpeg: bytes) -> None:
@@ -84,6 +128,8 @@ def test_exif_rotated_jpeg_comes_back_upright(face_jpeg: bytes) -> None:
     rotated = face_jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + face_jpeg[2:]
     assert image_size(rotated) == (640, 480)
     assert decode_image(rotated).shape == (640, 480, 3)
+    reduced = decode_scaled(rotated, min_width=320)
+    assert reduced.image.shape == (320, 240, 3) and (reduced.width, reduced.height) == (480, 640)
 
 
 @pytest.mark.parametrize("keep", [0.05, 0.5, 0.99])

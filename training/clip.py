@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("video", type=Path, help="a video file OpenCV can read (mp4, avi, ...)")
     p.add_argument("--expect", choices=EMOTIONS, help="the expression the clip's faces show, if known")
-    add_model_options(p)  # --weights, --model-name, --flip-tta, --detector, --detector-model, as the server
+    add_model_options(p)  # --weights, --model-name, --runtime, --flip-tta, --detector, --detector-model, as the server
     args = p.parse_args(argv)
     if args.detector_model is not None and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
 
     try:
-        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta)
+        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta, runtime=args.runtime)
     except FileNotFoundError as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2

@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 npz/csv/folder (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default="val", help="default: %(default)s")
-    add_model_options(p, ["weights", "model_name", "flip_tta"])
+    add_model_options(p, ["weights", "model_name", "runtime", "flip_tta"])
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="confusion-matrix folder (default: %(default)s)")
     p.add_argument(
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
 
     try:
-        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta)
+        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta, runtime=args.runtime)
     except FileNotFoundError as e:
         return fail(f"{e} (train and export with `python -m training.train`, or pass --weights)")
 

@@ -20,7 +20,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from fer_async.config import RUNTIMES
 from fer_async.labels import EMOTIONS, FACE_SIZE
+from fer_async.model import ONNX_THREADS
 
 NUM_CLASSES = len(EMOTIONS)
 
@@ -150,13 +152,15 @@ def _leaf_layers(model: keras.Model) -> list[layers.Layer]:
     return found
 
 
-def measure_speed(batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0) -> list[tuple[bool, int, float, float]]:
+def measure_speed(
+    batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0, runtime: str = "auto", onnx_threads: int = 1
+) -> list[tuple[bool, int, float, float]]:
     """(flip_tta, batch, ms per call, faces/s) of the shipped model through the server's class."""
     from fer_async.model import FacialExpressionModel  # the server's class, loaded only for --speed
 
     rows = []
     for flip_tta in (False, True):
-        served = FacialExpressionModel(flip_tta=flip_tta)
+        served = FacialExpressionModel(flip_tta=flip_tta, runtime=runtime, onnx_threads=onnx_threads)
         for batch in batch_sizes:
             faces = np.random.default_rng(batch).integers(0, 256, (batch, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
             for _ in range(5):  # warm caches and the compiled function for this shape
@@ -179,14 +183,21 @@ def main(argv: list[str] | None = None) -> None:
         help="also time the shipped weights (weights/) through FacialExpressionModel at batch 1 and 64",
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per (TTA, batch) pair for --speed")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="the runtime --speed times")
+    parser.add_argument("--onnx-threads", type=int, default=ONNX_THREADS, help="onnxruntime intra-op threads")
     args = parser.parse_args(argv)
     for name in args.names:
         model = build(name)
         print(f"{name:10s} params={model.count_params():>10,d}  GMAC/face={count_macs(model) / 1e9:.3f}")
     if args.speed:
-        for flip_tta, batch, ms, faces_per_s in measure_speed(seconds=args.seconds):
+        rows = measure_speed(seconds=args.seconds, runtime=args.runtime, onnx_threads=args.onnx_threads)
+        threads = f", {args.onnx_threads} onnx threads" if args.runtime != "keras" else ""
+        for flip_tta, batch, ms, faces_per_s in rows:
             tta = "flip TTA" if flip_tta else "no TTA  "
-            print(f"shipped model, {tta} batch {batch:3d}: {ms:7.2f} ms per call, {faces_per_s:7,.0f} faces/s")
+            print(
+                f"shipped model ({args.runtime}{threads}), {tta} batch {batch:3d}: "
+                f"{ms:7.2f} ms per call, {faces_per_s:7,.0f} faces/s"
+            )
 
 
 if __name__ == "__main__":

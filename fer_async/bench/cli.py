@@ -168,6 +168,8 @@ def _server_args(ns: argparse.Namespace, *, clients: int = 0) -> list[str]:
         args += ["--weights", str(ns.weights)]
     if ns.model_name is not None:
         args += ["--model-name", ns.model_name]
+    if ns.runtime is not None:
+        args += ["--runtime", ns.runtime]
     if ns.flip_tta is not None:
         args.append("--flip-tta" if ns.flip_tta else "--no-flip-tta")
     if ns.detector is not None:

@@ -25,7 +25,9 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
 
     options = argparse.Namespace(**vars(ns))
     model_option_defaults(options)  # the server's defaults for what the command line left out
-    model = FacialExpressionModel(options.weights, options.model_name, flip_tta=options.flip_tta)
+    model = FacialExpressionModel(
+        options.weights, options.model_name, flip_tta=options.flip_tta, runtime=options.runtime
+    )
     detector, _name = create_detector_for(options.detector, options.detector_model)
     batch = ns.max_batch
     frames_done = errors = offset = 0

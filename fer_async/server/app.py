@@ -52,11 +52,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _load_model(settings: Settings) -> Predictor:
-    # Imported here, in the model thread: TensorFlow's import takes seconds and must not
-    # block the event loop, nor be paid by code that never serves.
+    # Imported here, in the model thread: loading (TensorFlow's import, with --runtime keras,
+    # takes seconds) must not block the event loop.
     from fer_async.model import FacialExpressionModel
 
-    return FacialExpressionModel(settings.weights, settings.model_name, flip_tta=settings.flip_tta)
+    return FacialExpressionModel(
+        settings.weights, settings.model_name, flip_tta=settings.flip_tta, runtime=settings.runtime
+    )
 
 
 async def _model_executor_ctx(app: web.Application) -> AsyncIterator[None]:

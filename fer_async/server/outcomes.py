@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from fer_async.analyzer import Frame
 from fer_async.batcher import Batcher, BatcherClosed, BatcherOverloaded
-from fer_async.imaging import ImageError, check_image_header
+from fer_async.imaging import ImageError, ImageTooLarge, check_image_header
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 
@@ -26,8 +26,8 @@ FrameBatcher = Batcher[Frame, FrameResult]
 class Reason(enum.StrEnum):
     """Why a frame or message got no result: the `reason` label of fer_frame_errors_total."""
 
-    TOO_LARGE = "too_large"  # over --max-frame-bytes
-    BAD_IMAGE = "bad_image"  # not a JPEG/PNG, truncated, too many pixels
+    TOO_LARGE = "too_large"  # over --max-frame-bytes, or more pixels than --max-pixels lets us decode
+    BAD_IMAGE = "bad_image"  # not a JPEG/PNG, truncated, too many scans
     BUSY = "busy"  # the batcher's queue is full
     SHUTDOWN = "shutdown"  # the server is stopping
     ANALYSIS_FAILED = "analysis_failed"  # the detector or model failed on the frame's batch
@@ -60,6 +60,8 @@ def check_frame(metrics: Metrics, data: bytes, max_frame_bytes: int, max_pixels:
         return refuse(metrics, Reason.TOO_LARGE, f"frame is {len(data)} bytes; the limit is {max_frame_bytes}")
     try:
         check_image_header(data, max_pixels)
+    except ImageTooLarge as exc:
+        return refuse(metrics, Reason.TOO_LARGE, str(exc))
     except ImageError as exc:
         return refuse(metrics, Reason.BAD_IMAGE, str(exc))
     return None
@@ -69,6 +71,8 @@ async def submit(batcher: FrameBatcher, metrics: Metrics, source: str, frame: Fr
     """The frame's result through the shared batcher, or why there is none (counted either way)."""
     try:
         result = await batcher.submit(frame)
+    except ImageTooLarge as exc:
+        return refuse(metrics, Reason.TOO_LARGE, str(exc))
     except ImageError as exc:
         return refuse(metrics, Reason.BAD_IMAGE, str(exc))
     except BatcherOverloaded:

@@ -77,6 +77,7 @@ async def healthz(request: web.Request) -> web.Response:
             "model": settings.model_name,
             "device": _device(request),
             "detector": request.app[DETECTOR_NAME],
+            "runtime": str(getattr(request.app[MODEL], "runtime", "keras")),
             "clients": len(request.app[WEBSOCKETS]),
             "video_viewers": request.app[VIDEO_HUB].viewers,
             "queue": request.app[BATCHER].queue_size,
@@ -133,7 +134,7 @@ async def predict(request: web.Request) -> web.Response:
     """One image in (raw body or multipart field "image"), its faces out."""
     settings = request.app[SETTINGS]
     limit = settings.max_frame_bytes
-    too_large = f"image larger than {limit} bytes"
+    too_large = f"image larger than {limit} bytes (--max-frame-bytes)"
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
         return _error(413, too_large)
     metrics_ = request.app[METRICS]

@@ -70,7 +70,7 @@ def cached_onnx(weights: Path, model_name: str) -> Path:
     digest = hashlib.sha256(EXPORT_VERSION + b"".join(p.read_bytes() for p in sources)).hexdigest()
     path = VENV / "models" / f"{model_name}-{digest[:16]}.onnx"
     if not path.is_file():
-        from .onnx_export import export_onnx
+        from training.export_onnx import export_onnx
 
         partial = export_onnx(weights, model_name, path.with_suffix(".partial"))
         partial.rename(path)

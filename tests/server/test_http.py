@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import aiohttp
+import cv2
+import numpy as np
 import pytest
 
+from fer_async.imaging import decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, Box
 
 from .helpers import Client, MakeClient, iou
@@ -19,6 +22,38 @@ async def test_predict_raw_body(client: Client, face_jpeg: bytes, face_box_regio
     assert len(body["faces"]) == 1
     assert iou(body["faces"][0]["box"], face_box_region) > 0.5
     assert list(body["faces"][0]["scores"]) == list(EMOTIONS)
+
+
+def _twelve_megapixel_jpeg(face_jpeg: bytes, no_face_jpeg: bytes, two_faces_jpeg: bytes) -> bytes:
+    """The tests/data photos upscaled 3.125x into a 2x2 grid: 4000x3000, as a phone takes them."""
+    tiles = [
+        cv2.resize(decode_image(data), (2000, 1500), interpolation=cv2.INTER_CUBIC)
+        for data in (face_jpeg, no_face_jpeg, no_face_jpeg, two_faces_jpeg)
+    ]
+    grid = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
+    return encode_jpeg(grid, 90)
+
+
+async def test_predict_a_12_megapixel_photo(
+    client: Client, face_jpeg: bytes, no_face_jpeg: bytes, two_faces_jpeg: bytes, face_box_region: Box
+) -> None:
+    """Over the 4 Mpx budget: decoded at reduced scale, answered with boxes in the photo's own pixels."""
+    photo = _twelve_megapixel_jpeg(face_jpeg, no_face_jpeg, two_faces_jpeg)
+    resp = await client.post("/api/predict", data=photo, headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["width"], body["height"]) == (4000, 3000)
+    boxes = [face["box"] for face in body["faces"]]
+    assert all(x >= 0 and y >= 0 and x + w <= 4000 and y + h <= 3000 for x, y, w, h in boxes), boxes
+    astronaut = [round(v * 3.125) for v in face_box_region]
+    assert max(iou(box, astronaut) for box in boxes) > 0.5, (boxes, astronaut)
+    assert any(x >= 2000 and y >= 1500 for x, y, _w, _h in boxes), boxes  # the two-face tile's portrait
+
+
+async def test_predict_past_the_pixel_cap_is_413_naming_the_option(make_client: MakeClient, face_jpeg: bytes) -> None:
+    client = await make_client(max_pixels=10_000)  # 640x480 is over 16 x 10,000
+    resp = await client.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 413 and "--max-pixels" in (await resp.json())["error"]
 
 
 async def test_predict_multipart_form(client: Client, face_jpeg: bytes) -> None:
@@ -103,7 +138,7 @@ async def test_healthz(client: Client) -> None:
     body = await resp.json()
     assert body["status"] == "ok"
     assert body["model"] == "fernet"
-    assert body["device"] in ("CPU", "GPU")
+    assert body["device"] in ("CPU", "GPU") and body["runtime"] == "onnx"  # the shipped export is current
     assert body["clients"] == 0
     ws = await client.ws_connect("/ws")
     await ws.receive()

@@ -14,14 +14,14 @@ import zlib
 from typing import Any
 
 import aiohttp
-import cv2
 import numpy as np
 import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestServer
 from testsupport import eventually
 
-from fer_async.labels import EMOTIONS, Box
+from fer_async.analyzer import Analyzer
+from fer_async.labels import EMOTIONS, Box, FrameResult
 from fer_async.server.app import create_app
 from fer_async.server.keys import ANALYZER, METRICS, WEBSOCKETS
 
@@ -89,18 +89,19 @@ async def test_frame_ids_count_binary_messages_and_can_be_set(client: Client, fa
 
 
 async def test_eight_concurrent_clients_each_get_their_own_results(
-    make_client: MakeClient, astronaut_bgr: np.ndarray
+    make_client: MakeClient, astronaut_bgr: np.ndarray, real_model: Any
 ) -> None:
     client = await make_client(max_batch=8, max_wait_ms=20.0)
-    detector = client.app[ANALYZER].detector  # the one the server runs (YuNet when ../shared has it)
+    # The server's own detector (YuNet when ../shared has it) and decode path give the expected boxes.
+    reference = Analyzer(real_model, client.app[ANALYZER].detector, detect_threads=1)
     # Each client's face sits somewhere else, at another size: its boxes are its fingerprint.
     plans: list[tuple[bytes, list[Box]]] = []
     for i in range(8):
         side = 330 + 20 * (i % 4)
         jpeg = make_frame_jpeg(astronaut_bgr, 10 + 30 * i, 10 + 20 * (i % 3), side)
-        decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert decoded is not None
-        expected = detector.detect(np.asarray(decoded))
+        (result,) = reference.analyze([jpeg])
+        assert isinstance(result, FrameResult), result
+        expected = [face.box for face in result.faces]
         assert len(expected) == 1, f"client {i}: the reference detector should see one face"
         plans.append((jpeg, expected))
     assert len({tuple(boxes[0]) for _, boxes in plans}) == 8
@@ -118,6 +119,7 @@ async def test_eight_concurrent_clients_each_get_their_own_results(
         finally:
             await ws.close()
 
+    reference.close()
     await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(8))), 4 * REPLY_TIMEOUT_S)
     batches = client.app[METRICS].registry.get_sample_value("fer_batch_size_count")
     assert batches is not None and batches >= 1
@@ -188,7 +190,8 @@ async def test_every_bad_input_gets_its_error_and_the_connection_keeps_working(
     reply = await reply_for(ws, len(bad_frames) + 1)
     assert reply["type"] == "result" and reply["faces"], reply
     errors = client.app[METRICS].registry.get_sample_value("fer_frame_errors_total", {"reason": "bad_image"})
-    assert errors == 4
+    too_large = client.app[METRICS].registry.get_sample_value("fer_frame_errors_total", {"reason": "too_large"})
+    assert (errors, too_large) == (3, 2)  # the pixel bomb and the frame over max_frame_bytes
     await ws.close()
 
 
