@@ -2,7 +2,8 @@
 
 Ctrl-C and SIGTERM are handled by aiohttp's `run_app`: it stops accepting, runs on_shutdown
 (WebSockets closed with 1001, video streams ended), waits for handlers, then the cleanup
-contexts close the batcher, the analyzer and the executors.
+contexts close the batcher, the analyzer and the executors. With `--workers N` this process
+only supervises N such servers (`fer_async.workers`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import logging
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from fer_async.config import Settings, log_level_number
+
+if TYPE_CHECKING:
+    from fer_async.workers import WorkerInfo
 
 logger = logging.getLogger("fer_async")
 
@@ -63,12 +67,28 @@ async def _ignore_further_signals(app: web.Application) -> None:
             loop.add_signal_handler(sig, logger.info, "already shutting down (signal %s)", sig.name)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    settings = Settings.from_args(argv)
+def configure_logging(settings: Settings, tag: str = "") -> None:
+    """Log lines to stderr; `tag` names the worker process in multi-worker mode."""
     logging.basicConfig(
         level=log_level_number(settings),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {tag + ' ' if tag else ''}%(name)s: %(message)s",
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = Settings.from_args(argv)
+    configure_logging(settings)
+    if settings.workers > 1:
+        from fer_async.workers import supervise
+
+        return supervise(settings)
+    return serve(settings)
+
+
+def serve(
+    settings: Settings, *, worker: WorkerInfo | None = None, on_listening: Callable[[], None] | None = None
+) -> int:
+    """Run one server process until Ctrl-C/SIGTERM; `worker` when it is one of several on the port."""
     # Import after logging is set up; the app factory does not import TensorFlow (the model
     # is loaded in its own thread during startup).
     from fer_async.server.app import create_app
@@ -83,17 +103,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("starting on %s (model %s, detector %s)", settings.url, settings.model_name, settings.detector)
     if not settings.tls and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.info("browsers allow the camera only on https or localhost: use --cert/--key for other machines")
-    app = create_app(settings)
+    app = create_app(settings, worker=worker)
     app.on_shutdown.insert(0, _ignore_further_signals)
+
+    def banner(*lines: Any, **kwargs: Any) -> None:
+        # run_app prints its banner once every site listens: the moment this process serves.
+        _banner(*lines, **kwargs)
+        if on_listening is not None:
+            on_listening()
+
     try:
         web.run_app(
             app,
             host=settings.host,
             port=settings.port,
             ssl_context=context,
-            print=_banner,
+            print=banner,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             loop=loop,
+            reuse_port=worker is not None and worker.count > 1,
         )
     except (OSError, ValueError) as exc:  # port in use, missing weights, bad detector model
         logger.error("cannot start: %s", exc)

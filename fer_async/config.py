@@ -55,6 +55,19 @@ def _parse_int(text: str) -> int:
     return int(text.replace("_", ""), 0)  # accepts 2_000_000 and 0x...
 
 
+def _cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parse_workers(text: str) -> int:
+    """A worker count, or 'auto': one per core."""
+    return _cpu_cores() if text.strip().lower() == "auto" else _parse_int(text)
+
+
 def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -83,6 +96,7 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     log_level: str = "info"
+    workers: int = 1
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -91,6 +105,10 @@ class Settings:
         for name in ("max_batch", "max_queue", "max_clients", "max_frame_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 problems.append(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 1:
+            problems.append(f"--workers must be >= 1 or 'auto', got {self.workers}")
+        elif self.workers > 1 and self.port == 0:
+            problems.append("--workers > 1 needs a fixed --port: each worker binds it (SO_REUSEPORT)")
         if self.max_wait_ms < 0:
             problems.append(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.detector not in DETECTOR_KINDS:
@@ -181,6 +199,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "cert": ("--cert", Path, "TLS certificate (PEM) to serve https/wss; needs --key"),
     "key": ("--key", Path, "TLS private key (PEM)"),
     "log_level": ("--log-level", str, f"logging level: {', '.join(LOG_LEVELS)}"),
+    "workers": (
+        "--workers",
+        _parse_workers,
+        "server processes sharing the port (SO_REUSEPORT), each with its own model; 'auto' = one per core",
+    ),
 }
 
 

@@ -13,6 +13,7 @@ from fer_async.batcher import Batcher
 from fer_async.config import Settings
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
+from fer_async.workers import WorkerInfo
 
 if TYPE_CHECKING:
     from fer_async.server.mjpeg import VideoHub
@@ -29,3 +30,5 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 # Weak so that a socket whose handler has returned disappears without bookkeeping.
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 VIDEO_HUB: web.AppKey[VideoHub] = web.AppKey("video_hub")
+# Which of the `--workers` processes this app runs in (index 0 of 1 for a plain server).
+WORKER: web.AppKey[WorkerInfo] = web.AppKey("worker", WorkerInfo)

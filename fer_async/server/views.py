@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,7 +16,7 @@ from fer_async.batcher import BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from fer_async.server.keys import BATCHER, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
+from fer_async.server.keys import BATCHER, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS, WORKER
 from fer_async.server.ws import check_image_header, server_timings
 from fer_async.video import list_videos
 
@@ -69,12 +70,15 @@ async def healthz(request: web.Request) -> web.Response:
             "clients": len(request.app[WEBSOCKETS]),
             "video_viewers": request.app[VIDEO_HUB].viewers,
             "queue": request.app[BATCHER].queue_size,
+            "worker": request.app[WORKER].as_json(),
         }
     )
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    # Off the loop: with --workers it reads the sibling workers' published samples from disk.
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
