@@ -1,17 +1,13 @@
 """deploy/nginx/fer_async.conf in front of two real replicas: spread, failover, MJPEG reconnect.
 
-Debian's nginx runs unprivileged-path: its own prefix, config, pid, logs and temp dirs in the
-test's tmp dir, `daemon off`, listening on a free loopback port; the shipped site config is used
-as it is, with only the upstream servers and the listen address replaced.
+Debian's nginx runs as deploy/nginx/run-local.sh starts it: its own prefix, config, pid, logs and
+temp dirs in the test's tmp dir, `daemon off`, listening on a free loopback port; the shipped
+site config is used as it is, with only the upstream servers and the listen address replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
-import grp
-import os
-import pwd
-import re
 import shutil
 import signal
 import time
@@ -27,7 +23,7 @@ from testsupport import eventually, free_port
 from .procs import REPO_ROOT, healthz, server_process, tail, wait_until_serving
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None)
-SITE_CONF = REPO_ROOT / "deploy" / "nginx" / "fer_async.conf"
+RUN_LOCAL = REPO_ROOT / "deploy" / "nginx" / "run-local.sh"
 VIDEO = "demo.mp4"  # ships in static/videos, the replicas' default --video-dir
 CLIENTS = 4
 VIEWERS = 2
@@ -37,55 +33,9 @@ RECONNECT_DELAY_S = 0.5  # what the page waits before its first reconnect (RECON
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx; .ci/run does)")
 
 
-def site_config(listen_port: int, upstream_ports: list[int]) -> str:
-    """The shipped site config with our listen address and replicas."""
-    text = SITE_CONF.read_text()
-    servers = re.findall(r"(?m)^(\s*)server 127\.0\.0\.1:\d+( .*)?;$", text)
-    assert len(servers) == len(upstream_ports), "the shipped upstream block should list two example replicas"
-    ports = iter(upstream_ports)
-    text = re.sub(r"(?m)^(\s*)server 127\.0\.0\.1:\d+", lambda m: f"{m.group(1)}server 127.0.0.1:{next(ports)}", text)
-    text, listens = re.subn(r"(?m)^(\s*)listen 80;$", rf"\g<1>listen 127.0.0.1:{listen_port};", text)
-    assert listens == 1
-    return text
-
-
-def nginx_config(prefix: Path, listen_port: int, upstream_ports: list[int]) -> Path:
-    (prefix / "fer_async.conf").write_text(site_config(listen_port, upstream_ports))
-    for temp in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / temp).mkdir()
-    # As root, nginx's workers would switch to "nobody", who cannot enter pytest's tmp dirs.
-    user = ""
-    if os.geteuid() == 0:
-        user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""
-daemon off;
-worker_processes 1;
-{user}
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    include {prefix}/fer_async.conf;
-}}
-"""
-    )
-    return conf
-
-
-async def run_nginx(prefix: Path, conf: Path) -> asyncio.subprocess.Process:
-    assert NGINX is not None
-    command = [NGINX, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
-    check = await asyncio.create_subprocess_exec(*command, "-t", stderr=asyncio.subprocess.PIPE)
-    _, problems = await check.communicate()
-    assert check.returncode == 0, problems.decode()
+async def run_nginx(prefix: Path, listen_port: int, upstream_ports: list[int]) -> asyncio.subprocess.Process:
+    """deploy/nginx/run-local.sh: the shipped config, in the foreground, everything under `prefix`."""
+    command = ["bash", str(RUN_LOCAL), str(prefix), str(listen_port), *map(str, upstream_ports)]
     return await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.DEVNULL)
 
 
@@ -152,14 +102,14 @@ async def test_nginx_spreads_clients_and_fails_over(
     tmp_path: Path, replicas: list[tuple[int, asyncio.subprocess.Process, Path]], face_jpeg: bytes
 ) -> None:
     prefix = tmp_path / "nginx"
-    prefix.mkdir()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    nginx = await run_nginx(prefix, nginx_config(prefix, port, [p for p, _, _ in replicas]))
+    nginx = await run_nginx(prefix, port, [p for p, _, _ in replicas])
     direct = {p: f"http://127.0.0.1:{p}" for p, _, _ in replicas}
     try:
         async with aiohttp.ClientSession() as session:
-            await eventually(lambda: (prefix / "nginx.pid").exists(), 10, "nginx started")
+            await eventually(lambda: (prefix / "nginx.pid").exists() or nginx.returncode is not None, 10, "nginx start")
+            assert nginx.returncode is None, tail(prefix / "error.log")
             health_via_nginx = None
             for _ in range(50):
                 health_via_nginx = await healthz(session, base)
