@@ -202,10 +202,13 @@ class _Supervisor:
         for worker in alive:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.exitcode is None:
-                logger.error("worker %d did not stop in %.0f s: killing it", worker.index, STOP_TIMEOUT_S)
+                # One still loading its model (a thread that cannot be interrupted) had no clients.
+                level = logging.ERROR if worker.started else logging.INFO
+                logger.log(level, "worker %d did not stop in %.0f s: killing it", worker.index, STOP_TIMEOUT_S)
                 worker.process.kill()
                 worker.process.join()
-                self.exit_code = 1
+                if worker.started:
+                    self.exit_code = 1
             elif worker.process.exitcode != 0:
                 logger.error("worker %d exited with code %s", worker.index, worker.process.exitcode)
                 self.exit_code = 1

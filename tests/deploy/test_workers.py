@@ -121,3 +121,23 @@ async def test_two_workers_share_the_port_and_stop_together(tmp_path: Path, face
         assert "Traceback" not in text, text[-3000:]
         assert text.count("fer_async: stopped") == 2, text[-3000:]
         assert "all workers stopped" in text
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves the supervisor no chance to stop its workers: they notice and stop themselves."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    async with server_process(["--workers", "2"], log, port) as proc:
+        await eventually(
+            lambda: tail(log, 100_000).count("listening (pid") == 2 or proc.returncode is not None,
+            240,
+            "both workers listening",
+        )
+        workers = descendant_pids(proc.pid)
+        assert len(workers) >= 2, tail(log)
+        proc.kill()
+        await proc.wait()
+        await eventually(lambda: not any(running(pid) for pid in workers), STOP_TIMEOUT_S, "orphaned workers gone")
+        text = tail(log, 100_000)
+        assert text.count("the supervisor is gone: stopping") == 2, text[-3000:]
+        assert text.count("fer_async: stopped") == 2, text[-3000:]
