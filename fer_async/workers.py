@@ -222,6 +222,12 @@ def supervise(settings: Settings) -> int:
         return 2
     if not sys.platform.startswith("linux"):
         logger.warning("SO_REUSEPORT spreads connections evenly only on Linux: workers may be unevenly loaded")
+    from fer_async.__main__ import port_problem
+
+    problem = port_problem(settings.host, settings.port, reuse_port=True)
+    if problem is not None:  # before N processes load N models
+        logger.error("cannot start: %s", problem)
+        return 1
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
 

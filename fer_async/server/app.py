@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from fer_async.detector import create_detector
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.server import mjpeg, views, ws
+from fer_async.server.connection import Connections
 from fer_async.server.keys import (
     ANALYZER,
     BATCHER,
@@ -31,6 +31,7 @@ from fer_async.server.keys import (
     WEBSOCKETS,
     WORKER,
 )
+from fer_async.server.video_hub import VideoHub
 from fer_async.workers import WorkerInfo, worker_ctx
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ STATIC_DIR = REPO_ROOT / "static"
 DETECT_THREADS = 2
 # Drawing boxes and encoding JPEGs for the MJPEG streams, off the loop and off the model thread.
 VIDEO_THREADS = 1
-# Upper bound on closing all sockets at shutdown (each close is also bounded by ws.CLOSE_TIMEOUT_S).
+# Upper bound on closing all sockets at shutdown (each close is also bounded by connection.CLOSE_TIMEOUT_S).
 SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -118,7 +119,7 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
-    hub = mjpeg.VideoHub(app[BATCHER], app[METRICS], executor)
+    hub = VideoHub(app[BATCHER], app[METRICS], executor)
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()
@@ -131,14 +132,12 @@ async def _on_shutdown(app: web.Application) -> None:
     Runs before aiohttp waits for handlers to finish: open sockets and endless MJPEG
     responses would otherwise hold shutdown for the whole shutdown timeout.
     """
-    open_sockets = app[WEBSOCKETS]
-    sockets = list(open_sockets)  # a copy: closing removes them from the set
-    if sockets:
-        logger.info("closing %d WebSocket clients", len(sockets))
-    closes = [ws.close_socket(s, WSCloseCode.GOING_AWAY, "server shutdown") for s in sockets]
+    connections = app[WEBSOCKETS]
+    if connections:
+        logger.info("closing %d WebSocket clients", len(connections))
     try:
         async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT_S):
-            await asyncio.gather(*closes, return_exceptions=True)
+            await connections.close_all(WSCloseCode.GOING_AWAY, "server shutdown")
     except TimeoutError:
         logger.warning("some WebSocket clients did not close in %.0f s", SHUTDOWN_CLOSE_TIMEOUT_S)
     if VIDEO_HUB in app:
@@ -179,8 +178,7 @@ def create_app(
     app[SETTINGS] = settings
     app[WORKER] = worker
     app[METRICS] = Metrics(worker=worker.label, shared_dir=worker.shared_dir) if several else Metrics()
-    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-    app[WEBSOCKETS] = sockets
+    app[WEBSOCKETS] = Connections()
     if model is not None:
         app[MODEL] = model
 

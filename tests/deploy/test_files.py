@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from fer_async.config import Settings
+from fer_async.server.connection import HEARTBEAT_S
 from fer_async.server.views import MULTIPART_OVERHEAD
-from fer_async.server.ws import HEARTBEAT_S
 
 from .procs import REPO_ROOT
 

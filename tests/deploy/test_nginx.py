@@ -18,7 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from testsupport import eventually, free_port
+from testsupport import eventually
+
+from fer_async.bench.harness import free_port
 
 from .procs import REPO_ROOT, healthz, server_process, tail, wait_until_serving
 

@@ -5,16 +5,28 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-from testsupport import eventually, free_port
+from testsupport import eventually
 
+from fer_async.bench.harness import free_port
 from fer_async.config import Settings, SettingsError, _cpu_cores
 from fer_async.metrics import Metrics
 
-from .procs import STOP_TIMEOUT_S, descendant_pids, healthz, running, server_process, tail, wait_until_serving
+from .procs import (
+    REPO_ROOT,
+    STOP_TIMEOUT_S,
+    descendant_pids,
+    healthz,
+    running,
+    server_process,
+    tail,
+    wait_until_serving,
+)
 
 # Fresh connections, each hashed by the kernel to one of the listening sockets: with two
 # workers, the chance that 40 of them all land on one is 2 * 2**-40.
@@ -141,3 +153,21 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
         text = tail(log, 100_000)
         assert text.count("the supervisor is gone: stopping") == 2, text[-3000:]
         assert text.count("fer_async: stopped") == 2, text[-3000:]
+
+
+async def test_port_in_use_stops_the_workers_before_they_load_a_model() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 1, text
+    assert f"cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
+    assert "worker 0 started" not in text, text  # refused by the supervisor, before any worker
