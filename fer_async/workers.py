@@ -167,7 +167,7 @@ class _Supervisor:
             waiting: dict[Any, tuple[str, _Worker | None]] = {wake: ("wake", None)}
             for worker in self.workers.values():
                 waiting[worker.process.sentinel] = ("exit", worker)
-                if not worker.started:
+                if not worker.started and not worker.ready.closed:
                     waiting[worker.ready] = ("ready", worker)
             for handle in wait(list(waiting)):
                 what, owner = waiting[handle]
@@ -175,10 +175,14 @@ class _Supervisor:
                     return
                 worker = owner
                 if what == "ready":
-                    with contextlib.suppress(EOFError, OSError):
-                        if worker.ready.recv() == _READY:
-                            worker.started = True
-                            logger.info("worker %d listening (pid %s)", worker.index, worker.process.pid)
+                    try:
+                        message = worker.ready.recv()
+                    except (EOFError, OSError):  # it exited: its sentinel says so (now or in a moment)
+                        worker.ready.close()
+                        continue
+                    if message == _READY:
+                        worker.started = True
+                        logger.info("worker %d listening (pid %s)", worker.index, worker.process.pid)
                     continue
                 worker.process.join()
                 code = worker.process.exitcode
