@@ -12,16 +12,16 @@ one inherited socket or gunicorn (README, "Scaling"):
   options, signals and logging) for what is, here, a loop of a few processes.
 
 This module is the supervisor (the parent process, which loads neither TensorFlow nor OpenCV)
-and the few pieces a worker adds to its app: it reports when it listens, publishes its metrics
-for its siblings (see `metrics`), and stops when the supervisor disappears (no orphans even
-after a SIGKILL of the parent). The supervisor forwards SIGINT/SIGTERM to all workers, waits for
-their clean shutdown, restarts a worker that dies after it had started, and stops everything
-(exit 1) when a worker cannot start (port taken, bad weights).
+and each worker's entry point (which tells the supervisor when it listens); what a worker adds
+to its app (publishing its metrics for its siblings, stopping when the supervisor disappears,
+even after a SIGKILL of the parent) is in `fer_async.server.worker`. The supervisor checks the port once,
+forwards SIGINT/SIGTERM to all workers, waits for their clean shutdown, restarts a worker that
+dies after it had started, and stops everything (exit 1) when a worker cannot start (bad
+weights, a port taken meanwhile).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -32,7 +32,6 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -43,38 +42,13 @@ from fer_async.config import Settings
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
 # A worker's own shutdown is bounded by run_app's shutdown timeout (10 s) plus closing sockets
 # (5 s); past this the supervisor kills it.
 STOP_TIMEOUT_S = 30.0
-# How stale a sibling's numbers in /metrics may be.
-METRICS_PUBLISH_INTERVAL_S = 1.0
 _READY = "ready"
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """Which worker a process is: `index` of `count`, its pid, and the directory the workers share."""
-
-    index: int
-    count: int
-    pid: int
-    shared_dir: Path | None = None
-
-    @classmethod
-    def single(cls) -> WorkerInfo:
-        """The only worker of a plain one-process server."""
-        return cls(index=0, count=1, pid=os.getpid())
-
-    @property
-    def label(self) -> str:
-        return str(self.index)
-
-    def as_json(self) -> dict[str, int]:
-        return {"index": self.index, "count": self.count, "pid": self.pid}
 
 
 # --- in the worker -------------------------------------------------------------------------
@@ -90,44 +64,12 @@ def _worker_main(settings: Settings, index: int, ready: Connection, shared_dir: 
     # there is nothing to clean up yet. SIGINT too: Ctrl-C reaches the whole process group.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_on_signal)
-    from fer_async.__main__ import configure_logging, serve
+    from fer_async.server.worker import WorkerInfo
+    from fer_async.serving import configure_logging, serve
 
     configure_logging(settings, tag=f"w{index}")
     info = WorkerInfo(index=index, count=settings.workers, pid=os.getpid(), shared_dir=shared_dir)
     sys.exit(serve(settings, worker=info, on_listening=lambda: ready.send(_READY)))
-
-
-async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context of a worker's app: metrics publishing and the watch on the supervisor."""
-    from fer_async.server.keys import METRICS
-
-    metrics = app[METRICS]
-    loop = asyncio.get_running_loop()
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        # The sentinel is a pipe that becomes readable when the supervisor exits, however it exits.
-        def supervisor_gone() -> None:
-            loop.remove_reader(parent.sentinel)
-            logger.warning("the supervisor is gone: stopping")
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        loop.add_reader(parent.sentinel, supervisor_gone)
-
-    async def publish_forever() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(metrics.publish)
-            except OSError as exc:
-                logger.warning("cannot publish metrics: %s", exc)
-            await asyncio.sleep(METRICS_PUBLISH_INTERVAL_S)
-
-    publisher = asyncio.create_task(publish_forever())
-    yield
-    publisher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await publisher
-    if parent is not None:
-        loop.remove_reader(parent.sentinel)
 
 
 # --- in the supervisor ---------------------------------------------------------------------
@@ -226,7 +168,7 @@ def supervise(settings: Settings) -> int:
         return 2
     if not sys.platform.startswith("linux"):
         logger.warning("SO_REUSEPORT spreads connections evenly only on Linux: workers may be unevenly loaded")
-    from fer_async.__main__ import port_problem
+    from fer_async.serving import port_problem
 
     problem = port_problem(settings.host, settings.port, reuse_port=True)
     if problem is not None:  # before N processes load N models

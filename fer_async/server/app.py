@@ -29,10 +29,9 @@ from fer_async.server.keys import (
     SETTINGS,
     VIDEO_HUB,
     WEBSOCKETS,
-    WORKER,
 )
 from fer_async.server.video_hub import VideoHub
-from fer_async.workers import WorkerInfo, worker_ctx
+from fer_async.server.worker import WORKER, WorkerInfo, worker_ctx
 
 logger = logging.getLogger(__name__)
 

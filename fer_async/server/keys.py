@@ -12,7 +12,6 @@ from fer_async.metrics import Metrics
 from fer_async.server.connection import Connections
 from fer_async.server.outcomes import FrameBatcher
 from fer_async.server.video_hub import VideoHub
-from fer_async.workers import WorkerInfo
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MODEL: web.AppKey[Predictor] = web.AppKey("model")
@@ -24,5 +23,3 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 # The open WebSocket connections (admission and shutdown go through it).
 WEBSOCKETS: web.AppKey[Connections] = web.AppKey("websockets", Connections)
 VIDEO_HUB: web.AppKey[VideoHub] = web.AppKey("video_hub", VideoHub)
-# Which of the `--workers` processes this app runs in (index 0 of 1 for a plain server).
-WORKER: web.AppKey[WorkerInfo] = web.AppKey("worker", WorkerInfo)

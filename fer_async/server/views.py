@@ -14,8 +14,9 @@ from aiohttp import BodyPartReader, StreamReader, web
 
 from fer_async.labels import EMOTIONS
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from fer_async.server.keys import BATCHER, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS, WORKER
+from fer_async.server.keys import BATCHER, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
+from fer_async.server.worker import WORKER
 from fer_async.video import list_videos
 
 logger = logging.getLogger(__name__)
