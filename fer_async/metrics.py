@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Where frames come from: the webcam socket, the MJPEG video streams, or the HTTP upload endpoint.
 SOURCES = ("ws", "video", "api")
+
+# Where the server's time per frame goes (`fer_stage_seconds_total`; divide by frames for a
+# per-frame profile, as `python -m fer_async.bench` does). decode, detect and crop run per frame
+# on the analyzer's pool; model is the shared call, counted once per batch; receive (the
+# WebSocket reader's checks and hand-off), json (result to text) and send (awaiting the socket
+# write) run on the event loop, for WebSocket frames.
+STAGES = ("receive", "decode", "detect", "crop", "model", "json", "send")
+ANALYZER_STAGES = ("decode", "detect", "crop")
 
 # Batches are capped by --max-batch (16 by default); powers of two show how full they run.
 _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -77,6 +86,17 @@ class Metrics:
         )
         self.connected_clients = Gauge("fer_connected_clients", "Open WebSocket clients", registry=r)
         self.video_viewers = Gauge("fer_video_viewers", "Open MJPEG viewers", registry=r)
+        self.stage_seconds = Counter(
+            "fer_stage_seconds", "Server seconds spent per stage of frame handling (see STAGES)", ["stage"], registry=r
+        )
+        # Read when /metrics is rendered, which happens on the event loop's thread: the CPU that
+        # thread has used, so a scraper can tell how busy (and how idle) the loop was in a window.
+        self.loop_cpu = Gauge(
+            "fer_event_loop_cpu_seconds", "CPU seconds used by the event loop thread (read at scrape)", registry=r
+        )
+        self.loop_cpu.set_function(time.thread_time)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
         # Pre-create the label sets so /metrics shows zeros before the first frame arrives.
         for source in SOURCES:
             self.frames.labels(source)
@@ -88,12 +108,24 @@ class Metrics:
         self.queue_wait.observe(queue_wait_s)
         self.model_seconds.observe(run_s)
 
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).inc(seconds)
+
+    def observe_analysis(self, timings_ms: list[dict[str, float]]) -> None:
+        """The analyzer's per-frame stage timings (ms) of one batch; the shared model call once."""
+        for timings in timings_ms:
+            for stage in ANALYZER_STAGES:
+                self.stage_seconds.labels(stage).inc(timings.get(stage, 0.0) / 1000.0)
+        self.stage_seconds.labels("model").inc(max((t.get("model", 0.0) for t in timings_ms), default=0.0) / 1000.0)
+
     def frame_done(self, source: str, faces: int) -> None:
         self.frames.labels(source).inc()
         if faces:
             self.faces.labels(source).inc(faces)
 
-    def _own_families(self) -> list[Metric]:
+    def own_families(self) -> list[Metric]:
+        """This process's samples, labelled with its worker. Call on the event loop's thread
+        (the loop CPU gauge reads the calling thread's CPU time)."""
         families = list(self.registry.collect())
         if self.worker is None:
             return families
@@ -106,8 +138,8 @@ class Metrics:
             return None
         return self.shared_dir / f"worker-{self.worker}.json"
 
-    def publish(self) -> None:
-        """Write this worker's samples where its siblings' `render()` reads them (atomically)."""
+    def publish(self, own: list[Metric]) -> None:
+        """Write `own` (from `own_families`) where the sibling workers' `render()` reads it (atomically)."""
         path = self._published_path()
         if path is None:
             return
@@ -119,7 +151,7 @@ class Metrics:
                 "unit": f.unit,
                 "samples": [[s.name, s.labels, s.value] for s in f.samples],
             }
-            for f in self._own_families()
+            for f in own
         ]
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(json.dumps(families))
@@ -142,13 +174,13 @@ class Metrics:
                 family.samples = [Sample(name, labels, value) for name, labels, value in f["samples"]]
                 yield family
 
-    def render(self) -> bytes:
-        """The /metrics body: this process's series, plus its sibling workers' last published ones.
-
-        Reads files in multi-worker mode: call it off the event loop.
+    def render(self, own: list[Metric] | None = None) -> bytes:
+        """The /metrics body: `own` (default: collected now, on this thread), plus the sibling
+        workers' last published samples. Reads files in multi-worker mode: the server collects
+        `own` on the loop and renders in a worker thread.
         """
         merged: dict[str, Metric] = {}
-        for family in (*self._own_families(), *self._sibling_families()):
+        for family in (*(self.own_families() if own is None else own), *self._sibling_families()):
             if family.name in merged:
                 merged[family.name].samples.extend(family.samples)
             else:

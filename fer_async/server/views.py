@@ -83,8 +83,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    # Off the loop: with --workers it reads the sibling workers' published samples from disk.
-    body = await asyncio.to_thread(request.app[METRICS].render)
+    metrics_ = request.app[METRICS]
+    own = metrics_.own_families()  # on the loop's thread: fer_event_loop_cpu_seconds is this thread's CPU
+    # The rest off the loop: with --workers it reads the sibling workers' published samples from disk.
+    body = await asyncio.to_thread(metrics_.render, own)
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 

@@ -69,7 +69,8 @@ async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
     async def publish_forever() -> None:
         while True:
             try:
-                await asyncio.to_thread(metrics.publish)
+                own = metrics.own_families()  # on the loop's thread, as for /metrics
+                await asyncio.to_thread(metrics.publish, own)
             except OSError as exc:
                 logger.warning("cannot publish metrics: %s", exc)
             await asyncio.sleep(METRICS_PUBLISH_INTERVAL_S)

@@ -50,7 +50,7 @@ def test_metrics_of_all_workers_in_one_scrape(tmp_path: Path) -> None:
     second.frame_done("ws", 2)
     second.frame_done("api", 0)
     second.observe_batch(4, 0.01, 0.02)
-    second.publish()
+    second.publish(second.own_families())
     text = first.render().decode()
     assert 'fer_frames_total{source="ws",worker="0"} 1.0' in text
     assert 'fer_frames_total{source="ws",worker="1"} 1.0' in text
