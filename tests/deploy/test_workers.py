@@ -14,6 +14,7 @@ import pytest
 from testsupport import eventually
 
 from fer_async.bench.harness import free_port
+from fer_async.bench.report import stage_profile
 from fer_async.config import Settings, SettingsError, _cpu_cores
 from fer_async.metrics import Metrics
 
@@ -58,6 +59,22 @@ def test_metrics_of_all_workers_in_one_scrape(tmp_path: Path) -> None:
     assert 'fer_batch_size_count{worker="1"} 1.0' in text
     assert 'fer_batch_size_count{worker="0"} 0.0' in text
     assert text.count("# TYPE fer_frames_total counter") == 1  # one family, both workers' series
+
+
+def test_bench_profile_sums_the_workers(tmp_path: Path) -> None:
+    pages = []
+    for frames in (0, 10):
+        workers = [Metrics(worker=str(i), shared_dir=tmp_path) for i in (0, 1)]
+        for metrics in workers:
+            for _ in range(frames // 2):
+                metrics.frame_done("ws", 1)
+                metrics.observe_stage("detect", 0.01)
+        workers[1].publish(workers[1].own_families())
+        pages.append(workers[0].render().decode())
+    profile = stage_profile(pages[0], pages[1], wall_s=1.0)
+    assert profile is not None
+    assert profile["detect"] == 10.0  # 10 frames, 0.1 s of detection in all: 10 ms per frame
+    assert 0.0 <= profile["loop_idle_pct"] <= 100.0
 
 
 async def test_two_workers_share_the_port_and_stop_together(tmp_path: Path, face_jpeg: bytes) -> None:
