@@ -1,130 +1,26 @@
-"""`python -m fer_async` / `fer-async`: parse settings, set up logging and the loop, serve.
+"""`python -m fer_async` / `fer-async`: parse settings, set up logging, serve.
 
-Ctrl-C and SIGTERM are handled by aiohttp's `run_app`: it stops accepting, runs on_shutdown
-(WebSockets closed with 1001, video streams ended), waits for handlers, then the cleanup
-contexts close the batcher, the analyzer and the executors.
+One server process (`fer_async.serving.serve`), or with `--workers N` a supervisor of N of them
+(`fer_async.workers`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import signal
-import socket
-import ssl
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from aiohttp import web
-
-from fer_async.config import Settings, log_level_number
-
-logger = logging.getLogger("fer_async")
-
-# Backstop for handlers still running after on_shutdown; our own ones end within a few seconds.
-SHUTDOWN_TIMEOUT_S = 10.0
-
-
-def new_event_loop() -> tuple[asyncio.AbstractEventLoop, str]:
-    """A uvloop loop when uvloop is installed (faster sockets), else asyncio's own."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop(), "asyncio"
-    return uvloop.new_event_loop(), "uvloop"
-
-
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.cert is None or settings.key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.cert, settings.key)
-    return context
-
-
-def port_problem(host: str, port: int) -> str | None:
-    """Why `host:port` cannot be listened on now (e.g. the port is in use), else None.
-
-    Checked before the model loads, which takes seconds to minutes: a taken port should fail
-    at once, not after the wait. aiohttp binds again later (a port taken in between still
-    fails there, with the same message).
-    """
-    if port == 0:
-        return None
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, kind, proto, _, address in infos:
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
-                probe.bind(address)
-    except OSError as exc:
-        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-    return None
-
-
-def _banner(*lines: Any, **_: Any) -> None:
-    # run_app "prints" its "Running on ..." banner; route it to the log instead of stdout.
-    for line in " ".join(str(x) for x in lines).splitlines():
-        if line.strip():
-            logger.info("%s", line.strip("= "))
-
-
-async def _ignore_further_signals(app: web.Application) -> None:
-    """A second Ctrl-C / SIGTERM during shutdown must not abort the cleanup half-way.
-
-    run_app's own handlers raise GracefulExit on every signal, also while it is already
-    shutting down (e.g. `timeout` or a process manager signals the whole group twice); run_app
-    removes these replacements itself when the cleanup is done.
-    """
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, logger.info, "already shutting down (signal %s)", sig.name)
+from fer_async.config import Settings
+from fer_async.serving import configure_logging, serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_args(argv)
-    logging.basicConfig(
-        level=log_level_number(settings),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    # Import after logging is set up; the app factory does not import TensorFlow (the model
-    # is loaded in its own thread during startup).
-    from fer_async.server.app import create_app
+    configure_logging(settings)
+    if settings.workers > 1:
+        from fer_async.workers import supervise
 
-    loop, loop_name = new_event_loop()
-    logger.info("event loop: %s", loop_name)
-    try:
-        context = ssl_context(settings)
-    except (OSError, ssl.SSLError) as exc:
-        logger.error("cannot load TLS certificate/key: %s", exc)
-        return 2
-    problem = port_problem(settings.host, settings.port)
-    if problem is not None:
-        logger.error("cannot start: %s", problem)
-        return 1
-    logger.info("starting on %s (model %s, detector %s)", settings.url, settings.model_name, settings.detector)
-    if not settings.tls and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.info("browsers allow the camera only on https or localhost: use --cert/--key for other machines")
-    app = create_app(settings)
-    app.on_shutdown.insert(0, _ignore_further_signals)
-    try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            ssl_context=context,
-            print=_banner,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            loop=loop,
-        )
-    except (OSError, ValueError) as exc:  # port in use, missing weights, bad detector model
-        logger.error("cannot start: %s", exc)
-        return 1
-    logger.info("stopped")
-    return 0
+        return supervise(settings)
+    return serve(settings)
 
 
 if __name__ == "__main__":

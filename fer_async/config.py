@@ -75,6 +75,19 @@ def _parse_int(text: str) -> int:
     return int(text.replace("_", ""), 0)  # accepts 2_000_000 and 0x...
 
 
+def _cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parse_workers(text: str) -> int:
+    """A worker count, or 'auto': one per core."""
+    return _cpu_cores() if text.strip().lower() == "auto" else _parse_int(text)
+
+
 def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -110,6 +123,7 @@ class Settings:
     # instead of the in-process model; None = in-process.
     executor: str | None = None
     executor_timeout_s: float = 5.0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -118,6 +132,10 @@ class Settings:
         for name in ("max_batch", "max_queue", "max_clients", "max_frame_bytes", "max_pixels"):
             if getattr(self, name) < 1:
                 problems.append(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 1:
+            problems.append(f"--workers must be >= 1 or 'auto', got {self.workers}")
+        elif self.workers > 1 and self.port == 0:
+            problems.append("--workers > 1 needs a fixed --port: each worker binds it (SO_REUSEPORT)")
         if self.max_wait_ms < 0:
             problems.append(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.runtime not in RUNTIMES:
@@ -296,6 +314,12 @@ _OPTIONS: dict[str, Option] = {
         float,
         "seconds a batch may take on the --executor server before its frames get 'analysis failed'",
         "SECONDS",
+    ),
+    "workers": Option(
+        "--workers",
+        _parse_workers,
+        "server processes sharing the port (SO_REUSEPORT), each with its own model; 'auto' = one per core",
+        "N",
     ),
 }
 

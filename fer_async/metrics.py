@@ -3,13 +3,28 @@
 A per-app `CollectorRegistry` (not prometheus_client's global one) lets tests build many apps
 in one process without "duplicated timeseries" errors, and keeps /metrics to this app's numbers.
 All names carry the `fer_` prefix, e.g. `fer_frames_total`.
+
+Under `--workers N` every process has its own `Metrics`. A scrape reaches whichever worker the
+kernel picks, so each worker also publishes its samples (as JSON, every second) to a directory
+the workers share and `render()` answers with all of them, each series labelled `worker="i"`:
+one scrape sees the whole server, `sum without (worker)` gives its totals.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
+
+logger = logging.getLogger(__name__)
 
 # The classic text format: every Prometheus version and most scrapers understand it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,7 +49,10 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     """The counters, histograms and gauges the server updates; `render()` is the /metrics body."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker: str | None = None, shared_dir: Path | None = None) -> None:
+        """`worker` labels every series (multi-worker mode); `shared_dir` is where the workers publish them."""
+        self.worker = worker
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.frames = Counter("fer_frames", "Frames analysed", ["source"], registry=r)
@@ -106,5 +124,76 @@ class Metrics:
         if faces:
             self.faces.labels(source).inc(faces)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def own_families(self) -> list[Metric]:
+        """This process's samples, labelled with its worker. Call on the event loop's thread
+        (the loop CPU gauge reads the calling thread's CPU time)."""
+        families = list(self.registry.collect())
+        if self.worker is None:
+            return families
+        for family in families:
+            family.samples = [s._replace(labels={**s.labels, "worker": self.worker}) for s in family.samples]
+        return families
+
+    def _published_path(self) -> Path | None:
+        if self.shared_dir is None or self.worker is None:
+            return None
+        return self.shared_dir / f"worker-{self.worker}.json"
+
+    def publish(self, own: list[Metric]) -> None:
+        """Write `own` (from `own_families`) where the sibling workers' `render()` reads it (atomically)."""
+        path = self._published_path()
+        if path is None:
+            return
+        families = [
+            {
+                "name": f.name,
+                "documentation": f.documentation,
+                "type": f.type,
+                "unit": f.unit,
+                "samples": [[s.name, s.labels, s.value] for s in f.samples],
+            }
+            for f in own
+        ]
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(families))
+        os.replace(partial, path)
+
+    def _sibling_families(self) -> Iterator[Metric]:
+        own = self._published_path()
+        if own is None or self.shared_dir is None:
+            return
+        for path in sorted(self.shared_dir.glob("worker-*.json")):
+            if path == own:
+                continue
+            try:
+                families: list[dict[str, Any]] = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:  # a sibling that is (re)starting: skip it this time
+                logger.debug("cannot read %s: %s", path, exc)
+                continue
+            for f in families:
+                family = Metric(f["name"], f["documentation"], f["type"], f["unit"])
+                family.samples = [Sample(name, labels, value) for name, labels, value in f["samples"]]
+                yield family
+
+    def render(self, own: list[Metric] | None = None) -> bytes:
+        """The /metrics body: `own` (default: collected now, on this thread), plus the sibling
+        workers' last published samples. Reads files in multi-worker mode: the server collects
+        `own` on the loop and renders in a worker thread.
+        """
+        merged: dict[str, Metric] = {}
+        for family in (*(self.own_families() if own is None else own), *self._sibling_families()):
+            if family.name in merged:
+                merged[family.name].samples.extend(family.samples)
+            else:
+                merged[family.name] = family
+        return generate_latest(_Families(merged.values()))
+
+
+class _Families:
+    """The one method of a registry that `generate_latest` uses, over families already collected."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families

@@ -51,15 +51,26 @@ def parse_histogram(text: str, needle: str = "batch_size") -> tuple[float, float
 PROFILE_STAGES = ("receive", "decode", "detect", "crop", "model", "json", "send")
 
 
+# A `--workers N` server labels every series with its worker; the profile is of the whole server.
+_WORKER_LABEL = re.compile(r',?worker="[^"]*"')
+
+
 def parse_samples(text: str) -> dict[tuple[str, str], float]:
-    """Every sample of a Prometheus text page: (name, label text) -> value."""
+    """Every sample of a Prometheus text page: (name, label text) -> value, summed over workers."""
     samples: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         match = re.match(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
         if match and not line.startswith("#"):
+            labels = _WORKER_LABEL.sub("", match.group(2) or "").replace("{,", "{")
+            key = (match.group(1), "" if labels == "{}" else labels)
             with contextlib.suppress(ValueError):
-                samples[(match.group(1), match.group(2) or "")] = float(match.group(3))
+                samples[key] = samples.get(key, 0.0) + float(match.group(3))
     return samples
+
+
+def _loops(text: str) -> int:
+    """How many event loops (worker processes) a page reports."""
+    return max(1, len(re.findall(r"(?m)^fer_event_loop_cpu_seconds\{", text)))
 
 
 def stage_profile(before: str, after: str, wall_s: float) -> dict[str, float] | None:
@@ -83,7 +94,7 @@ def stage_profile(before: str, after: str, wall_s: float) -> dict[str, float] | 
         profile[stage] = round((end[key] - start[key]) / frames * 1000.0, 3)
     loop_key = ("fer_event_loop_cpu_seconds", "")
     if loop_key in start and loop_key in end and wall_s > 0:
-        busy = (end[loop_key] - start[loop_key]) / wall_s
+        busy = (end[loop_key] - start[loop_key]) / wall_s / _loops(after)  # the mean loop's
         profile["loop_idle_pct"] = round(max(0.0, 100.0 * (1.0 - busy)), 1)
     return profile
 

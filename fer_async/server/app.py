@@ -34,6 +34,7 @@ from fer_async.server.keys import (
     WEBSOCKETS,
 )
 from fer_async.server.video_hub import VideoHub
+from fer_async.server.worker import WORKER, WorkerInfo, worker_ctx
 from fer_async.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -191,14 +192,22 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("Referrer-Policy", "same-origin")
 
 
-def create_app(settings: Settings, *, model: Predictor | None = None) -> web.Application:
-    """The aiohttp application for `settings`; `model` replaces loading weights (tests)."""
+def create_app(
+    settings: Settings, *, model: Predictor | None = None, worker: WorkerInfo | None = None
+) -> web.Application:
+    """The aiohttp application for `settings`; `model` replaces loading weights (tests).
+
+    `worker`: which of several `--workers` processes serves this app (labels /healthz, /metrics).
+    """
+    worker = worker or WorkerInfo.single()
+    several = worker.count > 1
     app = web.Application(
         middlewares=[_errors_middleware],
         client_max_size=settings.max_frame_bytes + views.MULTIPART_OVERHEAD,
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[WORKER] = worker
+    app[METRICS] = Metrics(worker=worker.label, shared_dir=worker.shared_dir) if several else Metrics()
     app[WEBSOCKETS] = Connections()
     if model is not None:
         app[MODEL] = model
@@ -211,6 +220,8 @@ def create_app(settings: Settings, *, model: Predictor | None = None) -> web.App
 
     # Order matters: each context may use the ones before it, and they close in reverse.
     app.cleanup_ctx.extend([_model_executor_ctx, _model_ctx, _analyzer_ctx, _batcher_ctx, _video_hub_ctx])
+    if several:
+        app.cleanup_ctx.append(worker_ctx)
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(_security_headers)
 

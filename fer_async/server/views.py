@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from fer_async.labels import EMOTIONS
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fer_async.server.keys import BATCHER, DETECTOR_NAME, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
+from fer_async.server.worker import WORKER
 from fer_async.video import list_videos
 
 logger = logging.getLogger(__name__)
@@ -81,12 +83,17 @@ async def healthz(request: web.Request) -> web.Response:
             "clients": len(request.app[WEBSOCKETS]),
             "video_viewers": request.app[VIDEO_HUB].viewers,
             "queue": request.app[BATCHER].queue_size,
+            "worker": request.app[WORKER].as_json(),
         }
     )
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+    metrics_ = request.app[METRICS]
+    own = metrics_.own_families()  # on the loop's thread: fer_event_loop_cpu_seconds is this thread's CPU
+    # The rest off the loop: with --workers it reads the sibling workers' published samples from disk.
+    body = await asyncio.to_thread(metrics_.render, own)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:

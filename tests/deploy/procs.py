@@ -1,0 +1,104 @@
+"""Server processes for the scaling tests: `python -m fer_async` started the way a user does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+# TensorFlow's import and the weights load, in several processes at once on a possibly busy CPU.
+START_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 45.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def tail(log: Path, limit: int = 3000) -> str:
+    """The end of a server log, for failure messages."""
+    return log.read_text(errors="replace")[-limit:]
+
+
+def child_pids(pid: int) -> set[int]:
+    """Direct children of `pid` (Linux /proc), empty when it has none or is gone."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children.update(int(part) for part in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return children
+
+
+def descendant_pids(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in child_pids(todo.pop()) - found:
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an exited child nobody has reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "?")
+    return state not in ("Z", "X")
+
+
+async def healthz(session: aiohttp.ClientSession, base: str) -> dict[str, Any] | None:
+    """/healthz of `base`, or None while nothing answers there."""
+    try:
+        async with session.get(f"{base}/healthz", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            if resp.status != 200:
+                return None
+            return dict(await resp.json())
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+@asynccontextmanager
+async def server_process(args: list[str], log: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m fer_async --host 127.0.0.1 --port PORT ARGS`, logging to `log`; killed if still running at the end."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), *args],
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            for pid in descendant_pids(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            proc.kill()
+            await proc.wait()
+
+
+async def wait_until_serving(base: str, proc: asyncio.subprocess.Process, log: Path) -> dict[str, Any]:
+    """The first /healthz answer of the server at `base`; fails if it exits or takes too long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            if proc.returncode is not None:
+                pytest.fail(f"the server exited during start-up:\n{tail(log)}")
+            health = await healthz(session, base)
+            if health is not None:
+                return health
+            await asyncio.sleep(0.5)
+    pytest.fail(f"the server did not come up in {START_TIMEOUT_S:.0f} s:\n{tail(log)}")

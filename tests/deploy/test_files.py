@@ -1,0 +1,42 @@
+"""deploy/ agrees with the server it deploys: limits, heartbeat, port, health endpoint."""
+
+from __future__ import annotations
+
+import re
+
+from fer_async.config import Settings
+from fer_async.server.connection import HEARTBEAT_S
+from fer_async.server.views import MULTIPART_OVERHEAD
+
+from .procs import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+
+
+def _seconds(directive: str, text: str) -> list[int]:
+    return [int(value) for value in re.findall(rf"{directive} (\d+)s;", text)]
+
+
+def test_nginx_limits_match_the_server() -> None:
+    conf = (DEPLOY / "nginx" / "fer_async.conf").read_text()
+    body_limit = int(re.findall(r"client_max_body_size (\d+);", conf)[0])
+    assert body_limit == Settings().max_frame_bytes + MULTIPART_OVERHEAD  # nginx refuses what the replica would
+    ws_location = conf[conf.index("location = /ws") :].split("}", 1)[0]
+    assert "proxy_set_header Upgrade $http_upgrade;" in ws_location
+    assert "proxy_set_header Connection $connection_upgrade;" in ws_location
+    assert min(_seconds("proxy_read_timeout", ws_location)) > 2 * HEARTBEAT_S
+    video_location = conf[conf.index("location /video/") :].split("}", 1)[0]
+    assert "proxy_buffering off;" in video_location
+
+
+def test_container_and_kubernetes_probe_the_health_endpoint() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"(?m)^FROM python:3\.11-slim$", dockerfile)
+    assert re.search(r"(?m)^USER 10001$", dockerfile)  # not root
+    assert "/healthz" in dockerfile.split("HEALTHCHECK", 1)[1].split("\n\n", 1)[0]
+    deployment = (DEPLOY / "k8s" / "deployment.yaml").read_text()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert re.search(rf"{probe}:.*\n\s+httpGet: {{path: /healthz, port: http}}", deployment), probe
+    assert "containerPort: 8080" in deployment and '{name: FER_PORT, value: "8080"}' in deployment
+    hpa = (DEPLOY / "k8s" / "hpa.yaml").read_text()
+    assert "name: cpu" in hpa and "kind: Deployment, name: fer-async" in hpa
