@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 import keras
 import tensorflow as tf
 
+import fer_async.keras_layers  # noqa: F401  registers FaceContrast, which model_from_json needs
+
 logger = logging.getLogger(__name__)
 
 FACE_SIZE = 48

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from fer_async.keras_layers import FaceContrast
 from fer_async.labels import EMOTIONS
 
 IMAGE_SIZE = 48
@@ -62,7 +63,10 @@ def describe_augmentation() -> str:
 
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="face")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    # Per-face min-max stretch first: the training faces are stretched to 0..255 already (the
+    # identity on them), a camera's dim or washed-out crop is not.
+    x = FaceContrast(name="face_contrast")(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     x = augmentation()(x)
     return inputs, x
 
