@@ -159,3 +159,26 @@ def test_the_degraded_crops_really_are_low_contrast(
             before = crop_faces(image, boxes).astype(np.float32)
             after = crop_faces(_camera(image, gain, offset), boxes).astype(np.float32)
             assert np.abs(after - before).mean() > 20.0
+
+
+def test_the_layer_exports_to_onnx_as_plain_ops() -> None:
+    """Every serving runtime must apply it: ONNX Runtime gives the same faces as Keras."""
+    tf2onnx = pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import tensorflow as tf
+
+    from fer_async.keras_layers import FaceContrast
+
+    layer = FaceContrast()
+    spec = [tf.TensorSpec([None, 48, 48, 1], tf.float32, name="face")]
+    proto, _ = tf2onnx.convert.from_function(tf.function(layer.call, input_signature=spec), input_signature=spec)
+    assert {node.op_type for node in proto.graph.node} <= {
+        "Add", "Cast", "Div", "Greater", "Max", "Mul", "Not", "ReduceMax", "ReduceMin", "Sub", "Where", "Identity"
+    }  # fmt: skip
+    faces = np.random.default_rng(4).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
+    faces[1] = faces[1] * 0.05 + 3.0  # very dark: the capped gain
+    faces[2] = 77.0  # flat
+    faces[3] = faces[3] * 0.5 + 20.0
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: faces})
+    np.testing.assert_allclose(got, np.asarray(layer(faces)), atol=1e-3)
