@@ -176,9 +176,15 @@ def test_cameras_option_keeps_original_first(tiny_npz: Path) -> None:
 def test_a_camera_condition_changes_the_frame_as_described() -> None:
     face = np.random.default_rng(3).integers(0, 256, (48, 48), dtype=np.uint8)
     rng = np.random.default_rng(0)
-    original = cv2.imdecode(np.frombuffer(evaluate.server_frame(face), np.uint8), cv2.IMREAD_GRAYSCALE)
-    dark = cv2.imdecode(np.frombuffer(evaluate.server_frame(face, CAMERAS["dark35"], rng), np.uint8), 0)
-    washed = cv2.imdecode(np.frombuffer(evaluate.server_frame(face, CAMERAS["washed"], rng), np.uint8), 0)
+
+    def grey(frame: bytes) -> np.ndarray:
+        image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert image is not None
+        return image
+
+    original = grey(evaluate.server_frame(face))
+    dark = grey(evaluate.server_frame(face, CAMERAS["dark35"], rng))
+    washed = grey(evaluate.server_frame(face, CAMERAS["washed"], rng))
     assert original.shape == dark.shape == washed.shape == (evaluate.VIA_FRAME_HEIGHT, evaluate.VIA_FRAME_WIDTH)
     assert dark.max() <= 0.35 * 255 + 8  # JPEG ringing adds a few levels
     assert washed.min() >= 150 - 8 and np.ptp(washed) <= 0.4 * 255 + 16
