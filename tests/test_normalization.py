@@ -63,11 +63,22 @@ def test_a_dark_face_is_stretched_to_full_range() -> None:
 
 
 def test_a_very_dark_face_gets_the_capped_gain_around_mid_grey() -> None:
-    face = np.linspace(2.0, 12.0, 48 * 48, dtype=np.float32).reshape(1, 48, 48, 1)  # 10 levels
-    out = _stretch(face, max_gain=8.0)
-    # 10 levels x 8 = 80 levels, centred on 127.5: noise is amplified 8x, not 25x.
-    assert out.min() == pytest.approx(127.5 - 40.0, abs=1e-3) and out.max() == pytest.approx(127.5 + 40.0, abs=1e-3)
-    np.testing.assert_allclose(np.diff(out.ravel()), np.diff(face.ravel()) * 8.0, rtol=1e-4, atol=1e-3)
+    from fer_async.keras_layers import MAX_GAIN
+
+    face = np.linspace(2.0, 7.0, 48 * 48, dtype=np.float32).reshape(1, 48, 48, 1)  # 5 levels: under 255 / 32
+    out = _stretch(face)
+    # 5 levels x 32 = 160 levels, centred on 127.5: noise is amplified 32x, not 51x.
+    half = 5.0 * MAX_GAIN / 2
+    assert out.min() == pytest.approx(127.5 - half, abs=1e-3) and out.max() == pytest.approx(127.5 + half, abs=1e-3)
+    np.testing.assert_allclose(np.diff(out.ravel()), np.diff(face.ravel()) * MAX_GAIN, rtol=1e-4, atol=1e-3)
+    # A face of 10 levels is still under the cap: stretched to the full range.
+    ten = np.linspace(2.0, 12.0, 48 * 48, dtype=np.float32).reshape(1, 48, 48, 1)
+    assert _stretch(ten).min() == pytest.approx(0.0, abs=1e-3) and _stretch(ten).max() == pytest.approx(255.0, abs=1e-3)
+    # A lower cap, as the layer's option: 8x around mid-grey.
+    capped = _stretch(ten, max_gain=8.0)
+    assert capped.min() == pytest.approx(127.5 - 40.0, abs=1e-3) and capped.max() == pytest.approx(
+        127.5 + 40.0, abs=1e-3
+    )
 
 
 @pytest.mark.parametrize("level", [0.0, 37.0, 255.0])
