@@ -4,8 +4,9 @@ Run `python -m training.models` to print the parameter count and the multiply-ac
 operations (MACs) per face of every network defined here; `--speed` also times the shipped
 weights through the server's `FacialExpressionModel` at batch 1 and 64, with and without TTA.
 
-Every network takes uint8-range grey faces `[N, 48, 48, 1]` and rescales them itself, so
-training and serving cannot disagree about normalisation. The augmentation layers sit inside
+Every network takes uint8-range grey faces `[N, 48, 48, 1]`, stretches each face to 0..255
+(`FaceContrast`, as the FER2013 npz faces are stretched; camera crops are not) and rescales it
+itself, so training and serving cannot disagree about normalisation. The augmentation layers sit inside
 the model too: Keras switches them off at inference (`training=False`), so the exported
 `to_json()` model is the one the server runs, augmentation included but inert.
 """
