@@ -25,6 +25,13 @@ accuracy on the same detected faces, in a "via_detector" object of the JSON line
     python -m training.evaluate --via-detector --detector yunet \
         --detector-model ../shared/models/face_detection_yunet.onnx
 
+Each face is also sent at every camera condition of `training.cameras` (lower contrast, darker,
+a dim room with sensor noise, washed out: the whole frame rendered before the JPEG encoder, as
+real cameras deliver faces that FER2013's stretched ones are not); "via_detector.cameras" in the
+JSON line holds, per condition, the detection rate, the accuracy on found faces and counting
+misses, and the share of faces that keep the label of the original exposure. `--cameras
+contrast25,dim15noise` picks conditions ("original" always runs).
+
 `--limit N` evaluates only the first N faces of a seeded random permutation of the split (the
 plain figures too), for a quick check; the JSON line then also has "limit" and "seed".
 
