@@ -128,6 +128,8 @@ def load_keras_model(json_path: Path, weights_path: Path) -> Any:
     _tensorflow()
     import keras
 
+    import fer_async.keras_layers  # noqa: F401  registers FaceContrast, which model_from_json needs
+
     model = keras.models.model_from_json(json_path.read_text())
     model.load_weights(weights_path)
     return model

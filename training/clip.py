@@ -9,7 +9,12 @@ Every frame of the file (scaled to at most 640 px wide, as the MJPEG stream does
 the server would load. Prints how often faces were found, the share of each label over all
 faces, the mean top probability, and how often the largest face's label changes from one frame
 to the next (flicker: the clip's faces do not change expression, so every change is noise).
-`--expect LABEL` adds the share of faces given that label, for clips whose expression is known.
+`--expect LABEL` adds the share of faces given that label, for clips whose expression is known;
+`--window A:B` the label shares of the largest face in frames A..B (a stretch with a known
+expression, e.g. the smile of ../shared/data/videos/single_face.mp4 around frames 30-55).
+`--camera NAME` first renders every frame as another exposure would (a `training.cameras`
+condition: lower contrast, darker, washed out) and JPEG-encodes it at quality 80 as the webcam
+page does, to show what the model makes of the same scene from a worse camera.
 Ends with ONE line of JSON for scripts. Exit status 2 with a message when an input is missing.
 """
 
@@ -29,11 +34,13 @@ import numpy as np
 
 from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
 from fer_async.config import add_model_options
-from fer_async.imaging import ImageError
+from fer_async.imaging import ImageError, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.video import VIDEO_MAX_WIDTH, shrink_to_width
+from training.cameras import CAMERAS, Camera
 
 FRAMES_PER_CALL = 16
+CAMERA_JPEG_QUALITY = 80  # what the webcam page sends (canvas.toBlob("image/jpeg", 0.8))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,11 +51,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("video", type=Path, help="a video file OpenCV can read (mp4, avi, ...)")
     p.add_argument("--expect", choices=EMOTIONS, help="the expression the clip's faces show, if known")
+    p.add_argument("--window", type=_window, metavar="A:B", help="also report label shares in frames A..B (inclusive)")
+    p.add_argument(
+        "--camera",
+        choices=CAMERAS,
+        default="original",
+        help="render the frames at this exposure first (training.cameras; default: %(default)s)",
+    )
     add_model_options(p)  # --weights, --model-name, --runtime, --flip-tta, --detector, --detector-model, as the server
     args = p.parse_args(argv)
     if args.detector_model is not None and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
     return args
+
+
+def _window(text: str) -> tuple[int, int]:
+    try:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST:LAST frame numbers, got {text!r}") from None
+    if not 0 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 0 <= FIRST <= LAST, got {text!r}")
+    return first, last
+
+
+def video_fps(path: Path) -> float:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        capture.release()
+
+
+def through_camera(frames: Iterator[np.ndarray], camera: Camera, seed: int = 0) -> Iterator[np.ndarray]:
+    """`frames` as `camera` would deliver them: exposure applied, then JPEG quality 80 and decoded."""
+    rng = np.random.default_rng(seed)
+    for frame in frames:
+        yield decode_image(encode_jpeg(camera.render(frame, rng), CAMERA_JPEG_QUALITY))
 
 
 def read_frames(path: Path, max_width: int = VIDEO_MAX_WIDTH) -> Iterator[np.ndarray]:
@@ -91,21 +130,38 @@ def count_labels(results: list[FrameResult]) -> Counter[str]:
     return Counter(face.emotion for result in results for face in result.faces)
 
 
-def summarise(results: list[FrameResult], labels: Counter[str], expect: str | None) -> dict[str, object]:
-    """The figures of `results`; `labels` is `count_labels(results)`."""
+def summarise(
+    results: list[FrameResult],
+    labels: Counter[str],
+    expect: str | None,
+    fps: float = 0.0,
+    window: tuple[int, int] | None = None,
+) -> dict[str, object]:
+    """The figures of `results`; `labels` is `count_labels(results)`, `fps` the clip's frame rate."""
     faces = [face for result in results for face in result.faces]
     # The Analyzer orders faces largest first; compare the largest face of consecutive frames.
     largest = [result.faces[0].emotion if result.faces else None for result in results]
     pairs = [(a, b) for a, b in pairwise(largest) if a is not None and b is not None]
+    changes = sum(1 for a, b in pairs if a != b)
     summary: dict[str, object] = {
         "frames": len(results),
         "frames_with_faces": sum(1 for result in results if result.faces),
         "faces": len(faces),
         "label_share": {name: round(labels[name] / len(faces), 4) if faces else None for name in EMOTIONS},
         "mean_top_probability": round(float(np.mean([max(face.scores) for face in faces])), 4) if faces else None,
-        "largest_face_label_changes": sum(1 for a, b in pairs if a != b),
+        "largest_face_label_changes": changes,
         "consecutive_pairs": len(pairs),
     }
+    # Changes per second of the pairs' own duration, so frames without a face do not dilute it.
+    summary["label_changes_per_second"] = round(changes * fps / len(pairs), 3) if pairs and fps > 0 else None
+    if window is not None:
+        first, last = window
+        inside = [label for label in largest[first : last + 1] if label is not None]
+        summary["window"] = {
+            "frames": [first, last],
+            "faces": len(inside),
+            "label_share": {name: round(inside.count(name) / len(inside), 4) if inside else None for name in EMOTIONS},
+        }
     if expect is not None:
         summary["expect"] = expect
         summary["expected_share"] = round(labels[expect] / len(faces), 4) if faces else None
@@ -135,13 +191,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with Analyzer(model, detector) as analyzer:
-            results = analyse_clip(analyzer, read_frames(args.video))
+            frames = read_frames(args.video)
+            if args.camera != "original":
+                frames = through_camera(frames, CAMERAS[args.camera])
+            results = analyse_clip(analyzer, frames)
     except ValueError as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2
     labels = count_labels(results)
-    figures = summarise(results, labels, args.expect)
-    summary = {"video": str(args.video), "detector": args.detector, "weights": str(model.weights_path), **figures}
+    figures = summarise(results, labels, args.expect, video_fps(args.video), args.window)
+    summary = {
+        "video": str(args.video),
+        "camera": args.camera,
+        "detector": args.detector,
+        "weights": str(model.weights_path),
+        **figures,
+    }
     total = sum(labels.values())
     print(
         f"{args.video.name}: {summary['frames']} frames, faces in {summary['frames_with_faces']}, "
@@ -150,8 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     print("labels: " + ", ".join(f"{name} {labels[name] / total:.1%}" for name in EMOTIONS if labels[name]))
     print(
         f"mean top probability {summary['mean_top_probability']}; largest face changed label "
-        f"{summary['largest_face_label_changes']} times in {summary['consecutive_pairs']} frame pairs"
+        f"{summary['largest_face_label_changes']} times in {summary['consecutive_pairs']} frame pairs "
+        f"({summary['label_changes_per_second']} per second)"
     )
+    if args.window is not None:
+        first, last = args.window
+        inside = [r.faces[0].emotion for r in results[first : last + 1] if r.faces]
+        shares = ", ".join(f"{name} {inside.count(name) / len(inside):.1%}" for name in EMOTIONS if name in inside)
+        print(f"largest face in frames {first}..{last}: {len(inside)} faces; {shares or 'none'}")
     if args.expect is not None:
         print(f"expected {args.expect!r}: {summary['expected_share']}")
     print(json.dumps(summary), flush=True)

@@ -25,6 +25,13 @@ accuracy on the same detected faces, in a "via_detector" object of the JSON line
     python -m training.evaluate --via-detector --detector yunet \
         --detector-model ../shared/models/face_detection_yunet.onnx
 
+Each face is also sent at every camera condition of `training.cameras` (lower contrast, darker,
+a dim room with sensor noise, washed out: the whole frame rendered before the JPEG encoder, as
+real cameras deliver faces that FER2013's stretched ones are not); "via_detector.cameras" in the
+JSON line holds, per condition, the detection rate, the accuracy on found faces and counting
+misses, and the share of faces that keep the label of the original exposure. `--cameras
+contrast25,dim15noise` picks conditions ("original" always runs).
+
 `--limit N` evaluates only the first N faces of a seeded random permutation of the split (the
 plain figures too), for a quick check; the JSON line then also has "limit" and "seed".
 
@@ -40,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -48,9 +56,14 @@ from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorF
 from fer_async.config import add_model_options
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS
+from training.cameras import CAMERAS, Camera
 from training.data import DEFAULT_DATA, SPLITS, Split, load_split
 from training.metrics import report
 from training.plots import plot_confusion
+
+if TYPE_CHECKING:  # TensorFlow: imported at run time only once the inputs are known to be there
+    from fer_async.detector import FaceDetector
+    from fer_async.model import FacialExpressionModel
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "runs" / "evaluate"
@@ -92,6 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "through the Analyzer's decode + detector + crop + model",
     )
     add_model_options(via, ["detector", "detector_model"], defaults=False)  # None: only with --via-detector
+    via.add_argument(
+        "--cameras",
+        type=_camera_names,
+        default=list(CAMERAS),
+        metavar="NAME,...",
+        help="camera conditions to show each face at, comma-separated; 'original' is always included "
+        f"(default: all of {', '.join(repr(name) for name in CAMERAS)})",
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
@@ -105,16 +126,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _camera_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CAMERAS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown camera condition(s) {unknown}; choose from {list(CAMERAS)}")
+    return ["original", *(name for name in names if name != "original")]
+
+
 def fail(message: str) -> int:
     print(f"evaluate: error: {message}", file=sys.stderr)
     return 2
 
 
-def server_frame(face: np.ndarray) -> bytes:
-    """One uint8 48x48 face as the JPEG frame the server would receive (see VIA_*)."""
+def server_frame(
+    face: np.ndarray, camera: Camera = CAMERAS["original"], rng: np.random.Generator | None = None
+) -> bytes:
+    """One uint8 48x48 face as the JPEG frame the server would receive (see VIA_*) through `camera`."""
     big = cv2.resize(face, (VIA_FACE_SIDE, VIA_FACE_SIDE), interpolation=cv2.INTER_CUBIC)
     frame = np.full((VIA_FRAME_HEIGHT, VIA_FRAME_WIDTH), VIA_BACKGROUND, np.uint8)
     frame[VIA_FACE_Y : VIA_FACE_Y + VIA_FACE_SIDE, VIA_FACE_X : VIA_FACE_X + VIA_FACE_SIDE] = big
+    frame = camera.render(frame, rng if rng is not None else np.random.default_rng(0))
     return encode_jpeg(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), VIA_JPEG_QUALITY)
 
 
@@ -128,14 +160,21 @@ class ServerPath:
     box_side: np.ndarray  # float [N]: the largest box's mean side in frame pixels, NaN where none
 
 
-def run_server_path(analyzer: Analyzer, faces: np.ndarray, frames_per_call: int = VIA_FRAMES_PER_CALL) -> ServerPath:
-    """Send every face through `analyzer` as a server frame, `frames_per_call` frames per call."""
+def run_server_path(
+    analyzer: Analyzer,
+    faces: np.ndarray,
+    frames_per_call: int = VIA_FRAMES_PER_CALL,
+    camera: Camera = CAMERAS["original"],
+    seed: int = 0,
+) -> ServerPath:
+    """Send every face through `analyzer` as a server frame seen by `camera`, `frames_per_call` per call."""
     n = len(faces)
     predicted = np.full(n, -1, np.int64)
     found = np.zeros(n, np.int64)
     side = np.full(n, np.nan)
+    rng = np.random.default_rng(seed)  # the sensor noise, drawn in face order: reproducible
     for start in range(0, n, frames_per_call):
-        frames = [server_frame(face) for face in faces[start : start + frames_per_call]]
+        frames = [server_frame(face, camera, rng) for face in faces[start : start + frames_per_call]]
         for i, result in enumerate(analyzer.analyze(frames), start):
             if isinstance(result, ImageError):
                 raise RuntimeError(f"face {i}: the server refused its frame: {result}")
@@ -176,18 +215,125 @@ def via_detector_summary(path: ServerPath, y: np.ndarray, plain_probs: np.ndarra
     }
 
 
+def condition_summary(path: ServerPath, original: ServerPath, y: np.ndarray) -> dict[str, object]:
+    """One camera condition's figures, and how often it keeps the label the original exposure got."""
+    detected = path.detected
+    both = detected & original.detected
+    return {
+        "detected": int(detected.sum()),
+        "detection_rate": round(float(detected.mean()), 4),
+        "accuracy_detected": _ratio(float((path.predicted[detected] == y[detected]).sum()), float(detected.sum())),
+        "accuracy_with_misses": _ratio(float((path.predicted[detected] == y[detected]).sum()), float(len(y))),
+        "same_label_as_original": _ratio(
+            float((path.predicted[both] == original.predicted[both]).sum()), float(both.sum())
+        ),
+    }
+
+
+def prepare_split(args: argparse.Namespace) -> Split:
+    """The split to evaluate (the --limit subset when given); raises OSError/KeyError/ValueError."""
+    split = load_split(args.data, args.split)
+    if len(split) == 0:
+        raise ValueError(f"{args.data}: the {args.split!r} split is empty")
+    if args.limit is not None:
+        keep = np.random.default_rng(args.seed).permutation(len(split))[: args.limit]
+        split = Split(x=split.x[keep], y=split.y[keep])
+    return split
+
+
+def evaluate_plain(
+    args: argparse.Namespace, split: Split, model: FacialExpressionModel
+) -> tuple[dict[str, object], np.ndarray]:
+    """Mode 1, always: the dataset's own 48x48 crops through the model. (summary, probabilities)."""
+    started = time.perf_counter()
+    probs = np.concatenate(
+        [model.predict(split.x[i : i + args.batch_size]) for i in range(0, len(split), args.batch_size)]
+    )
+    seconds = time.perf_counter() - started
+    result = report(split.y, probs)
+    tta = " + flip TTA" if args.flip_tta else ""
+    print(
+        f"{model.json_path.name} on {args.data.name} [{args.split}]{tta}, {model.device}: "
+        f"{len(split)} faces in {seconds:.1f} s ({len(split) / seconds:,.0f} faces/s)"
+    )
+    print(result.text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    png = args.out / f"confusion_{_stem(args, model)}.png"
+    title = f"{model.json_path.stem} on {args.split}{tta}: accuracy {result.accuracy:.2%} (n={result.n})"
+    plot_confusion(result.confusion, png, title)
+    print(f"wrote {png}")
+    summary: dict[str, object] = {
+        **result.as_dict(),
+        "split": args.split,
+        "data": str(args.data),
+        "weights": str(model.weights_path),
+        "flip_tta": args.flip_tta,
+        "confusion_png": str(png),
+    }
+    if args.limit is not None:
+        summary.update(limit=args.limit, seed=args.seed)
+    return summary, probs
+
+
+def evaluate_via_detector(
+    args: argparse.Namespace,
+    split: Split,
+    model: FacialExpressionModel,
+    detector: FaceDetector,
+    plain_probs: np.ndarray,
+) -> dict[str, object]:
+    """Mode 2, --via-detector: every face as a server frame, at each camera condition. The "via_detector" object."""
+    paths: dict[str, ServerPath] = {}
+    started = time.perf_counter()
+    with Analyzer(model, detector) as analyzer:
+        for name in args.cameras:
+            paths[name] = run_server_path(analyzer, split.x, camera=CAMERAS[name], seed=args.seed)
+    original = paths["original"]
+    via: dict[str, object] = {"detector": args.detector}
+    if args.detector_model is not None:
+        via["detector_model"] = str(args.detector_model)
+    via.update(via_detector_summary(original, split.y, plain_probs, time.perf_counter() - started))
+    tta = " + flip TTA" if args.flip_tta else ""
+    if original.detected.any():
+        via_png = args.out / f"confusion_{_stem(args, model)}_via_{args.detector}.png"
+        detected = original.detected
+        via_report = report(split.y[detected], np.eye(len(EMOTIONS))[original.predicted[detected]])
+        plot_confusion(
+            via_report.confusion,
+            via_png,
+            f"{model.json_path.stem} on {args.split}{tta} via {args.detector}: accuracy "
+            f"{via_report.accuracy:.2%} on {via_report.n} detected of {len(split)}",
+        )
+        via["confusion_png"] = str(via_png)
+    print(
+        f"via {args.detector} (server path): detected {via['detected']}/{len(split)} "
+        f"({via['detection_rate']}), accuracy {via['accuracy_detected']} on detected, "
+        f"{via['accuracy_with_misses']} counting misses, plain 48x48 on the same faces "
+        f"{via['plain_accuracy_detected']}, {via['seconds']} s"
+    )
+    conditions = {name: condition_summary(path, original, split.y) for name, path in paths.items()}
+    via["cameras"] = conditions
+    print(f"{'camera':26s} {'found':>7s} {'acc. found':>10s} {'acc. all':>9s} {'same label':>10s}")
+    for name, figures in conditions.items():
+        print(
+            f"{name:26s} {figures['detection_rate']!s:>7s} {figures['accuracy_detected']!s:>10s} "
+            f"{figures['accuracy_with_misses']!s:>9s} {figures['same_label_as_original']!s:>10s}"
+        )
+    return via
+
+
+def _stem(args: argparse.Namespace, model: FacialExpressionModel) -> str:
+    stem = f"{model.json_path.stem}_{args.split}{'_tta' if args.flip_tta else ''}"
+    return stem if args.limit is None else f"{stem}_limit{args.limit}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Reading the data first makes a wrong path or split fail in a second, before TensorFlow loads.
     try:
-        split = load_split(args.data, args.split)
+        split = prepare_split(args)
     except (OSError, KeyError, ValueError) as e:
         return fail(str(e))
-    if len(split) == 0:
-        return fail(f"{args.data}: the {args.split!r} split is empty")
-    if args.limit is not None:
-        keep = np.random.default_rng(args.seed).permutation(len(split))[: args.limit]
-        split = Split(x=split.x[keep], y=split.y[keep])
     detector = None
     if args.via_detector:
         from fer_async.detector import create_detector_for  # OpenCV only: a bad model path fails before TensorFlow
@@ -206,61 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         return fail(f"{e} (train and export with `python -m training.train`, or pass --weights)")
 
-    started = time.perf_counter()
-    probs = np.concatenate(
-        [model.predict(split.x[i : i + args.batch_size]) for i in range(0, len(split), args.batch_size)]
-    )
-    seconds = time.perf_counter() - started
-    result = report(split.y, probs)
-
-    tta = " + flip TTA" if args.flip_tta else ""
-    print(
-        f"{model.json_path.name} on {args.data.name} [{args.split}]{tta}, {model.device}: "
-        f"{len(split)} faces in {seconds:.1f} s ({len(split) / seconds:,.0f} faces/s)"
-    )
-    print(result.text())
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{model.json_path.stem}_{args.split}{'_tta' if args.flip_tta else ''}"
-    if args.limit is not None:
-        stem += f"_limit{args.limit}"
-    png = args.out / f"confusion_{stem}.png"
-    title = f"{model.json_path.stem} on {args.split}{tta}: accuracy {result.accuracy:.2%} (n={result.n})"
-    plot_confusion(result.confusion, png, title)
-    print(f"wrote {png}")
-    summary = {
-        **result.as_dict(),
-        "split": args.split,
-        "data": str(args.data),
-        "weights": str(model.weights_path),
-        "flip_tta": args.flip_tta,
-        "confusion_png": str(png),
-    }
-    if args.limit is not None:
-        summary.update(limit=args.limit, seed=args.seed)
+    summary, probs = evaluate_plain(args, split, model)
     if detector is not None:
-        started = time.perf_counter()
-        with Analyzer(model, detector) as analyzer:
-            path = run_server_path(analyzer, split.x)
-        via = via_detector_summary(path, split.y, probs, time.perf_counter() - started)
-        model_file = {} if args.detector_model is None else {"detector_model": str(args.detector_model)}
-        via = {"detector": args.detector, **model_file, **via}
-        if path.detected.any():
-            via_png = args.out / f"confusion_{stem}_via_{args.detector}.png"
-            via_report = report(split.y[path.detected], np.eye(len(EMOTIONS))[path.predicted[path.detected]])
-            plot_confusion(
-                via_report.confusion,
-                via_png,
-                f"{model.json_path.stem} on {args.split}{tta} via {args.detector}: accuracy "
-                f"{via_report.accuracy:.2%} on {via_report.n} detected of {len(split)}",
-            )
-            via["confusion_png"] = str(via_png)
-        print(
-            f"via {args.detector} (server path): detected {via['detected']}/{len(split)} "
-            f"({via['detection_rate']}), accuracy {via['accuracy_detected']} on detected, "
-            f"{via['accuracy_with_misses']} counting misses, plain 48x48 on the same faces "
-            f"{via['plain_accuracy_detected']}, {via['seconds']} s"
-        )
-        summary["via_detector"] = via
+        summary["via_detector"] = evaluate_via_detector(args, split, model, detector, probs)
     print(json.dumps(summary), flush=True)
     return 0
 

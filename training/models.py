@@ -4,8 +4,9 @@ Run `python -m training.models` to print the parameter count and the multiply-ac
 operations (MACs) per face of every network defined here; `--speed` also times the shipped
 weights through the server's `FacialExpressionModel` at batch 1 and 64, with and without TTA.
 
-Every network takes uint8-range grey faces `[N, 48, 48, 1]` and rescales them itself, so
-training and serving cannot disagree about normalisation. The augmentation layers sit inside
+Every network takes uint8-range grey faces `[N, 48, 48, 1]`, stretches each face to 0..255
+(`FaceContrast`, as the FER2013 npz faces are stretched; camera crops are not) and rescales it
+itself, so training and serving cannot disagree about normalisation. The augmentation layers sit inside
 the model too: Keras switches them off at inference (`training=False`), so the exported
 `to_json()` model is the one the server runs, augmentation included but inert.
 """
@@ -21,6 +22,7 @@ import numpy as np
 from keras import layers
 
 from fer_async.config import RUNTIMES
+from fer_async.keras_layers import FaceContrast
 from fer_async.labels import EMOTIONS, FACE_SIZE
 from fer_async.model import ONNX_THREADS
 
@@ -63,7 +65,10 @@ def describe_augmentation() -> str:
 
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    # Per-face min-max stretch first: the training faces are stretched to 0..255 already (the
+    # identity on them), a camera's dim or washed-out crop is not.
+    x = FaceContrast(name="face_contrast")(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     x = augmentation()(x)
     return inputs, x
 

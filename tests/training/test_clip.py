@@ -40,3 +40,18 @@ def test_missing_video_and_bad_detector_options_exit_2(tmp_path: Path, capsys: p
     # YuNet (the default) with a model file that is not there: refused before TensorFlow loads.
     assert clip.main([str(not_a_video), "--detector-model", str(tmp_path / "x.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_camera_window_and_changes_per_second(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    video = tmp_path / "clip.mp4"
+    assert write_clip(video, seconds=1.0, fps=6) == 6
+    assert clip.main([str(video), "--camera", "contrast50", "--window", "2:4"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["camera"] == "contrast50" and summary["frames"] == 6
+    window = summary["window"]
+    assert window["frames"] == [2, 4] and window["faces"] == 3  # the largest face of frames 2, 3 and 4
+    assert sum(share for share in window["label_share"].values() if share) == pytest.approx(1.0, abs=1e-3)
+    pairs, changes = summary["consecutive_pairs"], summary["largest_face_label_changes"]
+    assert summary["label_changes_per_second"] == pytest.approx(changes * 6 / pairs, abs=1e-3)
+    with pytest.raises(SystemExit):
+        clip.parse_args([str(video), "--window", "5:2"])

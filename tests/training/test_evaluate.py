@@ -13,6 +13,7 @@ import pytest
 
 from fer_async.labels import EMOTIONS
 from training import evaluate
+from training.cameras import CAMERAS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -153,6 +154,40 @@ def test_via_detector_reports_server_path(
     assert via["accuracy_with_misses"] <= via["accuracy_detected"]
     assert list(via["detection_rate_by_class"]) == list(EMOTIONS)
     assert Path(via["confusion_png"]).is_file()
+    # Every face is also shown at each camera condition (issue 15); "original" is the run above.
+    cameras = via["cameras"]
+    assert list(cameras) == list(CAMERAS)
+    assert cameras["original"]["detected"] == via["detected"]
+    assert cameras["original"]["same_label_as_original"] == 1.0
+    for name, figures in cameras.items():
+        assert 0 <= figures["detected"] <= 8 and 0.0 <= figures["detection_rate"] <= 1.0, name
+        for key in ("accuracy_detected", "same_label_as_original"):
+            assert figures[key] is None or 0.0 <= figures[key] <= 1.0, (name, key)
+
+
+def test_cameras_option_keeps_original_first(tiny_npz: Path) -> None:
+    args = evaluate.parse_args(["--data", str(tiny_npz), "--via-detector", "--cameras", "dark35,contrast50"])
+    assert args.cameras == ["original", "dark35", "contrast50"]
+    with pytest.raises(SystemExit) as exc:
+        evaluate.parse_args(["--data", str(tiny_npz), "--via-detector", "--cameras", "sepia"])
+    assert exc.value.code == 2
+
+
+def test_a_camera_condition_changes_the_frame_as_described() -> None:
+    face = np.random.default_rng(3).integers(0, 256, (48, 48), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+
+    def grey(frame: bytes) -> np.ndarray:
+        image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert image is not None
+        return image
+
+    original = grey(evaluate.server_frame(face))
+    dark = grey(evaluate.server_frame(face, CAMERAS["dark35"], rng))
+    washed = grey(evaluate.server_frame(face, CAMERAS["washed"], rng))
+    assert original.shape == dark.shape == washed.shape == (evaluate.VIA_FRAME_HEIGHT, evaluate.VIA_FRAME_WIDTH)
+    assert dark.max() <= 0.35 * 255 + 8  # JPEG ringing adds a few levels
+    assert washed.min() >= 150 - 8 and np.ptp(washed) <= 0.4 * 255 + 16
 
 
 def test_default_run_has_no_via_detector(
