@@ -62,10 +62,6 @@ CLASS_WEIGHT_POWER = 0.5  # 0 = off, 1 = fully balanced; see training.data.class
 SEED = 1337
 EMA_MOMENTUM = 0.999  # ~1000 steps of memory: about 4.5 epochs of FER2013 at batch 128
 
-# "onednn-bf16" is the other way to bfloat16 measured for issue 14: a Grappler pass that rewrites
-# the float32 graph. "bf16" is Keras' mixed_bfloat16 policy (training.models.PRECISIONS).
-PRECISION_CHOICES = (*models.PRECISIONS, "onednn-bf16")
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--precision",
-        choices=PRECISION_CHOICES,
+        choices=sorted(models.PRECISIONS),
         default="fp32",
         help="training compute precision; the export is float32 either way (default: %(default)s)",
     )
@@ -180,11 +176,11 @@ def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> keras.opti
 
 
 def build_training_model(args: argparse.Namespace) -> keras.Model:
-    if args.precision == "onednn-bf16":
-        # Must be set before the train function is traced; it rewrites every graph of the process.
-        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
-    policy = "bf16" if args.precision == "bf16" else "fp32"
-    return models.build(args.model, fused_bn=args.batch_norm == "fused", precision=policy)
+    # bf16 is Keras' mixed_bfloat16 policy. oneDNN's graph rewrite
+    # (`auto_mixed_precision_onednn_bfloat16`) measured the same CPU time per step (issue 14,
+    # weights/fernet.md) but decides itself what to downcast and applies to every graph of the
+    # process, the final evaluation included; the policy keeps the softmax float32 explicitly.
+    return models.build(args.model, fused_bn=args.batch_norm == "fused", precision=args.precision)
 
 
 def sample_weights(y: np.ndarray, args: argparse.Namespace) -> np.ndarray:
@@ -283,7 +279,7 @@ def measure_steps(model: keras.Model, train: Split, args: argparse.Namespace) ->
     def run(n: int) -> None:
         if args.mixup or args.cutmix:
             part = Split(faces[:n, ..., 0], labels[:n])
-            model.fit(mixed_dataset(part, args), epochs=1, verbose=0)
+            model.fit(mixed_dataset(part, args), epochs=1, shuffle=False, verbose=0)
         else:
             model.fit(faces[:n], targets[:n], sample_weight=weights[:n], batch_size=args.batch_size, verbose=0)
 
@@ -450,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
                 mixed_dataset(train, args),
                 validation_data=validation,
                 epochs=args.epochs,
+                shuffle=False,  # the dataset shuffles itself
                 verbose=args.verbose,
                 callbacks=callbacks,
             )
