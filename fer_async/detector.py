@@ -22,11 +22,11 @@ import cv2
 import cv2.data  # the Haar cascade files; a submodule that `import cv2` alone leaves untyped
 import numpy as np
 
+from fer_async.config import DETECTOR_KINDS
 from fer_async.labels import Box
 
 logger = logging.getLogger(__name__)
 
-DETECTOR_KINDS = ("haar", "yunet")
 DETECT_WIDTH = 320
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 

@@ -21,9 +21,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from fer_async.labels import EMOTIONS
+from fer_async.labels import EMOTIONS, FACE_SIZE
 
-IMAGE_SIZE = 48
 NUM_CLASSES = len(EMOTIONS)
 
 # Training precisions (`training.train --precision`). "bf16" is Keras' `mixed_bfloat16` policy:
@@ -68,7 +67,7 @@ def describe_augmentation() -> str:
 
 
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="face")
+    inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     x = augmentation()(x)
     return inputs, x
@@ -203,7 +202,7 @@ def measure_speed(batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0) 
     for flip_tta in (False, True):
         served = FacialExpressionModel(flip_tta=flip_tta)
         for batch in batch_sizes:
-            faces = np.random.default_rng(batch).integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+            faces = np.random.default_rng(batch).integers(0, 256, (batch, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
             for _ in range(5):  # warm caches and the compiled function for this shape
                 served.predict(faces)
             calls, started = 0, time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from fer_async.detector import create_detector
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.server import mjpeg, views, ws
+from fer_async.server.connection import Connections
 from fer_async.server.keys import (
     ANALYZER,
     BATCHER,
@@ -30,6 +30,7 @@ from fer_async.server.keys import (
     VIDEO_HUB,
     WEBSOCKETS,
 )
+from fer_async.server.video_hub import VideoHub
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ STATIC_DIR = REPO_ROOT / "static"
 DETECT_THREADS = 2
 # Drawing boxes and encoding JPEGs for the MJPEG streams, off the loop and off the model thread.
 VIDEO_THREADS = 1
-# Upper bound on closing all sockets at shutdown (each close is also bounded by ws.CLOSE_TIMEOUT_S).
+# Upper bound on closing all sockets at shutdown (each close is also bounded by connection.CLOSE_TIMEOUT_S).
 SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -92,11 +93,15 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def analyze(frames: list[Frame]) -> list[FrameResult | Exception]:
         try:
-            return list(await loop.run_in_executor(executor, analyzer.analyze, frames))
+            results: list[FrameResult | Exception] = list(
+                await loop.run_in_executor(executor, analyzer.analyze, frames)
+            )
         except Exception:
             # Logged once here, with the traceback; each client only hears "analysis failed".
             logger.exception("analysis of a batch of %d frames failed", len(frames))
             raise
+        metrics.observe_analysis([r.timings for r in results if isinstance(r, FrameResult)])
+        return results
 
     def on_batch(stats: BatchStats) -> None:
         metrics.observe_batch(stats.size, stats.queue_wait_s, stats.run_s)
@@ -116,7 +121,7 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
-    hub = mjpeg.VideoHub(app[BATCHER], app[METRICS], executor)
+    hub = VideoHub(app[BATCHER], app[METRICS], executor)
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()
@@ -129,14 +134,12 @@ async def _on_shutdown(app: web.Application) -> None:
     Runs before aiohttp waits for handlers to finish: open sockets and endless MJPEG
     responses would otherwise hold shutdown for the whole shutdown timeout.
     """
-    open_sockets = app[WEBSOCKETS]
-    sockets = list(open_sockets)  # a copy: closing removes them from the set
-    if sockets:
-        logger.info("closing %d WebSocket clients", len(sockets))
-    closes = [ws.close_socket(s, WSCloseCode.GOING_AWAY, "server shutdown") for s in sockets]
+    connections = app[WEBSOCKETS]
+    if connections:
+        logger.info("closing %d WebSocket clients", len(connections))
     try:
         async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT_S):
-            await asyncio.gather(*closes, return_exceptions=True)
+            await connections.close_all(WSCloseCode.GOING_AWAY, "server shutdown")
     except TimeoutError:
         logger.warning("some WebSocket clients did not close in %.0f s", SHUTDOWN_CLOSE_TIMEOUT_S)
     if VIDEO_HUB in app:
@@ -169,8 +172,7 @@ def create_app(settings: Settings, *, model: Predictor | None = None) -> web.App
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-    app[WEBSOCKETS] = sockets
+    app[WEBSOCKETS] = Connections()
     if model is not None:
         app[MODEL] = model
 

@@ -19,10 +19,9 @@ import cv2
 import numpy as np
 import pytest
 
+from fer_async.bench.harness import LiveServer
 from fer_async.labels import EMOTIONS
 from fer_async.server.keys import WEBSOCKETS
-
-from .conftest import LiveServer
 
 pytestmark = pytest.mark.browser
 
