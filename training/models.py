@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import keras
 import numpy as np
@@ -27,6 +28,12 @@ from fer_async.labels import EMOTIONS, FACE_SIZE
 from fer_async.model import ONNX_THREADS
 
 NUM_CLASSES = len(EMOTIONS)
+
+# Training precisions (`training.train --precision`). "bf16" is Keras' `mixed_bfloat16` policy:
+# bfloat16 compute, float32 variables; the classifier head and softmax stay float32 (`_head`).
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+BatchNormFactory = Callable[[], layers.Layer]
 
 # Augmentation strengths: FER2013 faces are roughly aligned already, so small geometric jitter
 # helps while large rotations or crops would teach the net poses the detector never produces.
@@ -73,7 +80,13 @@ def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
     return inputs, x
 
 
-def classic() -> keras.Model:
+def _head(x: keras.KerasTensor) -> keras.KerasTensor:
+    # float32 whatever the policy: a bfloat16 softmax (8 bits of mantissa) would round the
+    # probabilities the loss and the metrics are computed from.
+    return layers.Dense(NUM_CLASSES, activation="softmax", name="emotion", dtype="float32")(x)
+
+
+def classic(batch_norm: BatchNormFactory = layers.BatchNormalization) -> keras.Model:
     """The original project's network, kept as the named baseline (~4.5 M parameters).
 
     4 conv blocks (64, 128, 512, 512; kernels 3, 5, 3, 3) each with batch norm, ReLU, 2x2
@@ -82,27 +95,30 @@ def classic() -> keras.Model:
     inputs, x = _inputs()
     for filters, kernel in ((64, 3), (128, 5), (512, 3), (512, 3)):
         x = layers.Conv2D(filters, kernel, padding="same")(x)
-        x = layers.BatchNormalization()(x)
+        x = batch_norm()(x)
         x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D(2)(x)
         x = layers.Dropout(0.25)(x)
     x = layers.Flatten()(x)
     for units in (256, 512):
         x = layers.Dense(units)(x)
-        x = layers.BatchNormalization()(x)
+        x = batch_norm()(x)
         x = layers.Activation("relu")(x)
         x = layers.Dropout(0.25)(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="emotion")(x)
-    return keras.Model(inputs, outputs, name="classic")
+    return keras.Model(inputs, _head(x), name="classic")
 
 
-def _conv_bn_relu(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+def _conv_bn_relu(x: keras.KerasTensor, filters: int, batch_norm: BatchNormFactory) -> keras.KerasTensor:
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = batch_norm()(x)
     return layers.ReLU()(x)
 
 
-def fernet(widths: tuple[int, ...] = (32, 64, 128, 256), dense: int = 256) -> keras.Model:
+def fernet(
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    dense: int = 256,
+    batch_norm: BatchNormFactory = layers.BatchNormalization,
+) -> keras.Model:
     """A compact VGG-style network: ~0.12 GMAC per face, ~4x cheaper than `classic`.
 
     Four stages of two 3x3 conv + BN + ReLU each, halving resolution after every stage
@@ -111,27 +127,55 @@ def fernet(widths: tuple[int, ...] = (32, 64, 128, 256), dense: int = 256) -> ke
     """
     inputs, x = _inputs()
     for stage, filters in enumerate(widths):
-        x = _conv_bn_relu(x, filters)
-        x = _conv_bn_relu(x, filters)
+        x = _conv_bn_relu(x, filters, batch_norm)
+        x = _conv_bn_relu(x, filters, batch_norm)
         x = layers.MaxPooling2D(2)(x)
         x = layers.Dropout(0.1 * stage)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(dense, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = batch_norm()(x)
     x = layers.ReLU()(x)
     x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="emotion")(x)
-    return keras.Model(inputs, outputs, name="fernet")
+    return keras.Model(inputs, _head(x), name="fernet")
 
 
-NETWORKS: dict[str, Callable[[], keras.Model]] = {"classic": classic, "fernet": fernet}
+NETWORKS: dict[str, Callable[..., keras.Model]] = {"classic": classic, "fernet": fernet}
 
 
-def build(name: str) -> keras.Model:
+@contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Layers built inside take the precision's dtype policy (Keras reads the global one at
+    construction); the previous global policy is restored afterwards."""
     try:
-        return NETWORKS[name]()
+        policy = PRECISIONS[precision]
+    except KeyError:
+        raise ValueError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}") from None
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build(name: str, *, fused_bn: bool = False, precision: str = "fp32") -> keras.Model:
+    """Network `name`; the defaults give the served form (Keras' BatchNormalization, float32).
+
+    `fused_bn` and `precision` are the training fast path: the same variables in the same order
+    (`build(name).set_weights(fast.get_weights())` moves them), computed faster.
+    """
+    try:
+        network = NETWORKS[name]
     except KeyError:
         raise ValueError(f"unknown network {name!r}; choose from {sorted(NETWORKS)}") from None
+    if fused_bn:
+        from training.fused_bn import BatchNormalization as FusedBatchNormalization  # imports TensorFlow
+
+        batch_norm: BatchNormFactory = FusedBatchNormalization
+    else:
+        batch_norm = layers.BatchNormalization
+    with dtype_policy(precision):
+        return network(batch_norm=batch_norm)
 
 
 def count_macs(model: keras.Model) -> int:

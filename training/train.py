@@ -9,7 +9,18 @@ finished epoch when started again with the same command). At the end the best ch
 evaluated on the validation split and exported as `<export-dir>/<model>.json` (`to_json()`),
 `<export-dir>/<model>.weights.h5` and a card `<export-dir>/<model>.md`.
 
-Select only on validation (FER2013 PublicTest); the test split is held out.
+Select only on validation (FER2013 PublicTest); the test split is held out. `--extra-train val`
+(final runs only) also trains on PublicTest: the run then exports its last epoch and the card says
+that its validation figures are not held out.
+
+Fast path (issue 14): batch normalisation runs TensorFlow's fused kernel while training
+(`--batch-norm fused`, the default; `training.fused_bn`), and `--precision bf16` computes in
+bfloat16 with float32 weights and a float32 softmax. The export is the plain float32 network
+either way. `--measure-steps N` times N training steps of the configured run and exits.
+
+Regularisers: `--ema` (an exponential moving average of the weights, swapped in for validation
+and checkpoints), `--mixup ALPHA` / `--cutmix ALPHA` (mixed pairs of faces and labels in the
+input pipeline; with both, each batch uses one of the two at random).
 """
 
 from __future__ import annotations
@@ -21,17 +32,19 @@ import shlex
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
 from training import models
-from training.data import DEFAULT_DATA, class_counts, class_weights, load_split
+from training.data import DEFAULT_DATA, Split, class_counts, class_weights, load_split
 from training.metrics import Report, report
 from training.plots import plot_history
 
@@ -47,6 +60,7 @@ WEIGHT_DECAY = 0.05  # AdamW, decoupled (multiplied by the learning rate)
 LABEL_SMOOTHING = 0.1
 CLASS_WEIGHT_POWER = 0.5  # 0 = off, 1 = fully balanced; see training.data.class_weights
 SEED = 1337
+EMA_MOMENTUM = 0.999  # ~1000 steps of memory: about 4.5 epochs of FER2013 at batch 128
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +77,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-weight-power", type=float, default=CLASS_WEIGHT_POWER)
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument(
+        "--batch-norm",
+        choices=("fused", "plain"),
+        default="fused",
+        help="fused: TensorFlow's fused kernel while training (fast path); plain: Keras' own layer",
+    )
+    p.add_argument(
+        "--precision",
+        choices=sorted(models.PRECISIONS),
+        default="fp32",
+        help="training compute precision; the export is float32 either way (default: %(default)s)",
+    )
+    p.add_argument("--ema", action="store_true", help="exponential moving average of the weights (AdamW/Adam use_ema)")
+    p.add_argument("--ema-momentum", type=float, default=EMA_MOMENTUM)
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA); 0 = off")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix with Beta(ALPHA, ALPHA); 0 = off")
+    p.add_argument(
+        "--extra-train",
+        choices=("val",),
+        default=None,
+        help="final runs only: also train on PublicTest (validation is then not held out; the last epoch is exported)",
+    )
+    p.add_argument(
+        "--measure-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time N training steps of this configuration (CPU and wall time per step), then exit",
+    )
+    p.add_argument(
         "--init-weights",
         type=Path,
         default=None,
@@ -75,11 +118,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-only", action="store_true", help="skip training; export the run's best checkpoint")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="1 = progress bar, 2 = one line/epoch")
     args = p.parse_args(argv)
-    # The card records the command; main([...]) called from Python has no sys.argv of its own.
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    for option in ("mixup", "cutmix", "ema_momentum"):
+        if getattr(args, option) < 0:
+            p.error(f"--{option.replace('_', '-')} must be >= 0")
+    if args.ema and not 0 < args.ema_momentum < 1:
+        p.error("--ema-momentum must be between 0 and 1")
     args.run_dir = args.run_dir or REPO / "runs" / args.model
     args.name = args.name or args.model
     return args
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run hands to `export` (and so to the card)."""
+
+    command: str
+    train_size: int
+    best_epoch: int  # 1-based; with --extra-train val the exported epoch is the last one instead
+    epochs_run: int
+    seconds: float
+    val: Report
 
 
 class LivePlot(keras.callbacks.Callback):
@@ -111,9 +169,124 @@ def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> keras.opti
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=args.lr / 10, decay_steps=total, warmup_target=args.lr, warmup_steps=warmup
     )
+    ema = {"use_ema": args.ema, "ema_momentum": args.ema_momentum}
     if args.optimizer == "adam":
-        return keras.optimizers.Adam(schedule)
-    return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+        return keras.optimizers.Adam(schedule, **ema)
+    return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, **ema)
+
+
+def build_training_model(args: argparse.Namespace) -> keras.Model:
+    # bf16 is Keras' mixed_bfloat16 policy. oneDNN's graph rewrite
+    # (`auto_mixed_precision_onednn_bfloat16`) measured the same CPU time per step (issue 14,
+    # weights/fernet.md) but decides itself what to downcast and applies to every graph of the
+    # process, the final evaluation included; the policy keeps the softmax float32 explicitly.
+    return models.build(args.model, fused_bn=args.batch_norm == "fused", precision=args.precision)
+
+
+def sample_weights(y: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """Per-face loss weights: the class weight of each face's label (1 without class weights)."""
+    if args.class_weight_power <= 0:
+        return np.ones(len(y), np.float32)
+    weights = class_weights(y, args.class_weight_power)
+    return np.array([weights[int(label)] for label in y], np.float32)
+
+
+def _beta(alpha: float) -> tf.Tensor:
+    first, second = tf.random.gamma([], alpha), tf.random.gamma([], alpha)
+    return first / (first + second)
+
+
+def _mixup(x: tf.Tensor, partner: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    share = _beta(alpha)
+    return share * x + (1.0 - share) * partner, share
+
+
+def _cutmix(x: tf.Tensor, partner: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Paste a box of the partner faces (area 1 - share, centre uniform, clipped at the edges)."""
+    share = _beta(alpha)
+    size = tf.shape(x)[1]
+    side = tf.cast(tf.round(tf.sqrt(1.0 - share) * tf.cast(size, tf.float32)), tf.int32)
+    centre_y = tf.random.uniform([], 0, size, tf.int32)
+    centre_x = tf.random.uniform([], 0, size, tf.int32)
+    top, bottom = tf.maximum(centre_y - side // 2, 0), tf.minimum(centre_y + (side + 1) // 2, size)
+    left, right = tf.maximum(centre_x - side // 2, 0), tf.minimum(centre_x + (side + 1) // 2, size)
+    rows, cols = tf.range(size), tf.range(size)
+    inside_rows = tf.logical_and(rows >= top, rows < bottom)
+    inside_cols = tf.logical_and(cols >= left, cols < right)
+    box = tf.cast(tf.logical_and(inside_rows[:, None], inside_cols[None, :]), x.dtype)[None, :, :, None]
+    kept = 1.0 - tf.reduce_mean(box)  # the clipped box's true area sets the label share
+    return x * (1.0 - box) + partner * box, kept
+
+
+def mix_batch(
+    x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, mixup: float, cutmix: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Mix each face with another of the batch: the labels and loss weights mix in the same share."""
+    x = tf.cast(x, tf.float32)
+    order = tf.random.shuffle(tf.range(tf.shape(x)[0]))
+    partner = tf.gather(x, order)
+    if mixup > 0 and cutmix > 0:
+        mixed, share = tf.cond(
+            tf.random.uniform([]) < 0.5, lambda: _cutmix(x, partner, cutmix), lambda: _mixup(x, partner, mixup)
+        )
+    elif cutmix > 0:
+        mixed, share = _cutmix(x, partner, cutmix)
+    else:
+        mixed, share = _mixup(x, partner, mixup)
+    y = share * y + (1.0 - share) * tf.gather(y, order)
+    w = share * w + (1.0 - share) * tf.gather(w, order)
+    return mixed, y, w
+
+
+def mixed_dataset(train: Split, args: argparse.Namespace) -> tf.data.Dataset:
+    labels = keras.utils.to_categorical(train.y, len(EMOTIONS)).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((train.x[..., None], labels, sample_weights(train.y, args)))
+    # Sequential map: stateful random ops drawn in a fixed order, so a seed repeats a run.
+    return (
+        dataset.shuffle(len(train), seed=args.seed, reshuffle_each_iteration=True)
+        .batch(args.batch_size)
+        .map(lambda x, y, w: mix_batch(x, y, w, args.mixup, args.cutmix))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def describe_training(args: argparse.Namespace) -> str:
+    """One line for the card: the computation path and the regularisers beyond the base recipe."""
+    parts = [f"batch norm {args.batch_norm}", f"precision {args.precision}"]
+    if args.ema:
+        parts.append(f"EMA of weights (momentum {args.ema_momentum}, used for validation and checkpoints)")
+    if args.mixup:
+        parts.append(f"mixup alpha {args.mixup:g}")
+    if args.cutmix:
+        parts.append(f"cutmix alpha {args.cutmix:g}")
+    if args.mixup and args.cutmix:
+        parts.append("one of the two per batch at random")
+    return ", ".join(parts)
+
+
+def measure_steps(model: keras.Model, train: Split, args: argparse.Namespace) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) per training step, after two warm-up steps that trace the function.
+
+    CPU time is the whole process's (all threads): on a shared machine wall time also counts
+    the other processes' turns, CPU time much less so.
+    """
+    count = args.measure_steps * args.batch_size
+    faces = np.resize(train.x, (count, *train.x.shape[1:]))[..., None]
+    labels = np.resize(train.y, count)
+    targets = keras.utils.to_categorical(labels, len(EMOTIONS))
+    weights = sample_weights(labels, args)
+
+    def run(n: int) -> None:
+        if args.mixup or args.cutmix:
+            part = Split(faces[:n, ..., 0], labels[:n])
+            model.fit(mixed_dataset(part, args), epochs=1, shuffle=False, verbose=0)
+        else:
+            model.fit(faces[:n], targets[:n], sample_weight=weights[:n], batch_size=args.batch_size, verbose=0)
+
+    run(2 * args.batch_size)
+    cpu, wall = time.process_time(), time.perf_counter()
+    run(count)
+    return (time.process_time() - cpu) / args.measure_steps, (time.perf_counter() - wall) / args.measure_steps
 
 
 def load_exactly(model: keras.Model, weights_path: Path) -> None:
@@ -132,46 +305,62 @@ def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray) -> Report:
     return report(y, probs)
 
 
-def inference_copy(model: keras.Model) -> keras.Model:
-    """The same network and weights without the training state.
+def inference_copy(model: keras.Model, network: str) -> keras.Model:
+    """The same weights in the served form of `network`, without the training state.
 
     A compiled model's `to_json()` carries its optimizer config, and `save_weights` then
     stores the optimizer's moment estimates too: three times the weights' size, useless for
-    serving. A fresh model from the architecture config has neither.
+    serving. The training model may also run the fast path (fused batch norm from
+    `training.fused_bn`, a bfloat16 policy), which the server must not need: the copy is the
+    plain float32 network built afresh, given the trained weights (same variables, same order).
     """
-    clean = keras.Model.from_config(model.get_config())
+    clean = models.build(network)
     clean.set_weights(model.get_weights())
     return clean
 
 
-def write_model(model: keras.Model, json_path: Path, weights_path: Path) -> None:
-    clean = inference_copy(model)
+def write_model(model: keras.Model, network: str, json_path: Path, weights_path: Path) -> None:
+    clean = inference_copy(model, network)
     json_path.write_text(clean.to_json(indent=1) + "\n")
     clean.save_weights(weights_path)
 
 
-def export(model: keras.Model, args: argparse.Namespace, val: Report, seconds: float, epochs_run: int) -> None:
+def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> None:
     args.export_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.export_dir / f"{args.name}.json"
     weights_path = args.export_dir / f"{args.name}.weights.h5"
-    write_model(model, json_path, weights_path)
+    write_model(model, args.model, json_path, weights_path)
     card = args.export_dir / f"{args.name}.md"
-    command = "python -m training.train " + " ".join(shlex.quote(str(a)) for a in args.argv)
+    val = result.val
+    if args.extra_train == "val":
+        data = (
+            f"FER2013 Training + PublicTest ({result.train_size:,} faces) from `{args.data.name}`; "
+            f"**PublicTest was trained on: the figures below are not held out**; last epoch exported"
+        )
+        heading = "PublicTest (x_val), trained on: not a held-out measure"
+        selection = f"exported epoch: {result.epochs_run} (the last)"
+    else:
+        data = (
+            f"FER2013 Training ({result.train_size:,} faces) from `{args.data.name}`; "
+            f"selected on PublicTest (`x_val`, {val.n:,} faces)"
+        )
+        heading = "PublicTest (x_val)"
+        selection = f"best epoch: {result.best_epoch}"
     card.write_text(
         f"# {args.name}\n\n"
         f"- network: `{args.model}` ({model.count_params():,} parameters, "
         f"{models.count_macs(model) / 1e9:.3f} GMAC per face)\n"
-        f"- data: FER2013 Training ({args.train_size:,} faces) from `{args.data.name}`; "
-        f"selected on PublicTest (`x_val`, {val.n:,} faces)\n"
-        f"- command: `{command}`\n"
+        f"- data: {data}\n"
+        f"- command: `{result.command}`\n"
         f"- initial weights: {args.init_weights or 'random (seeded)'}\n"
         f"- augmentation: {models.describe_augmentation()}\n"
-        f"- seed: {args.seed}; epochs run: {epochs_run}; best epoch: {args.best_epoch}; "
-        f"wall time: {seconds / 60:.1f} min on this machine\n"
+        f"- training: {describe_training(args)}\n"
+        f"- seed: {args.seed}; epochs run: {result.epochs_run}; {selection}; "
+        f"wall time: {result.seconds / 60:.1f} min on this machine\n"
         f"- optimizer: {args.optimizer} (peak lr {args.lr}, cosine, warm-up {args.warmup_epochs} epochs, "
         f"weight decay {args.weight_decay}), batch {args.batch_size}, label smoothing {args.label_smoothing}, "
         f"class-weight power {args.class_weight_power}\n\n"
-        f"## PublicTest (x_val)\n\n{val.markdown()}\n"
+        f"## {heading}\n\n{val.markdown()}\n"
     )
     print(f"exported {json_path}, {weights_path}, {card}")
 
@@ -194,19 +383,19 @@ def summarise_log(csv_path: Path) -> tuple[int, int, float]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # The card records the command; main([...]) called from Python has no sys.argv of its own.
+    command = "python -m training.train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     keras.utils.set_random_seed(args.seed)
     train, val = load_split(args.data, "train"), load_split(args.data, "val")
     if args.limit:
         # FER2013 files are often sorted by class: take a seeded random subset, not the head.
         keep = np.random.default_rng(args.seed).permutation(len(train))[: args.limit]
-        train = type(train)(train.x[keep], train.y[keep])
-    args.train_size = len(train)
+        train = Split(train.x[keep], train.y[keep])
+    if args.extra_train == "val":
+        train = Split(np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y]))
     print("train counts:", dict(zip(EMOTIONS, class_counts(train.y).tolist(), strict=True)))
 
-    run_dir: Path = args.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    best_path, csv_path = run_dir / "best.weights.h5", run_dir / "log.csv"
-    model = models.build(args.model)
+    model = build_training_model(args)
     if args.init_weights:
         load_exactly(model, args.init_weights)
         print(f"initial weights: {args.init_weights}")
@@ -216,34 +405,77 @@ def main(argv: list[str] | None = None) -> None:
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy"],
     )
+    if args.measure_steps:
+        cpu, wall = measure_steps(model, train, args)
+        load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+        print(
+            f"measure: {args.model} batch-norm {args.batch_norm}, precision {args.precision}, batch {args.batch_size}: "
+            f"{cpu:.3f} CPU s/step, {wall:.3f} wall s/step over {args.measure_steps} steps (load average {load})"
+        )
+        return
+
+    run_dir: Path = args.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best_path, csv_path = run_dir / "best.weights.h5", run_dir / "log.csv"
     started = time.monotonic()
     if not args.export_only:
-        weights = class_weights(train.y, args.class_weight_power) if args.class_weight_power > 0 else None
-        print("class weights:", weights)
-        model.fit(
-            train.x[..., None],
-            keras.utils.to_categorical(train.y, len(EMOTIONS)),
-            validation_data=(val.x[..., None], keras.utils.to_categorical(val.y, len(EMOTIONS))),
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            class_weight=weights,
-            verbose=args.verbose,
-            callbacks=[
-                EpochTimer(),
-                keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-                keras.callbacks.ModelCheckpoint(
-                    str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True
-                ),
-                keras.callbacks.CSVLogger(str(csv_path), append=True),
-                LivePlot(csv_path, run_dir / "curves.png"),
-            ],
-        )
+        validation = (val.x[..., None], keras.utils.to_categorical(val.y, len(EMOTIONS)))
+        callbacks: list[keras.callbacks.Callback] = [
+            EpochTimer(),
+            # Before the EMA swap: the backup holds the raw weights (the EMA is optimizer state).
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        ]
+        if args.ema:
+            # Swaps the averaged weights in for validation and for the callbacks after it.
+            callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(
+                str(best_path),
+                monitor="val_accuracy",
+                mode="max",
+                # A run that trains on PublicTest cannot select on it: keep the last epoch.
+                save_best_only=args.extra_train is None,
+                save_weights_only=True,
+            ),
+            keras.callbacks.CSVLogger(str(csv_path), append=True),
+            LivePlot(csv_path, run_dir / "curves.png"),
+        ]
+        if args.mixup or args.cutmix:
+            print("mixing:", describe_training(args))
+            model.fit(
+                mixed_dataset(train, args),
+                validation_data=validation,
+                epochs=args.epochs,
+                shuffle=False,  # the dataset shuffles itself
+                verbose=args.verbose,
+                callbacks=callbacks,
+            )
+        else:
+            weights = class_weights(train.y, args.class_weight_power) if args.class_weight_power > 0 else None
+            print("class weights:", weights)
+            model.fit(
+                train.x[..., None],
+                keras.utils.to_categorical(train.y, len(EMOTIONS)),
+                validation_data=validation,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                class_weight=weights,
+                verbose=args.verbose,
+                callbacks=callbacks,
+            )
     model.load_weights(best_path)
-    args.best_epoch, epochs_run, logged_seconds = summarise_log(csv_path)
-    seconds = logged_seconds or time.monotonic() - started
+    best_epoch, epochs_run, logged_seconds = summarise_log(csv_path)
     val_report = evaluate_model(model, val.x, val.y)
     print(val_report.text())
-    export(model, args, val_report, seconds, epochs_run)
+    result = RunResult(
+        command=command,
+        train_size=len(train),
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        seconds=logged_seconds or time.monotonic() - started,
+        val=val_report,
+    )
+    export(model, args, result)
 
 
 if __name__ == "__main__":
