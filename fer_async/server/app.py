@@ -19,7 +19,7 @@ from fer_async.config import REPO_ROOT, Settings
 from fer_async.detector import create_detector
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
-from fer_async.server import mjpeg, views, ws
+from fer_async.server import analysis, mjpeg, views, ws
 from fer_async.server.keys import (
     ANALYZER,
     BATCHER,
@@ -182,6 +182,7 @@ def create_app(settings: Settings, *, model: Predictor | None = None) -> web.App
 
     # Order matters: each context may use the ones before it, and they close in reverse.
     app.cleanup_ctx.extend([_model_executor_ctx, _model_ctx, _analyzer_ctx, _batcher_ctx, _video_hub_ctx])
+    analysis.setup(app)  # video analysis jobs (after the batcher's context, which they use)
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(_security_headers)
 
