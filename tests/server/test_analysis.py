@@ -67,7 +67,7 @@ async def wait_for_job(client: Client, url: str) -> tuple[dict[str, Any], list[i
 
 
 def uploads_left(client: Client) -> list[str]:
-    return sorted(p.name for p in client.server.app[ANALYSIS_JOBS].workdir.glob("upload-*"))
+    return sorted(p.name for p in client.app[ANALYSIS_JOBS].workdir.glob("upload-*"))
 
 
 async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
@@ -117,7 +117,7 @@ async def test_labels_agree_with_what_the_stream_path_computes(
     if not clip.is_file():
         pytest.skip(f"real clip not found at {clip}")
     client = await make_analysis_client()
-    batcher = client.server.app[BATCHER]
+    batcher = client.app[BATCHER]
     stream: list[tuple[int, tuple[int, ...], str]] = []
     frame_index = 0
     async for frame in VideoReader(clip, loop=False, max_width=VIDEO_MAX_WIDTH).frames():
@@ -143,7 +143,7 @@ async def test_an_upload_over_the_limit_is_413_and_leaves_no_file(
     assert response.status == 413
     assert "larger than 20000 bytes" in (await response.json())["error"]
     assert uploads_left(client) == []
-    assert client.server.app[ANALYSIS_JOBS].jobs == {}
+    assert client.app[ANALYSIS_JOBS].jobs == {}
 
 
 async def test_a_file_that_is_not_a_video_fails_with_a_clear_error(
@@ -189,12 +189,12 @@ async def test_a_job_never_has_more_than_its_share_of_frames_queued(
     make_analysis_client: MakeAnalysisClient, tmp_path: Path
 ) -> None:
     client = await make_analysis_client()
-    batcher = client.server.app[BATCHER]
+    batcher = client.app[BATCHER]
     response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=40)))
     url = (await response.json())["url"]
     most_queued = 0
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while client.server.app[ANALYSIS_JOBS].running:
+    while client.app[ANALYSIS_JOBS].running:
         most_queued = max(most_queued, batcher.queue_size)
         assert time.monotonic() < deadline
         await asyncio.sleep(0.001)
@@ -231,7 +231,7 @@ async def test_the_pages_link_the_analysis(client: Client) -> None:
 
 async def test_shutdown_removes_every_file(make_analysis_client: MakeAnalysisClient, tmp_path: Path) -> None:
     client = await make_analysis_client()
-    workdir = client.server.app[ANALYSIS_JOBS].workdir
+    workdir = client.app[ANALYSIS_JOBS].workdir
     response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=200)))
     assert response.status == 202
     await client.close()
