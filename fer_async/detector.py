@@ -1,4 +1,4 @@
-"""Face detection with OpenCV: the Haar cascade (default, ships with opencv-python) or YuNet.
+"""Face detection with OpenCV: YuNet (default, its file resolved by detector_model) or the Haar cascade.
 
 Both detectors find faces on a copy of the frame shrunk to `detect_width` pixels: faces in a
 webcam frame are large, so detection at 320 px finds the same faces several times faster than
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -22,11 +23,15 @@ import cv2
 import cv2.data  # the Haar cascade files; a submodule that `import cv2` alone leaves untyped
 import numpy as np
 
+from fer_async.detector_model import resolve_yunet_model
 from fer_async.labels import Box
 
 logger = logging.getLogger(__name__)
 
 DETECTOR_KINDS = ("haar", "yunet")
+# YuNet finds faces Haar misses (sunglasses, turned heads) and draws no boxes on walls; Haar is
+# the fallback when YuNet's file cannot be had (see detector_model).
+DEFAULT_DETECTOR = "yunet"
 DETECT_WIDTH = 320
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -81,6 +86,8 @@ def _check_image(image: np.ndarray) -> None:
 class HaarDetector:
     """OpenCV's frontal-face Haar cascade."""
 
+    name = "haar"
+
     def __init__(
         self,
         scale_factor: float = 1.1,
@@ -126,7 +133,9 @@ class HaarDetector:
 
 
 class YuNetDetector:
-    """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) from an ONNX file the user supplies."""
+    """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) from its ONNX file."""
+
+    name = "yunet"
 
     def __init__(
         self,
@@ -195,3 +204,26 @@ def create_detector(
             )
         return YuNetDetector(model_path, detect_width=detect_width)
     raise ValueError(f"unknown detector {kind!r}; choose from {', '.join(DETECTOR_KINDS)}")
+
+
+def create_detector_for(
+    kind: str = DEFAULT_DETECTOR,
+    model_path: str | Path | None = None,
+    *,
+    detect_width: int = DETECT_WIDTH,
+    env: Mapping[str, str] | None = None,
+    url: str | None = None,
+) -> tuple[FaceDetector, str]:
+    """The detector the server runs for `kind`, and its name ("yunet" or "haar").
+
+    For "yunet" without `model_path` the file comes from the per-user cache or one pinned
+    download (detector_model.resolve_yunet_model; `env`/`url` are for tests); when it cannot be
+    had, one log line says how to get it and the Haar cascade runs instead. Blocking (file
+    reads, maybe a download): call it off the event loop.
+    """
+    if kind == "yunet":
+        path = resolve_yunet_model(Path(model_path) if model_path is not None else None, env=env, url=url)
+        if path is None:
+            return HaarDetector(detect_width=detect_width), "haar"
+        return YuNetDetector(path, detect_width=detect_width), "yunet"
+    return create_detector(kind, model_path, detect_width=detect_width), kind

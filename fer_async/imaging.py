@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from fer_async.labels import Box, Face
+from fer_async.labels import EMOTIONS, Box, Face
+from fer_async.tracker import TrackedFace
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +181,8 @@ _COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 
-def draw_annotations(image: np.ndarray, faces: Sequence[Face]) -> None:
-    """Draw each face's box and an "emotion 87%" label on `image` (BGR, in place)."""
+def draw_annotations(image: np.ndarray, faces: Sequence[Face | TrackedFace]) -> None:
+    """Draw each face's box and an "emotion 87%" label ("3 emotion 87%" when tracked) on `image` (BGR, in place)."""
     height, width = image.shape[:2]
     # Scale strokes and text with the frame so labels stay legible on 320 px and 1080 p alike.
     unit = max(1.0, min(width, height) / 480)
@@ -191,7 +192,10 @@ def draw_annotations(image: np.ndarray, faces: Sequence[Face]) -> None:
         x, y, w, h = face.box
         colour = _COLOURS.get(face.emotion, (0, 255, 0))
         cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness)
-        label = f"{face.emotion} {max(face.scores):.0%}"
+        shown = face.scores[EMOTIONS.index(face.emotion)]  # the smoothed score of a tracked face's steady label
+        label = f"{face.emotion} {shown:.0%}"
+        if isinstance(face, TrackedFace):
+            label = f"{face.id} {label}"
         (tw, th), baseline = cv2.getTextSize(label, font, font_scale, thickness)
         pad = thickness + 1
         # Above the box when there is room, otherwise inside its top edge.

@@ -31,7 +31,8 @@ class Metrics:
         self.faces = Counter("fer_faces", "Faces found in analysed frames", ["source"], registry=r)
         self.frames_dropped = Counter(
             "fer_frames_dropped",
-            "Frames replaced by a newer one before analysis (ws) or not delivered to a lagging viewer (video)",
+            "Frames replaced by a newer one before analysis (ws; video: analysis slower than the file's fps) "
+            "or not delivered to a lagging viewer (video)",
             ["source"],
             registry=r,
         )

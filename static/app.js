@@ -31,6 +31,8 @@
   const latencyEl = $("latency");
   const facesCountEl = $("faces-count");
   const placeholder = $("placeholder");
+  const stage = $("stage");
+  const mainFaceEl = $("main-face");
   const bars = new Map(
     [...document.querySelectorAll("#bars li")].map((li) => [
       li.dataset.emotion,
@@ -48,6 +50,9 @@
     lastResult: null,
     lastError: null,
     facesDrawn: 0,
+    // Camera frames that were offered for sending but had already been sent (none may be).
+    framesResent: 0,
+    frameClock: "requestVideoFrameCallback" in HTMLVideoElement.prototype ? "requestVideoFrameCallback" : "currentTime",
   });
 
   let stream = null;
@@ -59,6 +64,15 @@
   let nextFrameId = 1;
   let inFlight = null; // {id, sentAt, timer} of the one frame we wait for, or null
   const resultTimes = []; // arrival times of recent results, for the fps figure
+  // Each camera frame is sent at most once: a fast server must not get (and the page must not
+  // count as fps) the same picture twice. `presentedFrame` counts frames the camera has shown,
+  // `sentFrame` is the one last sent; pump() waits for the next frame while they are equal.
+  const HAS_VIDEO_FRAME_CALLBACK = "requestVideoFrameCallback" in HTMLVideoElement.prototype;
+  let presentedFrame = 0;
+  let sentFrame = -1;
+  let lastVideoTime = -1;
+  let waitingForFrame = false;
+  let frameLoop = 0;
 
   const COLOURS = {
     angry: "#dc2828",
@@ -124,6 +138,12 @@
       return;
     }
     video.srcObject = stream;
+    presentedFrame = 0;
+    sentFrame = -1;
+    lastVideoTime = -1;
+    waitingForFrame = false;
+    frameLoop += 1;
+    if (HAS_VIDEO_FRAME_CALLBACK) watchFrames(frameLoop);
     try {
       await video.play();
     } catch (err) {
@@ -151,6 +171,7 @@
     }
     video.srcObject = null;
     state.connected = false;
+    stage.classList.remove("offline");
     clearOverlay();
     placeholder.hidden = false;
     startButton.disabled = false;
@@ -172,6 +193,7 @@
     socket.onopen = () => {
       if (socket !== ws) return;
       state.connected = true;
+      stage.classList.remove("offline");
       reconnectDelay = RECONNECT_MIN_MS;
       setStatus("connected", "ok");
       pump();
@@ -191,6 +213,9 @@
       state.connected = false;
       releaseInFlight();
       ws = null;
+      // Nothing on screen may look live while there is no server: boxes, bars, fps go.
+      clearOverlay();
+      clearStats();
       if (event.code === 1013) showMessage(`Server busy: ${event.reason || "try again later"}. Retrying…`);
       else if (event.code === 1001) showMessage("The server is restarting. Reconnecting…");
       if (running) scheduleReconnect();
@@ -199,8 +224,16 @@
     socket.onerror = () => {};
   }
 
+  function clearStats() {
+    resultTimes.length = 0;
+    fpsEl.textContent = "–";
+    latencyEl.textContent = "–";
+    facesCountEl.textContent = "no results";
+  }
+
   function scheduleReconnect() {
-    setStatus(`disconnected, retrying in ${(reconnectDelay / 1000).toFixed(1)} s`, "bad");
+    setStatus(`disconnected — retrying in ${(reconnectDelay / 1000).toFixed(1)} s`, "bad");
+    stage.classList.add("offline");
     clearTimeout(reconnectTimer);
     reconnectTimer = setTimeout(connect, reconnectDelay);
     reconnectDelay = Math.min(reconnectDelay * 2, RECONNECT_MAX_MS);
@@ -258,6 +291,15 @@
       setTimeout(pump, 50);
       return;
     }
+    if (!HAS_VIDEO_FRAME_CALLBACK && video.currentTime !== lastVideoTime) {
+      lastVideoTime = video.currentTime;
+      presentedFrame += 1;
+    }
+    if (presentedFrame === sentFrame) {
+      // Already sent this picture: go again when the camera shows the next one.
+      waitForNextFrame();
+      return;
+    }
     const scale = Math.min(1, MAX_WIDTH / video.videoWidth, MAX_HEIGHT / video.videoHeight);
     const width = Math.round(video.videoWidth * scale);
     const height = Math.round(video.videoHeight * scale);
@@ -268,7 +310,7 @@
     captureCtx.drawImage(video, 0, 0, width, height);
     const socket = ws;
     // Reserve the slot now: toBlob is asynchronous and pump() may be called again meanwhile.
-    const frame = { id: nextFrameId, sentAt: 0, timer: null };
+    const frame = { id: nextFrameId, sentAt: 0, timer: null, cameraFrame: presentedFrame };
     inFlight = frame;
     capture.toBlob(
       (blob) => {
@@ -281,6 +323,8 @@
         frame.id = nextFrameId++;
         frame.sentAt = performance.now();
         socket.send(blob);
+        if (frame.cameraFrame === sentFrame) state.framesResent += 1; // the guard in pump() failed
+        sentFrame = frame.cameraFrame;
         state.framesSent += 1;
         frame.timer = setTimeout(() => {
           if (inFlight === frame) {
@@ -292,6 +336,33 @@
       "image/jpeg",
       JPEG_QUALITY,
     );
+  }
+
+  function waitForNextFrame() {
+    if (waitingForFrame) return;
+    waitingForFrame = true;
+    if (HAS_VIDEO_FRAME_CALLBACK) {
+      // The callback loop below bumps presentedFrame and calls pump() while we wait.
+      return;
+    }
+    // No frame callbacks (older Firefox): poll currentTime at a rate above any camera's.
+    setTimeout(() => {
+      waitingForFrame = false;
+      pump();
+    }, 10);
+  }
+
+  // One callback loop per camera start; `loop` tells a stale loop (from before a Stop) to end.
+  function watchFrames(loop) {
+    video.requestVideoFrameCallback((_now, metadata) => {
+      if (loop !== frameLoop || !stream) return;
+      presentedFrame = metadata.presentedFrames;
+      if (waitingForFrame) {
+        waitingForFrame = false;
+        pump();
+      }
+      watchFrames(loop);
+    });
   }
 
   // The rectangle the video's picture occupies inside the stage (object-fit: contain).
@@ -320,6 +391,7 @@
     overlayCtx.clearRect(0, 0, overlay.clientWidth, overlay.clientHeight);
     overlay.dataset.faces = "0";
     state.facesDrawn = 0;
+    mainFaceEl.textContent = "";
     updateBars(null);
   }
 
@@ -340,7 +412,8 @@
       overlayCtx.lineWidth = 3;
       overlayCtx.strokeStyle = colour;
       overlayCtx.strokeRect(x, y, w, h);
-      const label = `${face.emotion} ${Math.round(face.scores[face.emotion] * 100)}%`;
+      const idPrefix = face.id === undefined ? "" : `#${face.id} `;
+      const label = `${idPrefix}${face.emotion} ${Math.round(face.scores[face.emotion] * 100)}%`;
       const textW = overlayCtx.measureText(label).width + 8;
       const textH = fontSize + 6;
       const ty = y - textH >= 0 ? y - textH : y;
@@ -353,7 +426,9 @@
     overlay.dataset.faces = String(faces);
     state.facesDrawn = faces;
     facesCountEl.textContent = faces === 0 ? "no face in view" : faces === 1 ? "1 face" : `${faces} faces (largest shown)`;
-    updateBars(mainFace(result.faces));
+    const main = mainFace(result.faces);
+    mainFaceEl.textContent = main && main.id !== undefined ? `#${main.id}` : "";
+    updateBars(main);
   }
 
   function mainFace(faces) {

@@ -12,6 +12,11 @@ tests/data holds small real fixtures, made once with OpenCV from scikit-image's 
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +32,30 @@ if TYPE_CHECKING:  # importing TensorFlow costs seconds: only the tests that use
 
 DATA = Path(__file__).resolve().parent / "data"
 YUNET_MODEL = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "face_detection_yunet.onnx"
+
+
+def _isolate_detector_model_cache() -> None:
+    """No test touches the network or the user's cache for the YuNet file (subprocesses inherit this).
+
+    The cache is a fresh directory holding ../shared's copy when there is one, so the default
+    detector is YuNet exactly as on a user's machine after its first start; without it the
+    server falls back to Haar, as offline. Downloads go to a port nothing listens on.
+    """
+    from fer_async.detector_model import URL_ENV, cached_model_path
+
+    cache = tempfile.mkdtemp(prefix="fer-test-cache-")
+    atexit.register(shutil.rmtree, cache, True)
+    os.environ["XDG_CACHE_HOME"] = cache
+    if YUNET_MODEL.is_file():
+        target = cached_model_path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(YUNET_MODEL, target)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        os.environ[URL_ENV] = f"http://127.0.0.1:{s.getsockname()[1]}/unreachable.onnx"
+
+
+_isolate_detector_model_cache()
 
 
 @pytest.fixture(scope="session")

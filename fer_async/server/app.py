@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,13 +17,14 @@ from aiohttp import WSCloseCode, web
 from fer_async.analyzer import Analyzer, Frame, Predictor
 from fer_async.batcher import Batcher, BatchStats
 from fer_async.config import REPO_ROOT, Settings
-from fer_async.detector import create_detector
+from fer_async.detector import create_detector_for
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.server import analysis, mjpeg, views, ws
 from fer_async.server.keys import (
     ANALYZER,
     BATCHER,
+    DETECTOR_NAME,
     METRICS,
     MODEL,
     MODEL_EXECUTOR,
@@ -30,6 +32,7 @@ from fer_async.server.keys import (
     VIDEO_HUB,
     WEBSOCKETS,
 )
+from fer_async.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +77,11 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _analyzer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     loop = asyncio.get_running_loop()
-    detector = await loop.run_in_executor(
-        app[MODEL_EXECUTOR], create_detector, settings.detector, settings.detector_model
+    # Blocking (file reads, at most one bounded download of YuNet's file): off the loop.
+    detector, app[DETECTOR_NAME] = await loop.run_in_executor(
+        app[MODEL_EXECUTOR], create_detector_for, settings.detector, settings.detector_model
     )
+    logger.info("face detector: %s", app[DETECTOR_NAME])
     analyzer = Analyzer(app[MODEL], detector, detect_threads=DETECT_THREADS, max_pixels=settings.max_pixels)
     app[ANALYZER] = analyzer
     yield
@@ -116,11 +121,15 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
-    hub = mjpeg.VideoHub(app[BATCHER], app[METRICS], executor)
+    hub = mjpeg.VideoHub(app[BATCHER], app[METRICS], executor, tracker_factory=_tracker_factory(app[SETTINGS]))
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()
     await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+
+def _tracker_factory(settings: Settings) -> Callable[[], Tracker]:
+    return functools.partial(Tracker, smoothing_ms=settings.smoothing_ms, switch_margin=settings.label_margin)
 
 
 async def _on_shutdown(app: web.Application) -> None:

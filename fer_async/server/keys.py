@@ -29,3 +29,5 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 # Weak so that a socket whose handler has returned disappears without bookkeeping.
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 VIDEO_HUB: web.AppKey[VideoHub] = web.AppKey("video_hub")
+# The face detector that runs: "yunet", or "haar" (asked for, or YuNet's file could not be had).
+DETECTOR_NAME: web.AppKey[str] = web.AppKey("detector_name", str)

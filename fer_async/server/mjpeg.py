@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from fer_async.labels import Face
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
 from fer_async.server.keys import METRICS, SETTINGS, VIDEO_HUB, FrameBatcher
+from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import VideoError, VideoReader, safe_video_path
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def mjpeg_part(jpeg: bytes) -> bytes:
     return head + jpeg + b"\r\n"
 
 
-def _annotate(frame: np.ndarray, faces: tuple[Face, ...]) -> bytes:
+def _annotate(frame: np.ndarray, faces: tuple[TrackedFace, ...]) -> bytes:
     draw_annotations(frame, faces)  # in place: the frame is ours alone once it was analysed
     return encode_jpeg(frame, JPEG_QUALITY)
 
@@ -69,8 +70,16 @@ class _Channel:
 class VideoHub:
     """Shares one decoder, one analysis and one encoder per (file, loop) among its viewers."""
 
-    def __init__(self, batcher: FrameBatcher, metrics: Metrics, executor: Executor) -> None:
+    def __init__(
+        self,
+        batcher: FrameBatcher,
+        metrics: Metrics,
+        executor: Executor,
+        *,
+        tracker_factory: Callable[[], Tracker] = Tracker,
+    ) -> None:
         self._batcher = batcher
+        self._tracker_factory = tracker_factory
         self._metrics = metrics
         self._executor = executor
         self._channels: dict[tuple[Path, bool], _Channel] = {}
@@ -126,6 +135,8 @@ class VideoHub:
         latest: LatestMailbox[np.ndarray] = LatestMailbox()
         reader = asyncio.create_task(self._read(channel, latest), name=f"video reader {channel.path.name}")
         loop = asyncio.get_running_loop()
+        # One tracker per channel: its viewers share one decode, so they share the tracks too.
+        tracker = self._tracker_factory()
         try:
             while True:
                 try:
@@ -135,7 +146,8 @@ class VideoHub:
                 faces = await self._analyse(frame)
                 if faces is None:
                     break
-                jpeg = await loop.run_in_executor(self._executor, _annotate, frame, faces)
+                tracked = tracker.update(faces, loop.time())
+                jpeg = await loop.run_in_executor(self._executor, _annotate, frame, tracked)
                 for viewer in list(channel.viewers):
                     if not viewer.closed and viewer.put(jpeg) is not None:
                         self._metrics.frames_dropped.labels("video").inc()
@@ -154,7 +166,10 @@ class VideoHub:
             # aclosing releases the decoder however we leave (cancelled, or a viewer error).
             async with contextlib.aclosing(video.frames()) as frames:
                 async for frame in frames:
-                    latest.put(frame)  # a frame not analysed yet is simply replaced by a newer one
+                    # A frame not analysed yet is replaced by the newer one: analysis slower
+                    # than the file's fps skips frames, and says so in the metrics.
+                    if latest.put(frame) is not None:
+                        self._metrics.frames_dropped.labels("video").inc()
         except VideoError as exc:
             logger.warning("video %s: %s", channel.path.name, exc)
         finally:

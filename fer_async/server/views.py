@@ -15,7 +15,7 @@ from fer_async.batcher import BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from fer_async.server.keys import BATCHER, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
+from fer_async.server.keys import BATCHER, DETECTOR_NAME, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.server.ws import check_image_header, server_timings
 from fer_async.video import list_videos
 
@@ -41,7 +41,7 @@ async def index(request: web.Request) -> dict[str, Any]:
         "emotions_json": json.dumps(list(EMOTIONS)),
         "max_frame_bytes": settings.max_frame_bytes,
         "device": _device(request),
-        "detector": settings.detector,
+        "detector": request.app[DETECTOR_NAME],
     }
 
 
@@ -66,6 +66,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "ok",
             "model": settings.model_name,
             "device": _device(request),
+            "detector": request.app[DETECTOR_NAME],
             "clients": len(request.app[WEBSOCKETS]),
             "video_viewers": request.app[VIDEO_HUB].viewers,
             "queue": request.app[BATCHER].queue_size,

@@ -20,12 +20,17 @@ Connect to ``ws://HOST:PORT/ws`` (``wss://`` when the server runs with ``--cert/
 * Server → client, for each frame it analysed::
 
       {"type": "result", "frame": ID, "width": W, "height": H,
-       "faces": [{"box": [x, y, w, h], "emotion": "happy",
-                  "scores": {"angry": 0.01, ..., "neutral": 0.02}}],
+       "faces": [{"id": 1, "box": [x, y, w, h], "emotion": "happy",
+                  "scores": {"angry": 0.01, ..., "neutral": 0.02},
+                  "raw_scores": {"angry": 0.03, ..., "neutral": 0.05}}],
        "timings": {"decode": ms, "detect": ms, "model": ms, "queue": ms, "total": ms},
        "dropped": COUNT}
 
-  Boxes are in the frame's own pixels; scores follow the order of ``emotions``. ``total`` is
+  Boxes are in the frame's own pixels; scores follow the order of ``emotions``. Faces are
+  tracked along the connection (`fer_async.tracker`): ``id`` is stable while the face stays
+  in view, ``scores`` are smoothed over ``--smoothing-ms`` of the track (``raw_scores`` are
+  this frame's own), and ``emotion`` changes only when another class leads by
+  ``--label-margin``. ``total`` is
   the server-side time from receiving the frame to sending the result, ``queue`` the part of
   it spent waiting (for this client's previous frame, for a batch, for the model thread).
   ``dropped`` counts this connection's frames replaced so far (see below).
@@ -78,6 +83,7 @@ from fer_async.imaging import ImageError, image_size
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.server.keys import BATCHER, METRICS, SETTINGS, WEBSOCKETS
+from fer_async.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +177,8 @@ class ClientConnection:
         self.frames_received = 0
         self.next_id: int | None = None  # from a {"type": "frame"} message, for the next frame
         self.dropped = 0
+        # Touched only by the worker, which analyses this connection's frames one at a time, in order.
+        self.tracker = Tracker(smoothing_ms=self.settings.smoothing_ms, switch_margin=self.settings.label_margin)
 
     # ------------------------------------------------------------------ reader (handler task)
 
@@ -313,6 +321,8 @@ class ClientConnection:
             return self._frame_error(frame, "analysis_failed", "analysis failed")
         self.metrics.frame_done("ws", len(result.faces))
         payload = result.to_json()
+        # Time of receipt, not of analysis: the smoothing follows the client's own frame rate.
+        payload["faces"] = [face.to_json() for face in self.tracker.update(result.faces, frame.received)]
         payload["timings"] = server_timings(result, frame.received)
         return {"type": "result", "frame": frame.id, **payload, "dropped": self.dropped}
 

@@ -27,6 +27,25 @@ CHROMIUM = Path("/usr/bin/chromium")
 class LiveServer:
     app: web.Application
     port: int
+    runner: web.AppRunner
+    settings: Any
+    model: Any
+    running: bool = True
+
+    async def stop(self) -> None:
+        """Shut the server down under its pages (sockets closed with 1001, port closed)."""
+        self.running = False
+        await asyncio.wait_for(self.runner.cleanup(), 60.0)
+
+    async def restart(self) -> None:
+        """A fresh app on the same port, as after a server restart."""
+        from fer_async.server.app import create_app
+
+        self.runner = web.AppRunner(create_app(self.settings, model=self.model), shutdown_timeout=5.0)
+        await self.runner.setup()
+        self.running = True
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.app = self.runner.app
 
     @property
     def base_url(self) -> str:
@@ -57,8 +76,10 @@ async def live_server(real_model: Any, tmp_path: Path) -> AsyncIterator[LiveServ
     settings = Settings(host="127.0.0.1", port=port, video_dir=video_dir, max_clients=8)
     runner = web.AppRunner(create_app(settings, model=real_model), shutdown_timeout=5.0)
     await runner.setup()
+    server = LiveServer(runner.app, port, runner, settings, real_model)
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        yield LiveServer(runner.app, port)
+        yield server
     finally:
-        await asyncio.wait_for(runner.cleanup(), 60.0)
+        if server.running:
+            await asyncio.wait_for(server.runner.cleanup(), 60.0)

@@ -63,6 +63,7 @@ FACES_DRAWN_JS = """
 """
 
 STATE_JS = "() => JSON.parse(JSON.stringify(window.ferState))"
+NO_VALUE = "\u2013"  # the en dash the page shows where there is no figure
 
 # Bounding box (CSS pixels of the overlay) of everything painted on it: the face box plus its
 # label, which sits on the box's top edge; so its left and bottom are the box's.
@@ -201,6 +202,9 @@ async def test_webcam_page_draws_labelled_faces(
         state = await page.evaluate(STATE_JS)
         assert state["lastResult"]["frame"] > result["frame"]
         assert state["errors"] == 0, state["lastError"]
+        # Each camera frame went out at most once (the fake camera plays 15 fps; the server is faster).
+        assert state["framesResent"] == 0, state
+        assert state["frameClock"] == "requestVideoFrameCallback"
         (tmp_path / "state.json").write_text(json.dumps(state, indent=2))
         # Stop releases the camera, closes the socket and clears the overlay.
         await page.click("#stop")
@@ -255,3 +259,58 @@ async def test_placeholder_hides_once_the_camera_runs(chromium: Path, face_clip:
         await page.wait_for_function("() => window.ferState.resultsReceived > 0", polling=100)
         assert await page.get_attribute("#placeholder", "hidden") is not None  # app.js did its part
         assert not await page.is_visible("#placeholder"), "the placeholder text still covers the video"
+
+
+async def test_start_placeholder_does_not_wrap(chromium: Path, face_clip: Path, live_server: LiveServer) -> None:
+    async with browser_session(chromium, face_clip) as (browser, errors):
+        page = await open_page(browser, live_server, errors)
+        # "Click", "Start" and "and allow the camera." sit on one line (each was its own grid row).
+        tops = await page.evaluate(
+            """() => {
+              const strong = document.querySelector('#placeholder strong');
+              const range = document.createRange();
+              const top = (node) => {
+                range.selectNodeContents(node);
+                return Math.round(range.getClientRects()[0].top);
+              };
+              return [top(strong.previousSibling), top(strong), top(strong.nextSibling)];
+            }"""
+        )
+        assert len(set(tops)) == 1, tops
+        assert await page.evaluate("() => document.querySelector('#placeholder strong').getClientRects().length") == 1
+
+
+async def test_page_clears_and_says_retrying_while_the_server_is_down(
+    chromium: Path, face_clip: Path, live_server: LiveServer
+) -> None:
+    """Server gone: no stale box, bars or fps stay on screen; the status says it retries; it comes back."""
+    async with browser_session(chromium, face_clip) as (browser, errors):
+        page = await open_page(browser, live_server, errors)
+        await page.click("#start")
+        handle = await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
+        seen = await handle.json_value()
+        face = seen["state"]["lastResult"]["faces"][0]
+        assert isinstance(face["id"], int) and set(face["raw_scores"]) == set(EMOTIONS)
+        assert await page.text_content("#main-face") == f"#{face['id']}"
+        assert await page.text_content("#detector") in ("yunet", "haar")
+
+        await live_server.stop()
+        await page.wait_for_function("() => window.ferState.connected === false", polling=100)
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent.startsWith('disconnected — retrying')", polling=100
+        )
+        assert await page.get_attribute("#overlay", "data-faces") == "0"
+        assert await page.evaluate(PAINTED_BOX_JS) is None  # nothing left on the overlay
+        values = await page.eval_on_selector_all("#bars .value", "els => els.map(e => e.textContent)")
+        assert values and set(values) == {NO_VALUE}, values
+        assert await page.evaluate("() => document.querySelectorAll('#bars li.top').length") == 0
+        assert await page.text_content("#fps") == NO_VALUE
+        assert await page.text_content("#main-face") == ""
+
+        # Back up: the page reconnects by itself and draws faces again.
+        await live_server.restart()
+        await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
+        state = await page.evaluate(STATE_JS)
+        assert state["connected"] is True and state["framesResent"] == 0, state
+        # "Server restarting" and the refused reconnects are the page's expected traffic, not errors.
+        errors[:] = [e for e in errors if "ERR_CONNECTION_REFUSED" not in e and "WebSocket" not in e]

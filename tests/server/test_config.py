@@ -8,6 +8,7 @@ import pytest
 
 from fer_async.config import DEFAULT_VIDEO_DIR, DEFAULT_WEIGHTS_DIR, Settings, SettingsError, build_parser
 from fer_async.imaging import MAX_PIXELS
+from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 
 def test_defaults() -> None:
@@ -19,6 +20,8 @@ def test_defaults() -> None:
     assert settings.max_frame_bytes == 2_000_000 and settings.max_pixels == MAX_PIXELS
     assert settings.allow_origins == () and not settings.tls and settings.flip_tta
     assert settings.url == "http://127.0.0.1:8080/"
+    assert settings.detector == "yunet" and settings.detector_model is None
+    assert settings.smoothing_ms == DEFAULT_SMOOTHING_MS and settings.label_margin == DEFAULT_SWITCH_MARGIN
 
 
 def test_command_line_beats_environment_beats_default() -> None:
@@ -30,6 +33,8 @@ def test_command_line_beats_environment_beats_default() -> None:
     assert settings.allow_origins == ("https://a.org", "*")
     assert settings.max_frame_bytes == 1_000_000
     assert settings.max_clients == 64  # default
+    tracked = Settings.from_args(["--smoothing-ms", "0"], env={"FER_SMOOTHING_MS": "400", "FER_LABEL_MARGIN": "0.2"})
+    assert (tracked.smoothing_ms, tracked.label_margin) == (0.0, 0.2)
 
 
 def test_every_option(tmp_path: Path) -> None:
@@ -72,7 +77,8 @@ def test_every_option(tmp_path: Path) -> None:
         (["--max-batch", "0"], {}, "--max-batch"),
         ([], {"FER_PORT": "eighty"}, "FER_PORT"),
         ([], {"FER_PORT": "70000"}, "--port"),
-        (["--detector", "yunet"], {}, "--detector-model"),
+        (["--smoothing-ms", "-1"], {}, "--smoothing-ms"),
+        ([], {"FER_LABEL_MARGIN": "1.5"}, "--label-margin"),
         (["--detector", "mtcnn"], {}, "invalid choice"),
         ([], {"FER_FLIP_TTA": "maybe"}, "FER_FLIP_TTA"),
     ],

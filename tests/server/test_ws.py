@@ -21,10 +21,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestServer
 from testsupport import eventually
 
-from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS, Box
 from fer_async.server.app import create_app
-from fer_async.server.keys import METRICS, WEBSOCKETS
+from fer_async.server.keys import ANALYZER, METRICS, WEBSOCKETS
 
 from .helpers import (
     REPLY_TIMEOUT_S,
@@ -55,8 +54,10 @@ def check_result_shape(reply: dict[str, Any]) -> None:
     for face in reply["faces"]:
         assert len(face["box"]) == 4
         assert face["emotion"] in EMOTIONS
-        assert list(face["scores"]) == list(EMOTIONS)
+        assert list(face["scores"]) == list(EMOTIONS) and list(face["raw_scores"]) == list(EMOTIONS)
         assert sum(face["scores"].values()) == pytest.approx(1.0, abs=0.01)
+        assert sum(face["raw_scores"].values()) == pytest.approx(1.0, abs=0.01)
+        assert isinstance(face["id"], int) and face["id"] >= 1
 
 
 async def test_round_trip_with_a_real_face(client: Client, face_jpeg: bytes, face_box_region: Box) -> None:
@@ -91,7 +92,7 @@ async def test_eight_concurrent_clients_each_get_their_own_results(
     make_client: MakeClient, astronaut_bgr: np.ndarray
 ) -> None:
     client = await make_client(max_batch=8, max_wait_ms=20.0)
-    detector = create_detector("haar")
+    detector = client.app[ANALYZER].detector  # the one the server runs (YuNet when ../shared has it)
     # Each client's face sits somewhere else, at another size: its boxes are its fingerprint.
     plans: list[tuple[bytes, list[Box]]] = []
     for i in range(8):
