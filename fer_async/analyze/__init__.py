@@ -36,7 +36,7 @@ from fer_async.analyze.core import (
     frame_rows,
     open_source,
 )
-from fer_async.tracker import DEFAULT_SMOOTHING_MS
+from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 if TYPE_CHECKING:
     from fer_async.analyzer import Analyzer
@@ -66,23 +66,25 @@ class IncompleteVideoWarning(UserWarning):
 
 def load_analyzer(
     *,
-    detector: str = "haar",
+    detector: str | None = None,
     detector_model: str | Path | None = None,
     weights: str | Path | None = None,
     model_name: str | None = None,
     flip_tta: bool | None = None,
 ) -> Analyzer:
-    """The server's Analyzer with the server's defaults (shipped weights, Haar, flip TTA as `Settings`).
+    """The server's Analyzer with the server's defaults (`Settings`: weights, detector, flip TTA).
 
-    Loading imports TensorFlow (seconds). Close it (`with load_analyzer() as a:` or `.close()`)
-    to stop its detection threads.
+    The detector is resolved as the server resolves it (YuNet from its file, cache or one
+    pinned download, else Haar); `analyzer.detector.name` says which runs. Loading imports
+    TensorFlow (seconds). Close it (`with load_analyzer() as a:` or `.close()`) to stop its
+    detection threads.
     """
     from fer_async.analyzer import Analyzer
     from fer_async.config import Settings
-    from fer_async.detector import create_detector
+    from fer_async.detector import create_detector_for
 
     defaults = Settings()
-    found_detector = create_detector(detector, Path(detector_model) if detector_model is not None else None)
+    found_detector, _ = create_detector_for(detector or defaults.detector, detector_model)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fer_async.model import FacialExpressionModel  # TensorFlow: only once the cheap checks passed
 
@@ -100,6 +102,7 @@ def analyze_video(
     analyzer: Analyzer | None = None,
     every: int = 1,
     smoothing_ms: float = DEFAULT_SMOOTHING_MS,
+    label_margin: float = DEFAULT_SWITCH_MARGIN,
     max_width: int | None = ANALYSIS_MAX_WIDTH,
 ) -> Iterator[dict[str, Any]]:
     """Rows of `path` (a video or a JPEG/PNG image), one per face per analysed frame, as they come.
@@ -107,7 +110,9 @@ def analyze_video(
     Keys (`columns(smoothing_ms > 0)`): file, frame, time_s, face (track id, None on a frame
     without faces), x, y, w, h (the file's own pixels), emotion (the label shown: smoothed, with
     hysteresis, when smoothing is on), one raw probability per emotion, and with smoothing on
-    `smoothed_<emotion>` per emotion. Every `every`-th frame is analysed. `max_width` shrinks
+    `smoothed_<emotion>` per emotion. `smoothing_ms` and `label_margin` are the server's
+    --smoothing-ms and --label-margin (smoothing 0: raw scores, label = their argmax). Every
+    `every`-th frame is analysed. `max_width` shrinks
     frames before detection as the server's video stream does (None: full size).
 
     Raises InputError (one line) for a missing file, a non-video, a video without frames. A
@@ -120,7 +125,12 @@ def analyze_video(
     active = load_analyzer() if analyzer is None else analyzer
     try:
         analysis = FileAnalysis(
-            info, analyzer_classify(active), every=every, smoothing_ms=smoothing_ms, max_width=max_width
+            info,
+            analyzer_classify(active),
+            every=every,
+            smoothing_ms=smoothing_ms,
+            label_margin=label_margin,
+            max_width=max_width,
         )
         name = str(info.path)
         for frame in analysis:

@@ -42,8 +42,8 @@ from fer_async.analyze.outputs import (
     output_path,
     plot_timeline,
 )
+from fer_async.config import Settings
 from fer_async.detector import DETECTOR_KINDS
-from fer_async.tracker import DEFAULT_SMOOTHING_MS
 
 PROG = "python -m fer_async.analyze"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -56,14 +56,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--annotate", help="annotated video: FILE.mp4, DIR/ or a {stem} template")
     p.add_argument("--plot", help="timeline PNG per input (needs matplotlib): FILE.png, DIR/ or a {stem} template")
     p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default: 1)")
+    server = Settings()  # the defaults below are the server's, so a file gets the labels the server shows
     p.add_argument(
         "--smoothing-ms",
         type=float,
-        default=DEFAULT_SMOOTHING_MS,
-        help="per-track smoothing time constant; 0 = raw scores only (default: %(default)s)",
+        default=server.smoothing_ms,
+        help="per-track smoothing time constant; 0 = raw scores and their argmax (default: %(default)s)",
     )
-    p.add_argument("--detector", choices=DETECTOR_KINDS, default="haar")
-    p.add_argument("--detector-model", type=Path, help="YuNet ONNX file, for --detector yunet")
+    p.add_argument(
+        "--label-margin",
+        type=float,
+        default=server.label_margin,
+        help="a track's label changes only when another class leads by this much (default: %(default)s)",
+    )
+    p.add_argument(
+        "--detector",
+        choices=DETECTOR_KINDS,
+        default=server.detector,
+        help="face detector; yunet falls back to haar when its file cannot be had (default: %(default)s)",
+    )
+    p.add_argument("--detector-model", type=Path, help="YuNet ONNX file (default: as the server finds it)")
     p.add_argument(
         "--max-width",
         type=int,
@@ -78,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--every must be at least 1")
     if args.smoothing_ms < 0:
         p.error("--smoothing-ms must be >= 0")
+    if not 0 <= args.label_margin < 1:
+        p.error("--label-margin must be in [0, 1)")
     if args.max_width != 0 and args.max_width < 16:
         p.error("--max-width must be 0 or at least 16")
     return args
@@ -130,6 +144,7 @@ def _analyse_file(
         analyzer_classify(analyzer),
         every=args.every,
         smoothing_ms=args.smoothing_ms,
+        label_margin=args.label_margin,
         max_width=args.max_width or None,
         keep_images=args.annotate is not None,
     )
@@ -245,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_USAGE
     report = sys.stderr if args.out == "-" else sys.stdout
+    print(f"detector: {getattr(analyzer.detector, 'name', args.detector)}", file=report)
     with analyzer, _StopOnInterrupt() as stop:
         for info in sources:
             try:

@@ -138,13 +138,15 @@ class FileAnalysis:
 
     `classify` gets a list of BGR frames (shrunk to `max_width`) and returns one FrameResult
     each, in order. Every `every`-th frame is analysed (frame 0 first). The Tracker gets each
-    analysed frame's time, index / fps.
+    analysed frame's time, index / fps; `smoothing_ms` and `label_margin` mean what the
+    server's --smoothing-ms and --label-margin mean (smoothing 0: raw scores, their argmax).
     """
 
     info: SourceInfo
     classify: Classify
     every: int = 1
     smoothing_ms: float = DEFAULT_SMOOTHING_MS
+    label_margin: float = DEFAULT_SWITCH_MARGIN
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
@@ -158,7 +160,7 @@ class FileAnalysis:
         if self.frames_per_call < 1:
             raise ValueError(f"frames_per_call must be at least 1, got {self.frames_per_call}")
         # Smoothing off means the raw model output throughout: no hysteresis either.
-        margin = DEFAULT_SWITCH_MARGIN if self.smoothing_ms > 0 else 0.0
+        margin = self.label_margin if self.smoothing_ms > 0 else 0.0
         self.tracker = Tracker(smoothing_ms=self.smoothing_ms, switch_margin=margin)
 
     @property

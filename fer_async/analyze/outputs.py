@@ -160,13 +160,8 @@ class AnnotationWriter(_Finishing):
 
 
 def draw_tracked(image: np.ndarray, frame: AnalysedFrame) -> None:
-    """The stream's drawing (`imaging.draw_annotations`) plus each face's track id under its box."""
-    draw_annotations(image, [face.as_face() for face in frame.faces])
-    unit = max(1.0, min(image.shape[:2]) / 480)
-    for face in frame.faces:
-        x, y, _, h = face.box
-        origin = (x, min(image.shape[0] - 4, y + h + round(18 * unit)))
-        cv2.putText(image, f"#{face.id}", origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * unit, (255, 255, 255), 2, cv2.LINE_AA)
+    """The MJPEG stream's own drawing: box, track id, label and its score per face."""
+    draw_annotations(image, frame.faces)
 
 
 def emotion_colours_rgb() -> dict[str, tuple[float, float, float]]:

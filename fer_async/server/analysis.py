@@ -47,6 +47,7 @@ from aiohttp import BodyPartReader, web
 from fer_async.analyze.core import FileAnalysis, FileSummary, InputError, columns, frame_rows, open_source
 from fer_async.analyze.outputs import RowWriter
 from fer_async.batcher import BatcherOverloaded
+from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import Metrics
 from fer_async.server.keys import BATCHER, METRICS, SETTINGS, FrameBatcher
@@ -137,7 +138,10 @@ def timeline_json(summary: FileSummary) -> dict[str, Any]:
 class AnalysisJobs:
     """The running and recent jobs of one app."""
 
-    def __init__(self, batcher: FrameBatcher, metrics: Metrics, workdir: Path, max_upload_bytes: int) -> None:
+    def __init__(
+        self, settings: Settings, batcher: FrameBatcher, metrics: Metrics, workdir: Path, max_upload_bytes: int
+    ) -> None:
+        self.settings = settings
         self.batcher = batcher
         self.metrics = metrics
         self.workdir = workdir
@@ -225,7 +229,13 @@ class AnalysisJobs:
             job.state, job.error = "failed", _without_path(str(exc), job.source)
             return
         job.frames_total, job.fps, job.state = info.frame_count, info.fps, "running"
-        analysis = FileAnalysis(info, self._classify, frames_per_call=JOB_FRAMES_IN_FLIGHT)
+        analysis = FileAnalysis(
+            info,
+            self._classify,
+            smoothing_ms=self.settings.smoothing_ms,
+            label_margin=self.settings.label_margin,
+            frames_per_call=JOB_FRAMES_IN_FLIGHT,
+        )
         writer = RowWriter(job.csv_path, columns(analysis.smoothed))
         complete = False
         try:
@@ -381,7 +391,7 @@ async def analyze_page(request: web.Request) -> dict[str, Any]:
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="fer-analysis-"))
-    jobs = AnalysisJobs(app[BATCHER], app[METRICS], workdir, app[MAX_UPLOAD_BYTES])
+    jobs = AnalysisJobs(app[SETTINGS], app[BATCHER], app[METRICS], workdir, app[MAX_UPLOAD_BYTES])
     app[ANALYSIS_JOBS] = jobs
     yield
     await jobs.aclose()

@@ -15,13 +15,11 @@ import pytest
 from analyze_clips import face_clip, not_a_video
 
 from fer_async.analyze import analyze_video, columns
-from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
-from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS
 from fer_async.server.analysis import ANALYSIS_JOBS, JOB_FRAMES_IN_FLIGHT, MAX_UPLOAD_BYTES
 from fer_async.server.app import create_app
-from fer_async.server.keys import BATCHER
+from fer_async.server.keys import ANALYZER, BATCHER, METRICS
 from fer_async.server.mjpeg import VIDEO_MAX_WIDTH
 from fer_async.video import VideoReader
 
@@ -71,7 +69,7 @@ def uploads_left(client: Client) -> list[str]:
 
 
 async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
-    make_analysis_client: MakeAnalysisClient, tmp_path: Path, real_model: Any
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
 ) -> None:
     client = await make_analysis_client()
     clip = face_clip(tmp_path / "face.mp4", frames=24)
@@ -97,9 +95,10 @@ async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
     assert sorted({int(r["frame"]) for r in rows}) == list(range(24))
     assert job["rows"] == len(rows)
 
-    # One code path: the CLI/API analysis of the same file gives the same faces and labels.
-    with Analyzer(real_model, create_detector("haar", None)) as analyzer:
-        expected = list(analyze_video(clip, analyzer=analyzer))
+    # One code path: the API's analysis of the same file with the server's Analyzer (its detector,
+    # its model) gives the same faces and labels.
+    analyzer = client.app[ANALYZER]
+    expected = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer)))
     assert [(int(r["frame"]), r["face"], r["x"], r["w"]) for r in rows] == [
         (r["frame"], str(r["face"]), str(r["x"]), str(r["w"])) for r in expected
     ]
@@ -109,9 +108,7 @@ async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
             assert float(got[name]) == pytest.approx(want[name], abs=2e-3)
 
 
-async def test_labels_agree_with_what_the_stream_path_computes(
-    make_analysis_client: MakeAnalysisClient, real_model: Any
-) -> None:
+async def test_labels_agree_with_what_the_stream_path_computes(make_analysis_client: MakeAnalysisClient) -> None:
     """The MJPEG stream reads a file with VideoReader (<= 640 px) and submits each frame to the batcher."""
     clip = SHARED_VIDEOS / "single_face.mp4"
     if not clip.is_file():
@@ -126,8 +123,8 @@ async def test_labels_agree_with_what_the_stream_path_computes(
         for face in result.faces:
             stream.append((frame_index, tuple(round(v * scale) for v in face.box), face.emotion))
         frame_index += 1
-    with Analyzer(real_model, create_detector("haar", None)) as analyzer:
-        rows = list(analyze_video(clip, analyzer=analyzer, smoothing_ms=0))
+    analyzer = client.app[ANALYZER]
+    rows = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer, smoothing_ms=0)))
     analysed = [(r["frame"], (r["x"], r["y"], r["w"], r["h"]), r["emotion"]) for r in rows if r["face"] is not None]
     assert frame_index == 72
     assert analysed == stream
@@ -185,22 +182,21 @@ async def test_a_file_of_the_video_directory_by_name(make_analysis_client: MakeA
     assert job["tracks"] and job["tracks"][0]["face"] == 1
 
 
-async def test_a_job_never_has_more_than_its_share_of_frames_queued(
+async def test_a_job_never_has_more_than_its_share_of_frames_in_a_batch(
     make_analysis_client: MakeAnalysisClient, tmp_path: Path
 ) -> None:
+    """Alone on the server, a job's batches hold at most JOB_FRAMES_IN_FLIGHT frames (the batcher's own metric)."""
     client = await make_analysis_client()
-    batcher = client.app[BATCHER]
+    registry = client.app[METRICS].registry
     response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=40)))
-    url = (await response.json())["url"]
-    most_queued = 0
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while client.app[ANALYSIS_JOBS].running:
-        most_queued = max(most_queued, batcher.queue_size)
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.001)
-    job, _ = await wait_for_job(client, url)
+    job, _ = await wait_for_job(client, (await response.json())["url"])
     assert job["state"] == "done" and job["frames_done"] == 40
-    assert 0 < most_queued <= JOB_FRAMES_IN_FLIGHT
+    batches = registry.get_sample_value("fer_batch_size_count")
+    frames = registry.get_sample_value("fer_batch_size_sum")
+    small = registry.get_sample_value("fer_batch_size_bucket", {"le": f"{float(JOB_FRAMES_IN_FLIGHT)}"})
+    assert frames == 40 and batches is not None and batches >= 40 / JOB_FRAMES_IN_FLIGHT
+    assert small == batches  # no batch had more of the job's frames than its share
+    assert registry.get_sample_value("fer_frames_total", {"source": "analysis"}) == 40
 
 
 async def test_stop_keeps_the_rows_so_far_marked_incomplete(
