@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,26 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.cert, settings.key)
     return context
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on now (e.g. the port is in use), else None.
+
+    Checked before the model loads, which takes seconds to minutes: a taken port should fail
+    at once, not after the wait. aiohttp binds again later (a port taken in between still
+    fails there, with the same message).
+    """
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+                probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _banner(*lines: Any, **_: Any) -> None:
@@ -80,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ssl.SSLError) as exc:
         logger.error("cannot load TLS certificate/key: %s", exc)
         return 2
+    problem = port_problem(settings.host, settings.port)
+    if problem is not None:
+        logger.error("cannot start: %s", problem)
+        return 1
     logger.info("starting on %s (model %s, detector %s)", settings.url, settings.model_name, settings.detector)
     if not settings.tls and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.info("browsers allow the camera only on https or localhost: use --cert/--key for other machines")

@@ -18,8 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
+from fer_async.config import MAX_PIXELS
 from fer_async.detector import FaceDetector
-from fer_async.imaging import MAX_PIXELS, ImageError, crop_faces, decode_image
+from fer_async.imaging import ImageError, crop_faces, decode_image
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
 
 logger = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ class Analyzer:
         else:
             raise TypeError(f"a frame must be bytes or a numpy array, not {type(frame).__name__}")
         decoded = time.perf_counter()
-        boxes = self.detector.detect(image)
-        boxes = sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)[:MAX_FACES_PER_FRAME]
+        boxes = self.detector.detect(image)[:MAX_FACES_PER_FRAME]  # detectors return the largest first
         faces = crop_faces(image, boxes)
         done = time.perf_counter()
         height, width = image.shape[:2]

@@ -15,16 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fer_async.detector import DEFAULT_DETECTOR, DETECTOR_KINDS
-from fer_async.imaging import MAX_PIXELS
-from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The shipped model. Defined here, not in model.py, so that reading a default does not import
 # TensorFlow; model.py, the training scripts and the settings all take it from here.
 DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
 DEFAULT_MODEL_NAME = "fernet"
 DEFAULT_VIDEO_DIR = REPO_ROOT / "static" / "videos"
+
+# Defined here rather than in detector.py / imaging.py so that this module stays a stdlib-only
+# leaf: reading the settings must not import OpenCV or numpy.
+DETECTOR_KINDS = ("haar", "yunet")
+# YuNet finds faces Haar misses (sunglasses, turned heads) and draws no boxes on walls; Haar is
+# the fallback when YuNet's file cannot be had (fer_async.detector_model).
+DEFAULT_DETECTOR = "yunet"
+# Face tracks (fer_async.tracker, which re-exports these): chosen by measurement on the real
+# clips with `python -m fer_async.replay --sweep` (see the README). 150 ms was the least
+# smoothing that removed every label blip there; 250 ms leaves room for footage not seen, and
+# with the margin shows a smile 0.23 s (YuNet) after its onset, inside the 0.5 s target.
+DEFAULT_SMOOTHING_MS = 250.0
+DEFAULT_LABEL_MARGIN = 0.15
+# Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
+# allocate 1.2 GB. imaging reads the size from the header and refuses before decoding. 4 Mpx
+# covers every webcam frame up to 2560x1600 with room to spare.
+MAX_PIXELS = 4096 * 1024
 
 ENV_PREFIX = "FER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -35,7 +48,7 @@ class SettingsError(ValueError):
 
 
 def _flag(field_name: str) -> str:
-    return _OPTIONS[field_name][0]
+    return _OPTIONS[field_name].flag
 
 
 def _env_name(field_name: str) -> str:
@@ -73,7 +86,7 @@ class Settings:
     detector_model: Path | None = None
     video_dir: Path = DEFAULT_VIDEO_DIR
     smoothing_ms: float = DEFAULT_SMOOTHING_MS
-    label_margin: float = DEFAULT_SWITCH_MARGIN
+    label_margin: float = DEFAULT_LABEL_MARGIN
     max_batch: int = 16
     max_wait_ms: float = 5.0
     # Each WebSocket client has at most one frame queued (latest wins) and each video one, so
@@ -130,13 +143,13 @@ class Settings:
         parser = build_parser()
         args = parser.parse_args(argv)
         values: dict[str, Any] = {}
-        for name, (_flag, convert, _help) in _OPTIONS.items():
+        for name, option in _OPTIONS.items():
             given = getattr(args, name)
             if given is not None and given != []:
                 values[name] = tuple(given) if name == "allow_origins" else given
             elif _env_name(name) in env:
                 try:
-                    values[name] = convert(env[_env_name(name)])
+                    values[name] = option.convert(env[_env_name(name)])
                 except ValueError as exc:
                     parser.error(f"{_env_name(name)}: {exc}")
         try:
@@ -157,55 +170,119 @@ def _default(name: str) -> Any:
     raise KeyError(name)
 
 
-# field name -> (flag, converter for the environment variable, help)
-_OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "host": ("--host", str, "interface to listen on"),
-    "port": ("--port", _parse_int, "TCP port"),
-    "weights": ("--weights", Path, "directory holding <model-name>.json and <model-name>.weights.h5"),
-    "model_name": ("--model-name", str, "model file stem inside --weights"),
-    "flip_tta": (
+@dataclass(frozen=True)
+class Option:
+    """One server option: its flag, how its environment variable is parsed, its help."""
+
+    flag: str
+    convert: Callable[[str], Any]
+    help: str
+    metavar: str | None = None  # None for a switch or a choice
+    argparse: Mapping[str, Any] = field(default_factory=dict)  # action/choices; else type=convert
+
+    @property
+    def usage(self) -> str:
+        """How the option is written, e.g. `--max-batch N`, `--detector haar|yunet`."""
+        if "choices" in self.argparse:
+            return f"{self.flag} {'|'.join(self.argparse['choices'])}"
+        return f"{self.flag} {self.metavar}" if self.metavar else self.flag
+
+
+# Settings field name -> its option. The ONE declaration of every flag: the server's parser,
+# the training tools and the bench (`add_model_options`) and the README's table
+# (`options_table`, checked by tests/server/test_config.py) all come from here.
+_OPTIONS: dict[str, Option] = {
+    "host": Option("--host", str, "interface to listen on", "HOST"),
+    "port": Option("--port", _parse_int, "TCP port", "PORT"),
+    "weights": Option("--weights", Path, "directory holding NAME.json and NAME.weights.h5 (NAME: --model-name)", "DIR"),
+    "model_name": Option("--model-name", str, "model file stem inside --weights", "NAME"),
+    "flip_tta": Option(
         "--flip-tta",
         _parse_bool,
         "also classify each face mirrored and average, in the same model call (--no-flip-tta: off)",
+        argparse={"action": argparse.BooleanOptionalAction},
     ),
-    "detector": (
+    "detector": Option(
         "--detector",
         str,
-        f"face detector: {' or '.join(DETECTOR_KINDS)} (yunet falls back to haar when its model file cannot be had)",
+        "face detector; yunet falls back to haar (one log line) when its model file cannot be had",
+        argparse={"choices": DETECTOR_KINDS},
     ),
-    "detector_model": (
+    "detector_model": Option(
         "--detector-model",
         Path,
-        "YuNet ONNX file (face_detection_yunet.onnx); without it: the per-user cache "
-        "(~/.cache/fer_async), else one download pinned by sha256",
+        "YuNet's face_detection_yunet.onnx; without it: the per-user cache (~/.cache/fer_async), "
+        "else one download from OpenCV's model zoo, pinned by sha256",
+        "PATH",
     ),
-    "video_dir": ("--video-dir", Path, "directory of video files served as MJPEG under /video/NAME"),
-    "smoothing_ms": (
+    "video_dir": Option("--video-dir", Path, "directory of video files served as MJPEG under /video/NAME", "DIR"),
+    "smoothing_ms": Option(
         "--smoothing-ms",
         float,
-        "time constant of the scores' moving average along a face track (/ws and video); 0 = off",
+        "time constant of the scores' moving average along a face track (/ws, videos); 0 = off",
+        "MS",
     ),
-    "label_margin": (
+    "label_margin": Option(
         "--label-margin",
         float,
-        "the shown label of a tracked face changes only when another class leads it by this much",
+        "a tracked face's shown label changes only when another class leads it by this much",
+        "P",
     ),
-    "max_batch": ("--max-batch", _parse_int, "most frames analysed in one batch"),
-    "max_wait_ms": ("--max-wait-ms", float, "how long a batch waits for more frames after its first one"),
-    "max_queue": ("--max-queue", _parse_int, "frames waiting for the model before new ones get 'server busy'"),
-    "max_clients": ("--max-clients", _parse_int, "WebSocket clients at once; more are closed with 1013"),
-    "max_frame_bytes": ("--max-frame-bytes", _parse_int, "largest accepted encoded frame / upload, in bytes"),
-    "max_pixels": ("--max-pixels", _parse_int, "largest accepted decoded frame, in pixels (width*height)"),
-    "allow_origins": (
+    "max_batch": Option("--max-batch", _parse_int, "most frames analysed in one batch", "N"),
+    "max_wait_ms": Option("--max-wait-ms", float, "how long a batch waits for more frames after its first one", "MS"),
+    "max_queue": Option(
+        "--max-queue", _parse_int, "frames waiting for the model before new ones get 'server busy'", "N"
+    ),
+    "max_clients": Option("--max-clients", _parse_int, "WebSocket clients at once; more are closed with 1013", "N"),
+    "max_frame_bytes": Option(
+        "--max-frame-bytes", _parse_int, "largest accepted encoded frame / upload, in bytes", "N"
+    ),
+    "max_pixels": Option(
+        "--max-pixels", _parse_int, "largest accepted frame in pixels (width*height), read from the header", "N"
+    ),
+    "allow_origins": Option(
         "--allow-origin",
         _parse_origins,
         "extra browser Origin allowed on /ws (repeatable; '*' allows any; env: comma-separated); "
         "same-origin is always allowed",
+        "ORIGIN",
+        {"action": "append"},
     ),
-    "cert": ("--cert", Path, "TLS certificate (PEM) to serve https/wss; needs --key"),
-    "key": ("--key", Path, "TLS private key (PEM)"),
-    "log_level": ("--log-level", str, f"logging level: {', '.join(LOG_LEVELS)}"),
+    "cert": Option("--cert", Path, "TLS certificate (PEM) to serve https/wss; needs --key", "FILE"),
+    "key": Option("--key", Path, "TLS private key (PEM)", "FILE"),
+    "log_level": Option(
+        "--log-level",
+        str,
+        f"logging level: {', '.join(LOG_LEVELS)}",
+        argparse={"choices": LOG_LEVELS, "type": str.lower},
+    ),
 }
+
+# The options that say which model and detector to run; the training tools and the bench take
+# them too, under the same names and with the same defaults as the server.
+MODEL_OPTIONS = ("weights", "model_name", "flip_tta", "detector", "detector_model")
+
+
+def _shown_default(name: str) -> str:
+    default = _default(name)
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
+        default = default.relative_to(REPO_ROOT)
+    return "none" if default in (None, "") else str(default)
+
+
+def _add_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: Any, suffix: str
+) -> None:
+    option = _OPTIONS[name]
+    kwargs: dict[str, Any] = {"dest": name, "default": default, "help": option.help + suffix}
+    if option.metavar is not None:
+        kwargs["metavar"] = option.metavar
+    kwargs.update(option.argparse or {"type": option.convert})
+    parser.add_argument(option.flag, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,23 +291,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time facial expression recognition server (aiohttp). "
         "Each option falls back to the environment variable shown, then to the default.",
     )
-    for name, (flag, convert, help_text) in _OPTIONS.items():
-        default = _default(name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        suffix = f" [env {_env_name(name)}; default: {shown if shown not in (None, '') else 'none'}]"
-        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text + suffix}
-        if name == "flip_tta":
-            kwargs.update(action=argparse.BooleanOptionalAction)
-        elif name == "allow_origins":
-            kwargs.update(action="append", metavar="ORIGIN")
-        elif name == "detector":
-            kwargs.update(choices=DETECTOR_KINDS)
-        elif name == "log_level":
-            kwargs.update(choices=LOG_LEVELS, type=str.lower)
-        else:
-            kwargs.update(type=convert, metavar=flag.removeprefix("--").replace("-", "_").upper())
-        parser.add_argument(flag, **kwargs)
+    for name in _OPTIONS:
+        # default None: from_args tells "not given" apart, to fall back to the environment.
+        _add_option(parser, name, None, f" [env {_env_name(name)}; default: {_shown_default(name)}]")
     return parser
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    names: Sequence[str] = MODEL_OPTIONS,
+    *,
+    defaults: bool = True,
+) -> None:
+    """Add the server's `names` options (of MODEL_OPTIONS) to a tool's parser, dest = field name.
+
+    With `defaults` an option left out is the server's default; without, it is None (for tools
+    that must tell "not given" apart), and `model_option_defaults` fills it in later.
+    """
+    for name in names:
+        if name not in MODEL_OPTIONS:
+            raise ValueError(f"{name!r} is not one of {MODEL_OPTIONS}")
+        _add_option(parser, name, _default(name) if defaults else None, f" (default: {_shown_default(name)})")
+
+
+def model_option_defaults(args: argparse.Namespace) -> None:
+    """Replace None in the MODEL_OPTIONS attributes of `args` by the server's defaults."""
+    for name in MODEL_OPTIONS:
+        if getattr(args, name, None) is None:
+            setattr(args, name, _default(name))
+
+
+def options_table() -> str:
+    """The README's options table (markdown), made from the declarations above."""
+    rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
+    for name, option in _OPTIONS.items():
+        usage = option.usage.replace("|", "\\|")
+        rows.append(f"| `{usage}` | `{_env_name(name)}` | {_shown_default(name)} | {option.help} |")
+    return "\n".join(rows)
 
 
 def log_level_number(settings: Settings) -> int:

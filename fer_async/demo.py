@@ -19,22 +19,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_async.synthetic import FOURCC, astronaut_bgr, write_video
+
 WIDTH, HEIGHT = 640, 480
 FPS = 15
 SECONDS = 5.0
 PIP_SIDE = 200  # the picture-in-picture close-up; its face is ~85 px, well above Haar's minimum
-FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG"}
-
-
-def _astronaut_bgr() -> np.ndarray:
-    from skimage import data  # a dev dependency: only this CLI needs it
-
-    return cv2.cvtColor(np.asarray(data.astronaut()), cv2.COLOR_RGB2BGR)
 
 
 def render_frames(seconds: float = SECONDS, fps: int = FPS) -> list[np.ndarray]:
     """The clip's BGR frames (640x480)."""
-    photo = _astronaut_bgr()  # 512x512, the face around x 180-270, y 70-160
+    photo = astronaut_bgr()  # 512x512, the face around x 180-270, y 70-160
     scene = cv2.resize(photo, (WIDTH, WIDTH), interpolation=cv2.INTER_AREA)[:HEIGHT]
     close_up = cv2.flip(photo[20:240, 120:340], 1)  # a square around the face, mirrored
     close_up = cv2.resize(close_up, (PIP_SIDE, PIP_SIDE), interpolation=cv2.INTER_AREA)
@@ -58,20 +53,11 @@ def render_frames(seconds: float = SECONDS, fps: int = FPS) -> list[np.ndarray]:
 
 
 def write_clip(out: Path, seconds: float = SECONDS, fps: int = FPS) -> int:
-    """Render and write the clip; returns the number of frames written."""
-    fourcc = FOURCC.get(out.suffix.lower())
-    if fourcc is None:
+    """Render and write the clip (.mp4/.m4v: mp4v, .avi: MJPG); returns the number of frames written."""
+    if out.suffix.lower() not in FOURCC:
         raise ValueError(f"unsupported extension {out.suffix!r}; use one of {', '.join(FOURCC)}")
     frames = render_frames(seconds, fps)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*fourcc), fps, (WIDTH, HEIGHT))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {fourcc} video to {out}")
-    try:
-        for frame in frames:
-            writer.write(frame)
-    finally:
-        writer.release()
+    write_video(out, frames, fps)
     return len(frames)
 
 

@@ -23,15 +23,12 @@ import cv2
 import cv2.data  # the Haar cascade files; a submodule that `import cv2` alone leaves untyped
 import numpy as np
 
+from fer_async.config import DEFAULT_DETECTOR, DETECTOR_KINDS
 from fer_async.detector_model import resolve_yunet_model
 from fer_async.labels import Box
 
 logger = logging.getLogger(__name__)
 
-DETECTOR_KINDS = ("haar", "yunet")
-# YuNet finds faces Haar misses (sunglasses, turned heads) and draws no boxes on walls; Haar is
-# the fallback when YuNet's file cannot be had (see detector_model).
-DEFAULT_DETECTOR = "yunet"
 DETECT_WIDTH = 320
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -133,7 +130,7 @@ class HaarDetector:
 
 
 class YuNetDetector:
-    """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) from its ONNX file."""
+    """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) from an ONNX file the user supplies."""
 
     name = "yunet"
 

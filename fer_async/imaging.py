@@ -13,17 +13,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from fer_async.labels import EMOTIONS, Box, Face
+from fer_async.config import MAX_PIXELS
+from fer_async.labels import EMOTIONS, FACE_SIZE, Box, Face
 from fer_async.tracker import TrackedFace
 
 logger = logging.getLogger(__name__)
-
-# Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
-# allocate 1.2 GB. We read the size from the header and refuse before decoding. 4 Mpx covers
-# every webcam frame up to 2560x1600 with room to spare.
-MAX_PIXELS = 4096 * 1024
-
-FACE_SIZE = 48  # the model's input side (FER2013)
 
 # FER2013 faces fill their 48x48 frame the way a Haar box does: on 521 validation faces
 # upscaled and padded, the Haar cascade's box side was 0.99x the frame (median, IQR 0.91-1.04)
@@ -120,11 +114,21 @@ def image_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG or PNG bytes into a BGR uint8 array, refusing bombs before allocating."""
+def check_image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of a JPEG/PNG of at most `max_pixels` pixels, else ImageError.
+
+    Reads headers only (microseconds): the endpoints call it before a frame takes a batch
+    slot, and `decode_image` calls it before it allocates anything.
+    """
     width, height = image_size(data)
     if width * height > max_pixels:
         raise ImageError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return width, height
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode JPEG or PNG bytes into a BGR uint8 array, refusing bombs before allocating."""
+    width, height = check_image_header(data, max_pixels)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ImageError(_CORRUPT)

@@ -8,6 +8,9 @@ from typing import Any
 #: The seven FER2013 classes, in the dataset's own label order (0..6).
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
+#: The side of the square grey faces the model takes (FER2013's 48x48).
+FACE_SIZE = 48
+
 Box = tuple[int, int, int, int]  # x, y, w, h in the source image's pixels
 
 

@@ -16,7 +16,7 @@ MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
 * Hysteresis: the shown label changes only when another class leads the shown one by at least
   `switch_margin` in the smoothed scores, so two nearly equal classes do not flicker.
 
-Pure Python + numpy; no I/O. Not thread-safe: one Tracker belongs to one task.
+Pure Python + numpy (and the defaults from fer_async.config); no I/O. Not thread-safe: one Tracker belongs to one task.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from fer_async import config as _config
 from fer_async.labels import EMOTIONS, Box, Face
 
-# Chosen on ../shared/data/videos (see /work/notes/video-readme.md for the measurement):
-# 250 ms of smoothing and a 0.15 margin keep one continuous face at <= 0.3 label changes/s
-# while the label still follows a smile within a few frames.
-DEFAULT_SMOOTHING_MS = 250.0
-DEFAULT_SWITCH_MARGIN = 0.15
+# Chosen by measurement on the real clips; declared with the server options (config stays a
+# stdlib-only leaf), which explains the choice.
+DEFAULT_SMOOTHING_MS: float = _config.DEFAULT_SMOOTHING_MS
+DEFAULT_SWITCH_MARGIN: float = _config.DEFAULT_LABEL_MARGIN
 # A face the detector misses for a few frames (a turn of the head, motion blur) keeps its id.
 DEFAULT_MAX_UNSEEN_MS = 1000.0
 DEFAULT_MIN_IOU = 0.3

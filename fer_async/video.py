@@ -16,6 +16,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"})
+# Browsers' <img> elements show an MJPEG stream at a fraction of the webcam's resolution;
+# 640 px wide keeps decode, detection and JPEG encoding cheap. training.clip reads at this width too.
+VIDEO_MAX_WIDTH = 640
 DEFAULT_FPS = 25.0  # when the container does not say (some AVI/webm files report 0 or NaN)
 MIN_FPS, MAX_FPS = 1.0, 60.0  # beyond 60 fps nobody sees the difference; below 1 it is a slide show
 # A consumer that stalls (a paused viewer, a slow batch) must not get a burst of catch-up

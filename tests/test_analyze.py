@@ -24,7 +24,6 @@ from analyze_clips import (
 )
 
 from fer_async.analyze import (
-    ANALYSIS_MAX_WIDTH,
     IncompleteVideoWarning,
     InputError,
     analyze_video,
@@ -62,12 +61,6 @@ def shared_clip(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"real clip not found at {path}")
     return path
-
-
-def test_the_analysis_width_is_the_video_streams() -> None:
-    from fer_async.server.mjpeg import VIDEO_MAX_WIDTH
-
-    assert ANALYSIS_MAX_WIDTH == VIDEO_MAX_WIDTH
 
 
 def test_rows_one_per_face_per_frame_with_every_column(analyzer: Analyzer, clips: dict[str, Path]) -> None:

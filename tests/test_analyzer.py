@@ -135,10 +135,10 @@ def test_detection_runs_on_the_pool(counting: CountingModel, face_jpeg: bytes) -
 
 
 class CrowdDetector:
-    """A detector reporting a crowd of 100 boxes of growing size (a crafted frame)."""
+    """A detector reporting a crowd of 100 boxes, largest first as FaceDetector promises (a crafted frame)."""
 
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
-        return [(i % 10 * 60, i // 10 * 40, 10 + i, 10 + i) for i in range(100)]
+        return [(i % 10 * 60, i // 10 * 40, 10 + i, 10 + i) for i in reversed(range(100))]
 
 
 def test_faces_per_frame_are_capped_largest_first(counting: CountingModel, face_jpeg: bytes) -> None:

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_async import bench
+from fer_async import synthetic
+from fer_async.bench import cli, harness, report
 from fer_async.detector import create_detector
 
 KEYS = ("clients", "frames", "fps", "p50_ms", "p99_ms", "mean_batch", "dropped")
@@ -44,13 +45,13 @@ def check_row(row: dict[str, Any], clients: int) -> None:
 
 
 def test_frames_are_real_faces_at_varied_positions() -> None:
-    frames = bench.make_frames(4)
+    frames = synthetic.make_frames(4)
     assert len(set(frames)) == 4
     detector = create_detector("haar")
     positions = set()
     for data in frames:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        assert image is not None and image.shape == (bench.FRAME_HEIGHT, bench.FRAME_WIDTH, 3)
+        assert image is not None and image.shape == (synthetic.FRAME_HEIGHT, synthetic.FRAME_WIDTH, 3)
         boxes = detector.detect(image)
         assert len(boxes) == 1, boxes
         positions.add(boxes[0][:2])
@@ -68,28 +69,28 @@ def test_parse_histogram_sums_and_counts() -> None:
         "fer_batch_size_created 1.7e9\n"
         "fer_model_seconds_sum 0.5\n"
     )
-    assert bench.parse_histogram(text) == (12.0, 5.0)
-    assert bench.parse_histogram("fer_frames_total 3\n") is None
+    assert report.parse_histogram(text) == (12.0, 5.0)
+    assert report.parse_histogram("fer_frames_total 3\n") is None
 
 
 def test_format_table_and_percentile() -> None:
-    assert bench.percentile([], 50) is None
-    assert bench.percentile([1.0, 2.0, 3.0], 50) == 2.0
-    table = bench.format_table([{"clients": 2, "frames": 10, "fps": 3.33, "p50_ms": None}])
+    assert report.percentile([], 50) is None
+    assert report.percentile([1.0, 2.0, 3.0], 50) == 2.0
+    table = report.format_table([{"clients": 2, "frames": 10, "fps": 3.33, "p50_ms": None}])
     assert table.splitlines()[2].split()[:4] == ["2", "10", "3.33", "-"]
 
 
 def test_only_loopback_urls() -> None:
     with pytest.raises(SystemExit):
-        bench.parse_args(["--url", "ws://192.0.2.1:8080/ws"])
-    assert bench.parse_args(["--url", "ws://127.0.0.1:8080/ws"]).url
-    assert bench.parse_args(["--url", "ws://[::1]:8080/ws"]).url
+        cli.parse_args(["--url", "ws://192.0.2.1:8080/ws"])
+    assert cli.parse_args(["--url", "ws://127.0.0.1:8080/ws"]).url
+    assert cli.parse_args(["--url", "ws://[::1]:8080/ws"]).url
 
 
 def test_rss_of_this_process() -> None:
     import os
 
-    value = bench.rss_kb(os.getpid())
+    value = harness.rss_kb(os.getpid())
     assert value is not None and value > 0
 
 
@@ -97,7 +98,7 @@ def test_rss_of_this_process() -> None:
 
 
 def test_load_run_prints_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--clients", "2", "--duration", "3", "--warmup", "1", "--frames", "4"]) == 0
+    assert cli.main(["--clients", "2", "--duration", "3", "--warmup", "1", "--frames", "4"]) == 0
     out = capsys.readouterr().out
     row = last_json(out)
     check_row(row, 2)
@@ -108,7 +109,7 @@ def test_load_run_prints_table_and_json(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_sweep_rows_against_one_server(capsys: pytest.CaptureFixture[str]) -> None:
     # A sweep: one row per client count against one server; the JSON is the last row + "rows".
-    assert bench.main(["--sweep", "1,3", "--duration", "2", "--warmup", "1", "--frames", "4"]) == 0
+    assert cli.main(["--sweep", "1,3", "--duration", "2", "--warmup", "1", "--frames", "4"]) == 0
     row = last_json(capsys.readouterr().out)
     check_row(row, 3)
     assert [r["clients"] for r in row["rows"]] == [1, 3]
@@ -119,7 +120,7 @@ def test_sweep_rows_against_one_server(capsys: pytest.CaptureFixture[str]) -> No
 def test_short_churn_soak_reports_server_rss(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--soak", "--churn", "--clients", "3", "--duration", "4", "--warmup", "1"]
     argv += ["--rss-interval", "2", "--lifetime", "0.5,1.5", "--frames", "4"]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     row = last_json(out)
     for key in KEYS:
@@ -133,7 +134,7 @@ def test_short_churn_soak_reports_server_rss(capsys: pytest.CaptureFixture[str])
 
 
 def test_raw_compute_bound(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--raw", "--max-batch", "2", "--duration", "1", "--warmup", "0", "--frames", "4"]) == 0
+    assert cli.main(["--raw", "--max-batch", "2", "--duration", "1", "--warmup", "0", "--frames", "4"]) == 0
     row = last_json(capsys.readouterr().out)
     for key in KEYS:
         assert key in row
@@ -147,7 +148,7 @@ def test_raw_compute_bound(capsys: pytest.CaptureFixture[str]) -> None:
 def test_soak_30s_with_churn(capsys: pytest.CaptureFixture[str]) -> None:
     """The short soak: 30 s of churning clients; prints start/end server RSS."""
     argv = ["--soak", "--churn", "--clients", "8", "--duration", "30", "--warmup", "2", "--rss-interval", "10"]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     row = last_json(out)
     assert row["errors"] == 0 and row["frames"] > 0, row

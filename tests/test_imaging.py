@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from testsupport import jpeg_scan_bomb
 
+from fer_async.config import MAX_PIXELS
 from fer_async.imaging import (
-    FACE_SIZE,
     MAX_JPEG_SCANS,
-    MAX_PIXELS,
     ImageError,
     crop_faces,
     decode_image,
@@ -21,7 +20,7 @@ from fer_async.imaging import (
     encode_jpeg,
     image_size,
 )
-from fer_async.labels import EMOTIONS, Face
+from fer_async.labels import EMOTIONS, FACE_SIZE, Face
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -28,11 +28,10 @@ import cv2
 import numpy as np
 
 from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
+from fer_async.config import add_model_options
 from fer_async.imaging import ImageError
 from fer_async.labels import EMOTIONS, FrameResult
-from fer_async.server.mjpeg import VIDEO_MAX_WIDTH
-from fer_async.video import shrink_to_width
+from fer_async.video import VIDEO_MAX_WIDTH, shrink_to_width
 
 FRAMES_PER_CALL = 16
 
@@ -45,15 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("video", type=Path, help="a video file OpenCV can read (mp4, avi, ...)")
     p.add_argument("--expect", choices=EMOTIONS, help="the expression the clip's faces show, if known")
-    p.add_argument(
-        "--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="directory or <name>.json path (default: %(default)s)"
-    )
-    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model file stem inside a --weights directory")
-    p.add_argument(
-        "--flip-tta", action=argparse.BooleanOptionalAction, default=True, help="as the server (default: on)"
-    )
-    p.add_argument("--detector", choices=("haar", "yunet"), default="haar")
-    p.add_argument("--detector-model", type=Path, help="YuNet ONNX file, for --detector yunet")
+    add_model_options(p)  # --weights, --model-name, --flip-tta, --detector, --detector-model, as the server
     args = p.parse_args(argv)
     if args.detector_model is not None and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
@@ -137,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
 
     try:
-        model = FacialExpressionModel(args.weights, args.name, flip_tta=args.flip_tta)
+        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta)
     except FileNotFoundError as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2

@@ -31,11 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_async.labels import EMOTIONS
+from fer_async.labels import EMOTIONS, FACE_SIZE
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fer2013" / "fer2013.npz"
 SPLITS = ("train", "val", "test")
-IMAGE_SIZE = 48
 
 # The Kaggle CSV's `Usage` column and the Kaggle folder names, lower-cased, to our split names.
 CSV_USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
@@ -139,8 +138,8 @@ def _load(path: Path, wanted: set[str]) -> _Loaded:
 def _make_split(source: Path, split: str, x: np.ndarray, y: np.ndarray) -> Split:
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
-    if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"{source}: {split} faces must be [N, 48, 48], got {list(x.shape)}")
+    if x.ndim != 3 or x.shape[1:] != (FACE_SIZE, FACE_SIZE):
+        raise ValueError(f"{source}: {split} faces must be [N, {FACE_SIZE}, {FACE_SIZE}], got {list(x.shape)}")
     if len(x) != len(y):
         raise ValueError(f"{source}: {split} has {len(x)} faces but {len(y)} labels")
     y = np.asarray(y, dtype=np.int64)
@@ -210,7 +209,7 @@ def _load_csv(path: Path, wanted: set[str]) -> _Loaded:
             pixels[split].append(_parse_pixels(text, path, line))
     out = _Loaded(path, available)
     for split in wanted & available:
-        x = np.stack(pixels[split]).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+        x = np.stack(pixels[split]).reshape(-1, FACE_SIZE, FACE_SIZE)
         out[split] = _make_split(path, split, x, np.array(labels[split], dtype=np.int64))
     return out
 
@@ -221,8 +220,8 @@ def _parse_pixels(text: str, path: Path, line: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         values = np.fromstring(text, dtype=np.int32, sep=" ")
-    if values.size != IMAGE_SIZE * IMAGE_SIZE or values.min() < 0 or values.max() > 255:
-        raise ValueError(f"{path}:{line}: pixels must be {IMAGE_SIZE * IMAGE_SIZE} space-separated values 0..255")
+    if values.size != FACE_SIZE * FACE_SIZE or values.min() < 0 or values.max() > 255:
+        raise ValueError(f"{path}:{line}: pixels must be {FACE_SIZE * FACE_SIZE} space-separated values 0..255")
     return values.astype(np.uint8)
 
 
@@ -264,7 +263,7 @@ def _read_split_dir(root: Path, split: str, split_dir: Path) -> Split:
             if image.suffix.lower() in IMAGE_SUFFIXES and not image.name.startswith("."):
                 faces.append(_read_face(image))
                 labels.append(label)
-    x = np.stack(faces) if faces else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    x = np.stack(faces) if faces else np.zeros((0, FACE_SIZE, FACE_SIZE), np.uint8)
     return _make_split(root, split, x, np.array(labels, dtype=np.int64))
 
 
@@ -273,9 +272,9 @@ def _read_face(path: Path) -> np.ndarray:
     face = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     if face is None:
         raise ValueError(f"{path}: not a readable image")
-    if face.shape != (IMAGE_SIZE, IMAGE_SIZE):
+    if face.shape != (FACE_SIZE, FACE_SIZE):
         # INTER_AREA averages when shrinking (no aliasing); it degrades to nearest when enlarging.
-        shrinking = face.shape[0] > IMAGE_SIZE or face.shape[1] > IMAGE_SIZE
+        shrinking = face.shape[0] > FACE_SIZE or face.shape[1] > FACE_SIZE
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        face = cv2.resize(face, (IMAGE_SIZE, IMAGE_SIZE), interpolation=interpolation)
+        face = cv2.resize(face, (FACE_SIZE, FACE_SIZE), interpolation=interpolation)
     return np.asarray(face, dtype=np.uint8)

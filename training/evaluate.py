@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
+from fer_async.config import add_model_options
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS
 from training.data import DEFAULT_DATA, SPLITS, Split, load_split
@@ -77,16 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 npz/csv/folder (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default="val", help="default: %(default)s")
-    p.add_argument(
-        "--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="directory or <name>.json path (default: %(default)s)"
-    )
-    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model file stem inside a --weights directory")
-    p.add_argument(
-        "--flip-tta",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="average each face with its mirror image, as the server does by default (default: on)",
-    )
+    add_model_options(p, ["weights", "model_name", "flip_tta"])
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="confusion-matrix folder (default: %(default)s)")
     p.add_argument(
@@ -100,8 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also evaluate each face as the server sees it: upscaled on a grey 320x240 frame, JPEG q80, "
         "through the Analyzer's decode + detector + crop + model",
     )
-    via.add_argument("--detector", choices=("haar", "yunet"), help="face detector for --via-detector (default: haar)")
-    via.add_argument("--detector-model", type=Path, help="YuNet ONNX file, for --detector yunet")
+    add_model_options(via, ["detector", "detector_model"], defaults=False)  # None: only with --via-detector
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
@@ -211,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
 
     try:
-        model = FacialExpressionModel(args.weights, args.name, flip_tta=args.flip_tta)
+        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta)
     except FileNotFoundError as e:
         return fail(f"{e} (train and export with `python -m training.train`, or pass --weights)")
 

@@ -20,9 +20,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from fer_async.labels import EMOTIONS
+from fer_async.labels import EMOTIONS, FACE_SIZE
 
-IMAGE_SIZE = 48
 NUM_CLASSES = len(EMOTIONS)
 
 # Augmentation strengths: FER2013 faces are roughly aligned already, so small geometric jitter
@@ -61,7 +60,7 @@ def describe_augmentation() -> str:
 
 
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="face")
+    inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     x = augmentation()(x)
     return inputs, x
@@ -159,7 +158,7 @@ def measure_speed(batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0) 
     for flip_tta in (False, True):
         served = FacialExpressionModel(flip_tta=flip_tta)
         for batch in batch_sizes:
-            faces = np.random.default_rng(batch).integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+            faces = np.random.default_rng(batch).integers(0, 256, (batch, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
             for _ in range(5):  # warm caches and the compiled function for this shape
                 served.predict(faces)
             calls, started = 0, time.perf_counter()

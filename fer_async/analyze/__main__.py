@@ -42,8 +42,7 @@ from fer_async.analyze.outputs import (
     output_path,
     plot_timeline,
 )
-from fer_async.config import Settings
-from fer_async.detector import DETECTOR_KINDS
+from fer_async.config import Settings, add_model_options
 
 PROG = "python -m fer_async.analyze"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -69,22 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=server.label_margin,
         help="a track's label changes only when another class leads by this much (default: %(default)s)",
     )
-    p.add_argument(
-        "--detector",
-        choices=DETECTOR_KINDS,
-        default=server.detector,
-        help="face detector; yunet falls back to haar when its file cannot be had (default: %(default)s)",
-    )
-    p.add_argument("--detector-model", type=Path, help="YuNet ONNX file (default: as the server finds it)")
+    add_model_options(p)  # --weights --model-name --flip-tta --detector --detector-model, as the server
     p.add_argument(
         "--max-width",
         type=int,
         default=ANALYSIS_MAX_WIDTH,
         help="shrink frames to this width before detection, as the video stream does; 0 = full size",
     )
-    p.add_argument("--weights", type=Path, help="model directory (default: the server's)")
-    p.add_argument("--model-name", help="model file stem (default: the server's)")
-    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None, help="default: the server's")
     args = p.parse_args(argv)
     if args.every < 1:
         p.error("--every must be at least 1")

@@ -28,13 +28,12 @@ import numpy as np
 from fer_async.imaging import ImageError, decode_image
 from fer_async.labels import EMOTIONS, Box, FrameResult
 from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN, TrackedFace, Tracker
-from fer_async.video import DEFAULT_FPS, VIDEO_EXTENSIONS, shrink_to_width
+from fer_async.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VIDEO_MAX_WIDTH, shrink_to_width
 
 logger = logging.getLogger(__name__)
 
-# The MJPEG stream's width (server/mjpeg.py VIDEO_MAX_WIDTH); repeated here so that importing
-# the analysis does not import aiohttp. tests/test_analyze.py checks the two agree.
-ANALYSIS_MAX_WIDTH = 640
+# The width the MJPEG stream analyses its frames at: the same frames give the same labels.
+ANALYSIS_MAX_WIDTH = VIDEO_MAX_WIDTH
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 FRAMES_PER_CALL = 16  # frames per Analyzer call in the CLI: the model's batch, as the server's max_batch
 # With --every N and --annotate the skipped frames wait for their chunk too; bound that buffer.

@@ -15,7 +15,8 @@ view and the CLI. Live clients are protected three ways:
   a whole file; a job's frames fill the batches' spare room, which is why it still runs fast.
 * At most MAX_RUNNING_JOBS jobs run at once (more get 503 before their upload is read), so
   jobs together hold a bounded share of every batch and of the queue.
-* A job that finds the queue full backs off and retries, where a live frame would be dropped.
+* A job that finds the queue full backs off and retries (each refusal counted as "busy" in
+  fer_frame_errors_total, as any other), where a live frame would be dropped.
   Decoding, tracking and CSV writing happen on the job's thread, never on the event loop or
   the model thread.
 
@@ -46,11 +47,11 @@ from aiohttp import BodyPartReader, web
 
 from fer_async.analyze.core import FileAnalysis, FileSummary, InputError, columns, frame_rows, open_source
 from fer_async.analyze.outputs import RowWriter
-from fer_async.batcher import BatcherOverloaded
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import Metrics
-from fer_async.server.keys import BATCHER, METRICS, SETTINGS, FrameBatcher
+from fer_async.server.keys import BATCHER, METRICS, SETTINGS
+from fer_async.server.outcomes import FrameBatcher, Reason, submit
 from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
 
 logger = logging.getLogger(__name__)
@@ -213,13 +214,12 @@ class AnalysisJobs:
 
     async def _submit(self, frame: np.ndarray) -> FrameResult:
         while True:
-            try:
-                result = await self.batcher.submit(frame)
-            except BatcherOverloaded:
-                await asyncio.sleep(OVERLOAD_BACKOFF_S)  # the live clients come first
-                continue
-            self.metrics.frame_done("analysis", len(result.faces))
-            return result
+            outcome = await submit(self.batcher, self.metrics, "analysis", frame)
+            if isinstance(outcome, FrameResult):
+                return outcome
+            if outcome.reason is not Reason.BUSY:
+                raise RuntimeError(outcome.message)  # shutdown, or the batch failed: the job fails
+            await asyncio.sleep(OVERLOAD_BACKOFF_S)  # a full queue: the live clients come first
 
     def _analyse(self, job: Job) -> None:
         """The job's thread: the CLI's FileAnalysis with the batcher as classifier, rows to CSV."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from fer_async.detector import create_detector_for
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.server import analysis, mjpeg, views, ws
+from fer_async.server.connection import Connections
 from fer_async.server.keys import (
     ANALYZER,
     BATCHER,
@@ -32,6 +32,7 @@ from fer_async.server.keys import (
     VIDEO_HUB,
     WEBSOCKETS,
 )
+from fer_async.server.video_hub import VideoHub
 from fer_async.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ STATIC_DIR = REPO_ROOT / "static"
 DETECT_THREADS = 2
 # Drawing boxes and encoding JPEGs for the MJPEG streams, off the loop and off the model thread.
 VIDEO_THREADS = 1
-# Upper bound on closing all sockets at shutdown (each close is also bounded by ws.CLOSE_TIMEOUT_S).
+# Upper bound on closing all sockets at shutdown (each close is also bounded by connection.CLOSE_TIMEOUT_S).
 SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -121,14 +122,15 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
-    hub = mjpeg.VideoHub(app[BATCHER], app[METRICS], executor, tracker_factory=_tracker_factory(app[SETTINGS]))
+    hub = VideoHub(app[BATCHER], app[METRICS], executor, tracker_factory=tracker_factory(app[SETTINGS]))
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()
     await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
 
-def _tracker_factory(settings: Settings) -> Callable[[], Tracker]:
+def tracker_factory(settings: Settings) -> Callable[[], Tracker]:
+    """Trackers with the settings' options: one per WebSocket connection and one per video channel."""
     return functools.partial(Tracker, smoothing_ms=settings.smoothing_ms, switch_margin=settings.label_margin)
 
 
@@ -138,14 +140,12 @@ async def _on_shutdown(app: web.Application) -> None:
     Runs before aiohttp waits for handlers to finish: open sockets and endless MJPEG
     responses would otherwise hold shutdown for the whole shutdown timeout.
     """
-    open_sockets = app[WEBSOCKETS]
-    sockets = list(open_sockets)  # a copy: closing removes them from the set
-    if sockets:
-        logger.info("closing %d WebSocket clients", len(sockets))
-    closes = [ws.close_socket(s, WSCloseCode.GOING_AWAY, "server shutdown") for s in sockets]
+    connections = app[WEBSOCKETS]
+    if connections:
+        logger.info("closing %d WebSocket clients", len(connections))
     try:
         async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT_S):
-            await asyncio.gather(*closes, return_exceptions=True)
+            await connections.close_all(WSCloseCode.GOING_AWAY, "server shutdown")
     except TimeoutError:
         logger.warning("some WebSocket clients did not close in %.0f s", SHUTDOWN_CLOSE_TIMEOUT_S)
     if VIDEO_HUB in app:
@@ -178,8 +178,7 @@ def create_app(settings: Settings, *, model: Predictor | None = None) -> web.App
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-    app[WEBSOCKETS] = sockets
+    app[WEBSOCKETS] = Connections()
     if model is not None:
         app[MODEL] = model
 

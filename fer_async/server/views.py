@@ -11,12 +11,10 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import BodyPartReader, StreamReader, web
 
-from fer_async.batcher import BatcherClosed, BatcherOverloaded
-from fer_async.imaging import ImageError
-from fer_async.labels import EMOTIONS, FrameResult
+from fer_async.labels import EMOTIONS
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fer_async.server.keys import BATCHER, DETECTOR_NAME, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
-from fer_async.server.ws import check_image_header, server_timings
+from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
 from fer_async.video import list_videos
 
 logger = logging.getLogger(__name__)
@@ -27,6 +25,14 @@ READ_CHUNK = 64 * 1024
 # Room for a multipart envelope (boundaries, part headers) around an image at the limit.
 MULTIPART_OVERHEAD = 16 * 1024
 RAW_CONTENT_TYPES = ("image/jpeg", "image/png", "image/pjpeg", "application/octet-stream")
+# The HTTP status of each refusal; "busy" also says when to retry.
+HTTP_STATUS = {
+    Reason.TOO_LARGE: 413,
+    Reason.BAD_IMAGE: 400,
+    Reason.BUSY: 503,
+    Reason.SHUTDOWN: 503,
+    Reason.ANALYSIS_FAILED: 500,
+}
 
 
 def _device(request: web.Request) -> str:
@@ -121,7 +127,8 @@ async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
 
 async def predict(request: web.Request) -> web.Response:
     """One image in (raw body or multipart field "image"), its faces out."""
-    limit = request.app[SETTINGS].max_frame_bytes
+    settings = request.app[SETTINGS]
+    limit = settings.max_frame_bytes
     too_large = f"image larger than {limit} bytes"
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
         return _error(413, too_large)
@@ -129,26 +136,20 @@ async def predict(request: web.Request) -> web.Response:
     try:
         upload = await _upload(request, limit)
     except _TooLarge:
-        metrics_.frame_errors.labels("too_large").inc()
-        return _error(413, too_large)
+        return _refused(refuse(metrics_, Reason.TOO_LARGE, too_large))
     if isinstance(upload, web.Response):
         return upload
     started = time.perf_counter()  # after the upload: a slow client's bytes are not server time
-    try:
-        check_image_header(upload, request.app[SETTINGS].max_pixels)
-        result: FrameResult = await request.app[BATCHER].submit(upload)
-    except ImageError as exc:
-        metrics_.frame_errors.labels("bad_image").inc()
-        return _error(400, str(exc))
-    except BatcherOverloaded:
-        metrics_.frame_errors.labels("busy").inc()
-        return _error(503, "server busy", **{"Retry-After": "1"})
-    except BatcherClosed:
-        return _error(503, "server shutting down")
-    except Exception:
-        metrics_.frame_errors.labels("analysis_failed").inc()
-        return _error(500, "analysis failed")  # the batch handler logged the traceback
-    metrics_.frame_done("api", len(result.faces))
-    payload = result.to_json()
-    payload["timings"] = server_timings(result, started)
+    outcome = check_frame(metrics_, upload, limit, settings.max_pixels) or await submit(
+        request.app[BATCHER], metrics_, "api", upload
+    )
+    if isinstance(outcome, Refused):
+        return _refused(outcome)
+    payload = outcome.to_json()
+    payload["timings"] = server_timings(outcome, started)
     return web.json_response(payload)
+
+
+def _refused(refused: Refused) -> web.Response:
+    headers = {"Retry-After": "1"} if refused.reason is Reason.BUSY else {}
+    return _error(HTTP_STATUS[refused.reason], refused.message, **headers)

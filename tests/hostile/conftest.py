@@ -22,10 +22,11 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
-from aiohttp import web
-from testsupport import free_port
 
+from fer_async.bench import harness
+from fer_async.bench.harness import free_port
 from fer_async.labels import EMOTIONS
+from fer_async.synthetic import astronaut_bgr, compose_frame, drifting_face_frames, jpeg, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_FRAME_BYTES = 200_000
@@ -38,20 +39,11 @@ SNAPSHOT_SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_ca
 
 
 @dataclass
-class LiveServer:
-    app: web.Application
-    port: int
-    host: str = "127.0.0.1"
+class LiveServer(harness.LiveServer):
+    """The shared harness's server, plus what the clients saw, to check nothing leaked."""
+
     transcript: list[str] = field(default_factory=list)  # every text the clients got back
     close_reasons: list[str] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ws"
 
     def record(self, text: str | bytes) -> None:
         self.transcript.append(text if isinstance(text, str) else text.decode("utf-8", "replace"))
@@ -66,18 +58,8 @@ class LiveServer:
 
 def write_demo_video(path: Path, frames: int = 30, fps: int = 15) -> Path:
     """A small real-face video (mp4v) for the MJPEG endpoint."""
-    from fer_async.bench import astronaut_bgr, compose_frame
-
-    photo = astronaut_bgr()
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (320, 240))
-    assert writer.isOpened(), "OpenCV cannot write mp4v here"
-    try:
-        for i in range(frames):
-            frame = compose_frame(photo, 40 + 2 * i, 20, width=320, height=240, side=200, seed=i)
-            writer.write(frame)
-    finally:
-        writer.release()
-    return path
+    clip = drifting_face_frames(frames, width=320, height=240, side=200, start=(40, 20), step=(2, 0))
+    return write_video(path, clip, fps)
 
 
 @pytest.fixture(scope="session")
@@ -105,17 +87,8 @@ def hostile_settings(video_dir: Path) -> Any:
 @contextlib.asynccontextmanager
 async def serve(settings: Any, model: Any) -> AsyncIterator[LiveServer]:
     """The real app on a real TCP port of 127.0.0.1 until the block ends."""
-    from fer_async.server.app import create_app
-
-    app = create_app(settings, model=model)
-    runner = web.AppRunner(app, shutdown_timeout=5.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", settings.port)
-        await site.start()
-        yield LiveServer(app, settings.port)
-    finally:
-        await asyncio.wait_for(runner.cleanup(), 60.0)
+    async with harness.serve_in_process(settings, model) as live:
+        yield LiveServer(live.app, live.port)
 
 
 @pytest.fixture
@@ -251,12 +224,7 @@ def lying_png(width: int = 20_000, height: int = 20_000) -> bytes:
 
 def small_face_jpeg(width: int = 320, height: int = 240, quality: int = 70) -> bytes:
     """A small real-face JPEG (a few KB), for flooding cheaply."""
-    from fer_async.bench import astronaut_bgr, compose_frame
-
-    frame = compose_frame(astronaut_bgr(), 60, 20, width=width, height=height, side=200, seed=3)
-    ok, buffer = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return bytes(buffer.tobytes())
+    return jpeg(compose_frame(astronaut_bgr(), 60, 20, width=width, height=height, side=200, seed=3), quality)
 
 
 def decodes(data: bytes) -> bool:

@@ -27,6 +27,7 @@ from aiohttp import WSCloseCode
 from testsupport import eventually, jpeg_scan_bomb
 
 from fer_async.labels import EMOTIONS
+from fer_async.server.connection import Connection
 from fer_async.server.keys import METRICS, VIDEO_HUB, WEBSOCKETS
 
 from .conftest import (
@@ -367,13 +368,13 @@ async def test_more_clients_than_max_clients_get_1013(
 FILL_LIMIT_S = 90.0  # bound on filling the socket buffers of a client that never reads
 
 
-def _server_side(server: LiveServer) -> list[Any]:
-    sockets: Any = server.app[WEBSOCKETS]  # a WeakSet, which mypy's AppKey lookup does not accept
-    return list(sockets)
+def _server_side(server: LiveServer) -> list[Connection]:
+    connections = server.app[WEBSOCKETS]
+    return list(connections)
 
 
-def _write_buffer(ws: Any) -> int:
-    transport = ws._req.transport if ws._req is not None else None  # aiohttp keeps no public handle
+def _write_buffer(connection: Connection) -> int:
+    transport = connection.transport
     return 0 if transport is None else int(transport.get_write_buffer_size())
 
 

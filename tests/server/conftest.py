@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from fer_async.config import Settings
@@ -20,8 +19,8 @@ from .helpers import CLIP_NAME, Client, MakeClient, write_clip
 
 
 @pytest.fixture(scope="session")
-def clip_bytes(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndarray) -> bytes:
-    return write_clip(tmp_path_factory.mktemp("clip") / CLIP_NAME, astronaut_bgr).read_bytes()
+def clip_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return write_clip(tmp_path_factory.mktemp("clip") / CLIP_NAME).read_bytes()
 
 
 @pytest.fixture

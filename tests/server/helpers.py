@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import cv2
 import numpy as np
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+
+from fer_async.synthetic import compose_frame, drifting_face_frames, jpeg, write_video
 
 REPLY_TIMEOUT_S = 60.0  # generous: the CPU may be shared with a training run
 CLIP_NAME = "clip.avi"
@@ -23,12 +24,7 @@ CLIP_FPS = 12
 
 def make_frame_jpeg(photo: np.ndarray, x: int, y: int, side: int, *, quality: int = 85) -> bytes:
     """A 640x480 JPEG with `photo` (a face) shrunk to side x side and pasted at (x, y)."""
-    from fer_async.bench import compose_frame
-
-    frame = compose_frame(photo, x, y, side=side)
-    ok, buffer = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return bytes(buffer.tobytes())
+    return jpeg(compose_frame(photo, x, y, side=side), quality)
 
 
 def iou(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> float:
@@ -62,19 +58,11 @@ async def connect(client: Client, **kwargs: Any) -> aiohttp.ClientWebSocketRespo
     return ws
 
 
-def write_clip(path: Path, photo: np.ndarray) -> Path:
+def write_clip(path: Path) -> Path:
     """A short real-face clip (MJPG in AVI, which every OpenCV build can write and read)."""
-    from fer_async.bench import compose_frame
-
     width, height = CLIP_SIZE
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), CLIP_FPS, CLIP_SIZE)
-    assert writer.isOpened()
-    try:
-        for i in range(CLIP_FRAMES):
-            writer.write(compose_frame(photo, 40 + 4 * i, 20, width=width, height=height, side=200, seed=i))
-    finally:
-        writer.release()
-    return path
+    frames = drifting_face_frames(CLIP_FRAMES, width=width, height=height, side=200, start=(40, 20), step=(4, 0))
+    return write_video(path, frames, CLIP_FPS)
 
 
 Client = TestClient[web.Request, web.Application]

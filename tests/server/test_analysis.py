@@ -20,8 +20,7 @@ from fer_async.labels import EMOTIONS
 from fer_async.server.analysis import ANALYSIS_JOBS, JOB_FRAMES_IN_FLIGHT, MAX_UPLOAD_BYTES
 from fer_async.server.app import create_app
 from fer_async.server.keys import ANALYZER, BATCHER, METRICS
-from fer_async.server.mjpeg import VIDEO_MAX_WIDTH
-from fer_async.video import VideoReader
+from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
 
 from .helpers import CLIP_NAME, Client
 

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from fer_async.config import DEFAULT_VIDEO_DIR, DEFAULT_WEIGHTS_DIR, Settings, SettingsError, build_parser
-from fer_async.imaging import MAX_PIXELS
+from fer_async.config import (
+    DEFAULT_VIDEO_DIR,
+    DEFAULT_WEIGHTS_DIR,
+    MAX_PIXELS,
+    MODEL_OPTIONS,
+    REPO_ROOT,
+    Settings,
+    SettingsError,
+    add_model_options,
+    build_parser,
+    model_option_defaults,
+    options_table,
+)
 from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 
@@ -103,3 +118,38 @@ def test_help_documents_every_env_var_and_default() -> None:
     for env in ["FER_HOST", "FER_PORT", "FER_MAX_BATCH", "FER_ALLOW_ORIGIN", "FER_CERT", "FER_VIDEO_DIR"]:
         assert env in text
     assert "default: 8080" in text and "default: 2000000" in text
+
+
+def test_readme_options_table_is_the_parser() -> None:
+    """Every flag, environment variable, default and help text of the README's table is the parser's."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Options") :]
+    section = section[: section.index("\n#", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert "\n".join(rows) == options_table(), "the README's options table differs: paste options_table()"
+    parser_flags = {a.option_strings[0] for a in build_parser()._actions if a.option_strings[0] != "-h"}
+    assert parser_flags == {row.split("`")[1].split()[0] for row in rows[2:]}
+
+
+def test_importing_config_loads_neither_opencv_nor_numpy() -> None:
+    code = "import sys, fer_async.config; print(sorted({'cv2', 'numpy'} & set(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_tools_take_the_model_options_with_the_server_defaults() -> None:
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    args = parser.parse_args([])
+    defaults = Settings()
+    for name in MODEL_OPTIONS:
+        assert getattr(args, name) == getattr(defaults, name), name
+    args = parser.parse_args(["--no-flip-tta", "--model-name", "other", "--detector", "yunet"])
+    assert (args.flip_tta, args.model_name, args.detector) == (False, "other", "yunet")
+    late = argparse.ArgumentParser()
+    add_model_options(late, ["detector"], defaults=False)
+    args = late.parse_args([])
+    assert args.detector is None
+    model_option_defaults(args)
+    assert args.detector == "haar"

@@ -1,0 +1,71 @@
+"""The compute bound: the bench's frames straight through `Analyzer.analyze`, no server."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fer_async.bench.report import percentile, round_or_none
+from fer_async.config import model_option_defaults
+
+
+def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
+    """The compute bound: frames straight through Analyzer.analyze, batches of --max-batch.
+
+    Built like the server builds it (real model, real detector, the analyzer's own detection
+    threads), in this process and on this thread; no sockets, no JSON, no batcher waits.
+    """
+    from fer_async.analyzer import Analyzer
+    from fer_async.detector import create_detector
+    from fer_async.model import FacialExpressionModel
+
+    options = argparse.Namespace(**vars(ns))
+    model_option_defaults(options)  # the server's defaults for what the command line left out
+    model = FacialExpressionModel(options.weights, options.model_name, flip_tta=options.flip_tta)
+    detector = create_detector(options.detector, options.detector_model)
+    batch = ns.max_batch
+    frames_done = errors = offset = 0
+    latencies: list[float] = []
+    with Analyzer(model, detector) as analyzer:
+
+        def one_batch() -> tuple[float, int]:
+            nonlocal offset
+            chunk = [frames[(offset + i) % len(frames)] for i in range(batch)]
+            offset += batch
+            started = time.perf_counter()
+            results = analyzer.analyze(chunk)
+            failed = sum(1 for r in results if isinstance(r, Exception) or not r.faces)
+            return (time.perf_counter() - started) * 1000.0, failed
+
+        warm_until = time.perf_counter() + ns.warmup
+        one_batch()  # at least one, so the first measured batch never pays a first-call cost
+        while time.perf_counter() < warm_until:
+            one_batch()
+        started = time.perf_counter()
+        end = started + ns.duration
+        while time.perf_counter() < end or not latencies:
+            elapsed_ms, failed = one_batch()
+            latencies.append(elapsed_ms)
+            frames_done += batch
+            errors += failed
+        seconds = time.perf_counter() - started
+    return {
+        "mode": "raw",
+        "clients": 0,
+        "frames": frames_done,
+        "fps": round(frames_done / seconds, 2),
+        # Per batch of --max-batch frames, not per frame.
+        "p50_ms": round_or_none(percentile(latencies, 50)),
+        "p95_ms": round_or_none(percentile(latencies, 95)),
+        "p99_ms": round_or_none(percentile(latencies, 99)),
+        "mean_ms": round_or_none(float(np.mean(latencies))),
+        "mean_batch": float(batch),
+        "dropped": 0,
+        "errors": errors,  # frames that failed or had no face (should be 0: each has one)
+        "timeouts": 0,
+        "seconds": round(seconds, 2),
+    }

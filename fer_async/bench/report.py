@@ -1,0 +1,80 @@
+"""What the bench prints: percentiles, the Prometheus histogram it reads, the table."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100, linear interpolation), None for no values."""
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def round_or_none(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def parse_histogram(text: str, needle: str = "batch_size") -> tuple[float, float] | None:
+    """(sum, count) of the Prometheus histogram/summary whose name contains `needle`.
+
+    Sums over label sets; `None` when no such metric is exported.
+    """
+    total: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not match:
+            continue
+        name, value = match.group(1), match.group(3)
+        if needle not in name:
+            continue
+        for suffix in ("_sum", "_count"):
+            if name.endswith(suffix):
+                with contextlib.suppress(ValueError):
+                    total[suffix] = total.get(suffix, 0.0) + float(value)
+    if "_sum" not in total or "_count" not in total:
+        return None
+    return total["_sum"], total["_count"]
+
+
+COLUMNS = (
+    ("clients", "clients", 7),
+    ("frames", "frames", 7),
+    ("fps", "fps", 8),
+    ("p50_ms", "p50 ms", 8),
+    ("p95_ms", "p95 ms", 8),
+    ("p99_ms", "p99 ms", 8),
+    ("mean_batch", "batch", 6),
+    ("dropped", "dropped", 8),
+    ("errors", "errors", 7),
+    ("timeouts", "t/o", 4),
+)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+        return str(value)
+
+    header = " ".join(title.rjust(width) for _, title, width in COLUMNS)
+    lines = [header, "-" * len(header)]
+    lines += [" ".join(cell(row.get(key)).rjust(width) for key, _, width in COLUMNS) for row in rows]
+    return "\n".join(lines)
+
+
+def emit(text: str) -> None:
+    """The bench's product goes to stdout (progress goes to the log, on stderr)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,99 @@
+"""What can become of a frame, decided once for every endpoint (WebSocket, /api/predict, MJPEG).
+
+`submit` sends a frame through the shared batcher and turns every way it can fail into a
+`Refused` with a `Reason` (the metric label of `fer_frame_errors_total`) and the message the
+client may see; `refuse` does the same for frames an endpoint turns away before submitting.
+Each endpoint only maps a `Refused` onto its own transport (a JSON error, an HTTP status, a
+frame shown without boxes).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+
+from fer_async.analyzer import Frame
+from fer_async.batcher import Batcher, BatcherClosed, BatcherOverloaded
+from fer_async.imaging import ImageError, check_image_header
+from fer_async.labels import FrameResult
+from fer_async.metrics import Metrics
+
+# The one batcher every endpoint submits to: frames (bytes or decoded arrays) in, results out.
+FrameBatcher = Batcher[Frame, FrameResult]
+
+
+class Reason(enum.StrEnum):
+    """Why a frame or message got no result: the `reason` label of fer_frame_errors_total."""
+
+    TOO_LARGE = "too_large"  # over --max-frame-bytes
+    BAD_IMAGE = "bad_image"  # not a JPEG/PNG, truncated, too many pixels
+    BUSY = "busy"  # the batcher's queue is full
+    SHUTDOWN = "shutdown"  # the server is stopping
+    ANALYSIS_FAILED = "analysis_failed"  # the detector or model failed on the frame's batch
+    BAD_MESSAGE = "bad_message"  # a WebSocket text message that is not a valid control message
+    PROTOCOL = "protocol"  # a WebSocket protocol error (aiohttp closes the socket)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A frame that got no result: why, and a message that is safe to show the client."""
+
+    reason: Reason
+    message: str
+
+
+BUSY_MESSAGE = "server busy"
+SHUTDOWN_MESSAGE = "server shutting down"
+FAILED_MESSAGE = "analysis failed"
+
+
+def refuse(metrics: Metrics, reason: Reason, message: str) -> Refused:
+    """Count a refusal and return it."""
+    metrics.frame_errors.labels(reason.value).inc()
+    return Refused(reason, message)
+
+
+def check_frame(metrics: Metrics, data: bytes, max_frame_bytes: int, max_pixels: int) -> Refused | None:
+    """The cheap checks (size, image header) made before a frame may take a batch slot."""
+    if len(data) > max_frame_bytes:
+        return refuse(metrics, Reason.TOO_LARGE, f"frame is {len(data)} bytes; the limit is {max_frame_bytes}")
+    try:
+        check_image_header(data, max_pixels)
+    except ImageError as exc:
+        return refuse(metrics, Reason.BAD_IMAGE, str(exc))
+    return None
+
+
+async def submit(batcher: FrameBatcher, metrics: Metrics, source: str, frame: Frame) -> FrameResult | Refused:
+    """The frame's result through the shared batcher, or why there is none (counted either way)."""
+    try:
+        result = await batcher.submit(frame)
+    except ImageError as exc:
+        return refuse(metrics, Reason.BAD_IMAGE, str(exc))
+    except BatcherOverloaded:
+        return refuse(metrics, Reason.BUSY, BUSY_MESSAGE)
+    except BatcherClosed:
+        return refuse(metrics, Reason.SHUTDOWN, SHUTDOWN_MESSAGE)
+    except Exception:
+        # The batch handler has logged the traceback once for the whole batch.
+        return refuse(metrics, Reason.ANALYSIS_FAILED, FAILED_MESSAGE)
+    metrics.frame_done(source, len(result.faces))
+    return result
+
+
+def server_timings(result: FrameResult, received: float) -> dict[str, float]:
+    """The analyzer's per-stage timings plus the server-side queue and total, in ms.
+
+    `received` is the `time.perf_counter()` at which the server had the whole frame.
+    """
+    timings = result.timings
+    total = (time.perf_counter() - received) * 1000.0
+    analysed = timings.get("total", timings.get("decode", 0.0) + timings.get("detect", 0.0) + timings.get("model", 0.0))
+    return {
+        "decode": round(timings.get("decode", 0.0), 2),
+        "detect": round(timings.get("detect", 0.0), 2),
+        "model": round(timings.get("model", 0.0), 2),
+        "queue": round(max(0.0, total - analysed), 2),
+        "total": round(total, 2),
+    }
