@@ -17,7 +17,8 @@ from analyze_clips import face_clip, not_a_video
 from fer_async.analyze import analyze_video, columns
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS
-from fer_async.server.analysis import ANALYSIS_JOBS, JOB_FRAMES_IN_FLIGHT, MAX_UPLOAD_BYTES
+from fer_async.server.analysis import ANALYSIS_JOBS, MAX_UPLOAD_BYTES
+from fer_async.server.analysis_jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.app import create_app
 from fer_async.server.keys import ANALYZER, BATCHER, METRICS
 from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
