@@ -47,6 +47,7 @@ class _Prepared:
     faces: np.ndarray  # uint8 [len(boxes), 48, 48]
     decode_ms: float
     detect_ms: float
+    crop_ms: float
 
 
 def _ms(seconds: float) -> float:
@@ -86,17 +87,20 @@ class Analyzer:
             raise TypeError(f"a frame must be bytes or a numpy array, not {type(frame).__name__}")
         decoded = time.perf_counter()
         boxes = self.detector.detect(image)[:MAX_FACES_PER_FRAME]  # detectors return the largest first
+        detected = time.perf_counter()
         faces = crop_faces(image, boxes)
         done = time.perf_counter()
         height, width = image.shape[:2]
-        return _Prepared(width, height, boxes, faces, _ms(decoded - started), _ms(done - decoded))
+        return _Prepared(
+            width, height, boxes, faces, _ms(decoded - started), _ms(detected - decoded), _ms(done - detected)
+        )
 
     def analyze(self, frames: Sequence[Frame]) -> list[FrameResult | ImageError]:
         """One result per frame, in order: a FrameResult, or the ImageError of that frame alone.
 
         Faces of all frames go through ONE `model.predict` call; frames without faces skip it.
-        Timings (ms): decode, detect (with cropping), model (the shared call, 0 when the frame
-        had no faces) and total (the whole analyze call, which is what each frame waited).
+        Timings (ms): decode, detect, crop, model (the shared call, 0 when the frame had no
+        faces) and total (the whole analyze call, which is what each frame waited).
         An exception from the detector or the model propagates: it fails the whole batch.
         """
         started = time.perf_counter()
@@ -133,18 +137,12 @@ class Analyzer:
             timings = {
                 "decode": p.decode_ms,
                 "detect": p.detect_ms,
+                "crop": p.crop_ms,
                 "model": model_ms if n else 0.0,
                 "total": total_ms,
             }
             results.append(FrameResult(width=p.width, height=p.height, faces=faces, timings=timings))
         return results
-
-    def analyze_one(self, frame: Frame) -> FrameResult:
-        """Analyse a single frame; a bad image raises its ImageError."""
-        (result,) = self.analyze([frame])
-        if isinstance(result, ImageError):
-            raise result
-        return result
 
     def close(self) -> None:
         """Stop the detection threads (waits for running work; later calls to analyze fail)."""

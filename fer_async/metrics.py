@@ -7,6 +7,8 @@ All names carry the `fer_` prefix, e.g. `fer_frames_total`.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # The classic text format: every Prometheus version and most scrapers understand it.
@@ -14,6 +16,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Where frames come from: the webcam socket, the MJPEG video streams, or the HTTP upload endpoint.
 SOURCES = ("ws", "video", "api")
+
+# Where the server's time per frame goes (`fer_stage_seconds_total`; divide by frames for a
+# per-frame profile, as `python -m fer_async.bench` does). decode, detect and crop run per frame
+# on the analyzer's pool; model is the shared call, counted once per batch; receive (the
+# WebSocket reader's checks and hand-off), json (result to text) and send (awaiting the socket
+# write) run on the event loop, for WebSocket frames.
+STAGES = ("receive", "decode", "detect", "crop", "model", "json", "send")
+ANALYZER_STAGES = ("decode", "detect", "crop")
 
 # Batches are capped by --max-batch (16 by default); powers of two show how full they run.
 _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -59,6 +69,17 @@ class Metrics:
         )
         self.connected_clients = Gauge("fer_connected_clients", "Open WebSocket clients", registry=r)
         self.video_viewers = Gauge("fer_video_viewers", "Open MJPEG viewers", registry=r)
+        self.stage_seconds = Counter(
+            "fer_stage_seconds", "Server seconds spent per stage of frame handling (see STAGES)", ["stage"], registry=r
+        )
+        # Read when /metrics is rendered, which happens on the event loop's thread: the CPU that
+        # thread has used, so a scraper can tell how busy (and how idle) the loop was in a window.
+        self.loop_cpu = Gauge(
+            "fer_event_loop_cpu_seconds", "CPU seconds used by the event loop thread (read at scrape)", registry=r
+        )
+        self.loop_cpu.set_function(time.thread_time)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
         # Pre-create the label sets so /metrics shows zeros before the first frame arrives.
         for source in SOURCES:
             self.frames.labels(source)
@@ -69,6 +90,16 @@ class Metrics:
         self.batch_size.observe(size)
         self.queue_wait.observe(queue_wait_s)
         self.model_seconds.observe(run_s)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).inc(seconds)
+
+    def observe_analysis(self, timings_ms: list[dict[str, float]]) -> None:
+        """The analyzer's per-frame stage timings (ms) of one batch; the shared model call once."""
+        for timings in timings_ms:
+            for stage in ANALYZER_STAGES:
+                self.stage_seconds.labels(stage).inc(timings.get(stage, 0.0) / 1000.0)
+        self.stage_seconds.labels("model").inc(max((t.get("model", 0.0) for t in timings_ms), default=0.0) / 1000.0)
 
     def frame_done(self, source: str, faces: int) -> None:
         self.frames.labels(source).inc()

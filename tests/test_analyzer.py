@@ -63,7 +63,7 @@ def test_one_model_call_for_all_faces_of_all_frames(
     assert [len(r.faces) for r in frames] == [1, 2, 0, 1]
     for r in frames:
         assert (r.width, r.height) == (640, 480)
-        assert set(r.timings) == {"decode", "detect", "model", "total"}
+        assert set(r.timings) == {"decode", "detect", "crop", "model", "total"}
         for face in r.faces:
             assert len(face.scores) == len(EMOTIONS) and abs(sum(face.scores) - 1) < 1e-4
             assert face.emotion in EMOTIONS
@@ -79,8 +79,8 @@ def test_batched_scores_match_frame_by_frame(
     frames = [two_faces_jpeg, no_face_jpeg, face_jpeg]
     batched = analyzer.analyze(frames)
     for frame, result in zip(frames, batched, strict=True):
-        alone = analyzer.analyze_one(frame)
-        assert isinstance(result, FrameResult)
+        (alone,) = analyzer.analyze([frame])
+        assert isinstance(result, FrameResult) and isinstance(alone, FrameResult)
         assert [f.box for f in result.faces] == [f.box for f in alone.faces]
         for a, b in zip(result.faces, alone.faces, strict=True):
             np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
@@ -108,17 +108,17 @@ def test_frames_without_faces_skip_the_model(analyzer: Analyzer, counting: Count
 
 def test_decoded_frames_from_the_video_path(analyzer: Analyzer, face_jpeg: bytes, face_box_region: Box) -> None:
     image = decode_image(face_jpeg)
-    result = analyzer.analyze_one(image)
-    assert len(result.faces) == 1 and result.timings["decode"] < 1.0
+    (result,) = analyzer.analyze([image])
+    assert isinstance(result, FrameResult) and len(result.faces) == 1 and result.timings["decode"] < 1.0
     with pytest.raises(ValueError, match="BGR uint8"):
         analyzer.analyze([image[..., 0]])
     with pytest.raises(TypeError):
         analyzer.analyze(["a file name"])  # type: ignore[list-item]
 
 
-def test_analyze_one_raises_the_image_error(analyzer: Analyzer) -> None:
-    with pytest.raises(ImageError, match="empty"):
-        analyzer.analyze_one(b"")
+def test_a_lone_bad_frame_gets_its_image_error(analyzer: Analyzer) -> None:
+    (result,) = analyzer.analyze([b""])
+    assert isinstance(result, ImageError) and "empty" in str(result)
 
 
 def test_max_pixels_is_applied(counting: CountingModel, face_jpeg: bytes) -> None:
@@ -176,5 +176,7 @@ def test_close_stops_the_pool(counting: CountingModel, face_jpeg: bytes) -> None
 
 def test_the_astronaut_smiles(analyzer: Analyzer, face_jpeg: bytes) -> None:
     """End to end on trained weights: the crop framing must match what the model learned."""
-    (face,) = analyzer.analyze_one(face_jpeg).faces
+    (result,) = analyzer.analyze([face_jpeg])
+    assert isinstance(result, FrameResult)
+    (face,) = result.faces
     assert face.emotion == "happy"

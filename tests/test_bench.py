@@ -16,6 +16,7 @@ import pytest
 from fer_async import synthetic
 from fer_async.bench import cli, harness, report
 from fer_async.detector import create_detector
+from fer_async.metrics import Metrics
 
 KEYS = ("clients", "frames", "fps", "p50_ms", "p99_ms", "mean_batch", "dropped")
 
@@ -73,6 +74,33 @@ def test_parse_histogram_sums_and_counts() -> None:
     assert report.parse_histogram("fer_frames_total 3\n") is None
 
 
+def test_stage_profile_from_two_scrapes_of_a_real_metrics_page() -> None:
+    metrics = Metrics()
+    before = metrics.render().decode()
+    for _ in range(4):
+        metrics.frame_done("ws", 1)
+        metrics.observe_stage("receive", 0.001)
+        metrics.observe_stage("json", 0.0005)
+        metrics.observe_stage("send", 0.002)
+    metrics.observe_analysis([{"decode": 2.0, "detect": 10.0, "crop": 0.5, "model": 8.0}] * 4)
+    after = metrics.render().decode()
+    profile = report.stage_profile(before, after, wall_s=1.0)
+    assert profile is not None
+    assert {k: profile[k] for k in report.PROFILE_STAGES} == {
+        "receive": 1.0,
+        "decode": 2.0,
+        "detect": 10.0,
+        "crop": 0.5,
+        "model": 2.0,  # one shared call of 8 ms for the batch of 4
+        "json": 0.5,
+        "send": 2.0,
+    }
+    assert 0.0 <= profile["loop_idle_pct"] <= 100.0
+    assert "event loop idle" in report.format_profile(4, profile)
+    assert report.stage_profile(before, before, wall_s=1.0) is None  # no frame in between
+    assert report.stage_profile("", after, wall_s=1.0) is None  # a server without the counters
+
+
 def test_format_table_and_percentile() -> None:
     assert report.percentile([], 50) is None
     assert report.percentile([1.0, 2.0, 3.0], 50) == 2.0
@@ -105,6 +133,11 @@ def test_load_run_prints_table_and_json(capsys: pytest.CaptureFixture[str]) -> N
     assert row["mode"] == "load"
     assert row["mean_batch"] is not None and 1.0 <= row["mean_batch"] <= 16.0  # read from /metrics
     assert "p95 ms" in out  # the human table came before the JSON
+    # The per-stage profile, read from the server's own counters over the measured window.
+    assert set(row["profile"]) == {*report.PROFILE_STAGES, "loop_idle_pct"}, row
+    assert all(row["profile"][stage] >= 0 for stage in report.PROFILE_STAGES)
+    assert row["profile"]["detect"] > 0 and row["profile"]["send"] > 0
+    assert "profile, 2 clients, server ms per frame: receive" in out
 
 
 def test_sweep_rows_against_one_server(capsys: pytest.CaptureFixture[str]) -> None:

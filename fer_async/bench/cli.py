@@ -24,6 +24,12 @@ JSON object with at least `clients, frames, fps, p50_ms, p99_ms, mean_batch, dro
 With `--sweep` that object describes the last row and carries every row under `"rows"`.
 `mean_batch` is read from the server's `/metrics` (the batch-size histogram's
 sum/count delta over the measured window); `null` when the server does not export it.
+After each row a `profile, N clients, server ms per frame: ...` line splits the server's time
+per WebSocket frame into stages (receive, decode, detect, crop, model, json, send; the model's
+batch call shared among its frames) and gives the event loop's idle share, from the deltas of
+`fer_stage_seconds_total`, `fer_frames_total{source="ws"}` and `fer_event_loop_cpu_seconds`
+over the measured window (also under `"profile"` in the JSON). "Idle" is 100% minus the loop
+thread's CPU time over wall time, so time spent waiting for the GIL counts as idle.
 
 `--raw` skips the server: the same frames go straight through `Analyzer.analyze` in batches
 of `--max-batch` (real model, real detector, this process), which is the fps the server
@@ -51,7 +57,7 @@ import aiohttp
 from fer_async.bench.harness import InProcessServer, ServerProcess, check_loopback
 from fer_async.bench.load import DEFAULT_RSS_INTERVAL_S, RunConfig, run_load, wait_for_hello
 from fer_async.bench.raw import run_raw
-from fer_async.bench.report import emit, format_table
+from fer_async.bench.report import emit, format_profile, format_table
 from fer_async.config import Settings, add_model_options
 from fer_async.synthetic import make_frames
 
@@ -207,6 +213,8 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
                 row = await run_load(session, cfg)
                 rows.append(row)
                 emit(format_table([row]).splitlines()[-1] if len(rows) > 1 else format_table([row]))
+                if "profile" in row:
+                    emit(format_profile(count, row["profile"]))
                 if ns.soak and "rss_start_mb" in row:
                     emit(
                         f"server RSS: start {row['rss_start_mb']} MB, end {row['rss_end_mb']} MB, "

@@ -20,7 +20,7 @@ import aiohttp
 import numpy as np
 
 from fer_async.bench.harness import rss_kb
-from fer_async.bench.report import emit, parse_histogram, percentile, round_or_none
+from fer_async.bench.report import emit, parse_histogram, percentile, round_or_none, stage_profile
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ class LoadStats:
             self.error_samples.append(text[:200])
 
 
-async def fetch_batch_histogram(session: aiohttp.ClientSession, base_url: str) -> tuple[float, float] | None:
-    """(sum, count) of the server's batch-size histogram, None when unavailable."""
+async def fetch_metrics(session: aiohttp.ClientSession, base_url: str) -> str | None:
+    """The server's /metrics page, None when unavailable."""
     try:
         async with session.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as resp:
             if resp.status != 200:
                 return None
-            return parse_histogram(await resp.text())
+            return await resp.text()
     except (aiohttp.ClientError, TimeoutError):
         return None
 
@@ -262,7 +262,7 @@ async def run_load(session: aiohttp.ClientSession, cfg: RunConfig) -> dict[str, 
     rss_task: asyncio.Task[None] | None = None
     try:
         await asyncio.sleep(cfg.warmup_s)
-        hist_start = await fetch_batch_histogram(session, cfg.base_url)
+        metrics_start = await fetch_metrics(session, cfg.base_url)
         window_start = loop.time()
         if cfg.rss_pid is not None:
             rss_task = asyncio.create_task(
@@ -270,7 +270,7 @@ async def run_load(session: aiohttp.ClientSession, cfg: RunConfig) -> dict[str, 
             )
         await asyncio.sleep(max(0.0, stop_at - loop.time()))
         window_end = loop.time()
-        hist_end = await fetch_batch_histogram(session, cfg.base_url)
+        metrics_end = await fetch_metrics(session, cfg.base_url)
         # Stragglers: every slot stops at stop_at and waits at most one reply timeout.
         done, pending = await asyncio.wait(tasks, timeout=REPLY_TIMEOUT_S + 10.0)
         for task in pending:
@@ -291,10 +291,15 @@ async def run_load(session: aiohttp.ClientSession, cfg: RunConfig) -> dict[str, 
             rss_samples.append((loop.time() - window_start, end_value))
             emit(f"server RSS at end: {end_value / 1024:.1f} MB")
 
-    mean_batch = None
-    if hist_start is not None and hist_end is not None and hist_end[1] > hist_start[1]:
-        mean_batch = (hist_end[0] - hist_start[0]) / (hist_end[1] - hist_start[1])
+    mean_batch = profile = None
+    if metrics_start is not None and metrics_end is not None:
+        hist_start, hist_end = parse_histogram(metrics_start), parse_histogram(metrics_end)
+        if hist_start is not None and hist_end is not None and hist_end[1] > hist_start[1]:
+            mean_batch = (hist_end[0] - hist_start[0]) / (hist_end[1] - hist_start[1])
+        profile = stage_profile(metrics_start, metrics_end, window_end - window_start)
     row = summarize(stats, (window_start, window_end), cfg.clients, mean_batch)
+    if profile is not None:
+        row["profile"] = profile
     if stats.error_samples:
         row["error_samples"] = stats.error_samples
     if cfg.rss_pid is not None and rss_samples:

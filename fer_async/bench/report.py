@@ -46,6 +46,55 @@ def parse_histogram(text: str, needle: str = "batch_size") -> tuple[float, float
     return total["_sum"], total["_count"]
 
 
+# The stages the server counts in fer_stage_seconds_total (fer_async.metrics.STAGES), in the
+# order a WebSocket frame meets them.
+PROFILE_STAGES = ("receive", "decode", "detect", "crop", "model", "json", "send")
+
+
+def parse_samples(text: str) -> dict[tuple[str, str], float]:
+    """Every sample of a Prometheus text page: (name, label text) -> value."""
+    samples: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if match and not line.startswith("#"):
+            with contextlib.suppress(ValueError):
+                samples[(match.group(1), match.group(2) or "")] = float(match.group(3))
+    return samples
+
+
+def stage_profile(before: str, after: str, wall_s: float) -> dict[str, float] | None:
+    """Mean server ms per WebSocket frame by stage, and the event loop's idle share (%), between two scrapes.
+
+    None when the server does not export the stage counters (an older server) or answered no
+    frame in between. The model stage is the shared batch call divided among the batch's frames.
+    """
+    start, end = parse_samples(before), parse_samples(after)
+    frames_key = ("fer_frames_total", '{source="ws"}')
+    if frames_key not in start or frames_key not in end:
+        return None
+    frames = end[frames_key] - start[frames_key]
+    if frames <= 0:
+        return None
+    profile: dict[str, float] = {}
+    for stage in PROFILE_STAGES:
+        key = ("fer_stage_seconds_total", f'{{stage="{stage}"}}')
+        if key not in start or key not in end:
+            return None
+        profile[stage] = round((end[key] - start[key]) / frames * 1000.0, 3)
+    loop_key = ("fer_event_loop_cpu_seconds", "")
+    if loop_key in start and loop_key in end and wall_s > 0:
+        busy = (end[loop_key] - start[loop_key]) / wall_s
+        profile["loop_idle_pct"] = round(max(0.0, 100.0 * (1.0 - busy)), 1)
+    return profile
+
+
+def format_profile(clients: int, profile: dict[str, float]) -> str:
+    stages = "  ".join(f"{stage} {profile[stage]:.2f}" for stage in PROFILE_STAGES)
+    idle = profile.get("loop_idle_pct")
+    idle_text = "" if idle is None else f"  | event loop idle {idle:.0f}%"
+    return f"profile, {clients} clients, server ms per frame: {stages}{idle_text}"
+
+
 COLUMNS = (
     ("clients", "clients", 7),
     ("frames", "frames", 7),

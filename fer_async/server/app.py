@@ -98,11 +98,15 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def analyze(frames: list[Frame]) -> list[FrameResult | Exception]:
         try:
-            return list(await loop.run_in_executor(executor, analyzer.analyze, frames))
+            results: list[FrameResult | Exception] = list(
+                await loop.run_in_executor(executor, analyzer.analyze, frames)
+            )
         except Exception:
             # Logged once here, with the traceback; each client only hears "analysis failed".
             logger.exception("analysis of a batch of %d frames failed", len(frames))
             raise
+        metrics.observe_analysis([r.timings for r in results if isinstance(r, FrameResult)])
+        return results
 
     def on_batch(stats: BatchStats) -> None:
         metrics.observe_batch(stats.size, stats.queue_wait_s, stats.run_s)

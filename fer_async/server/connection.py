@@ -213,7 +213,9 @@ class Connection:
             if self.worker_stopped:
                 break  # nobody left to answer (the worker closed the socket or failed)
             if msg.type is WSMsgType.BINARY:
+                started = time.perf_counter()
                 await self._on_frame(msg.data)
+                self.metrics.observe_stage("receive", time.perf_counter() - started)
             elif msg.type is WSMsgType.TEXT:
                 await self._on_text(msg.data)
             elif msg.type is WSMsgType.ERROR:
@@ -293,28 +295,38 @@ class Connection:
                     return
                 reply = await self._analyse(frame)
                 # Replies queued while the frame was analysed go first: they are older.
-                if not await self._flush() or not await self._send(reply):
+                if not await self._flush():
+                    return
+                started = time.perf_counter()
+                sent = await self._send(reply)
+                self.metrics.observe_stage("send", time.perf_counter() - started)
+                if not sent:
                     return
             elif self.mailbox.closed:
                 return
 
-    async def _analyse(self, frame: _Frame) -> protocol.Message:
+    async def _analyse(self, frame: _Frame) -> str:
+        """The reply to `frame`, already encoded (so its JSON cost is measured here, not in send)."""
         outcome = await submit(self.batcher, self.metrics, "ws", frame.data)
         if isinstance(outcome, Refused):
-            return protocol.error(outcome.message, frame.id)
+            return protocol.encode(protocol.error(outcome.message, frame.id))
+        started = time.perf_counter()
         payload = outcome.to_json()
         # Time of receipt, not of analysis: the smoothing follows the client's own frame rate.
         payload["faces"] = [face.to_json() for face in self.tracker.update(outcome.faces, frame.received)]
         payload["timings"] = server_timings(outcome, frame.received)
-        return protocol.result(frame.id, payload, self.dropped)
+        text = protocol.encode(protocol.result(frame.id, payload, self.dropped))
+        self.metrics.observe_stage("json", time.perf_counter() - started)
+        return text
 
-    async def _send(self, message: protocol.Message) -> bool:
-        """Send one JSON message; False when the socket is gone (or was closed for slowness)."""
+    async def _send(self, message: protocol.Message | str) -> bool:
+        """Send one JSON message (or its text); False when the socket is gone (or was closed for slowness)."""
         if self.ws.closed:
             return False
+        text = message if isinstance(message, str) else protocol.encode(message)
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                await self.ws.send_str(protocol.encode(message))
+                await self.ws.send_str(text)
         except TimeoutError:
             logger.warning("%s has not read its replies for %.0f s; closing it", self.peer, SEND_TIMEOUT_S)
             self.evicting = True

@@ -89,10 +89,11 @@ def server_timings(result: FrameResult, received: float) -> dict[str, float]:
     """
     timings = result.timings
     total = (time.perf_counter() - received) * 1000.0
-    analysed = timings.get("total", timings.get("decode", 0.0) + timings.get("detect", 0.0) + timings.get("model", 0.0))
+    detect = timings.get("detect", 0.0) + timings.get("crop", 0.0)  # clients see cropping as part of detection
+    analysed = timings.get("total", timings.get("decode", 0.0) + detect + timings.get("model", 0.0))
     return {
         "decode": round(timings.get("decode", 0.0), 2),
-        "detect": round(timings.get("detect", 0.0), 2),
+        "detect": round(detect, 2),
         "model": round(timings.get("model", 0.0), 2),
         "queue": round(max(0.0, total - analysed), 2),
         "total": round(total, 2),
