@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +223,14 @@ def test_real_mov_clip_has_a_row_per_frame(analyzer: Analyzer) -> None:
     assert frames == list(range(0, 169, 4))
     assert any(r["face"] is not None for r in rows if r["frame"] < 60)
     assert np.mean([r["face"] is None for r in rows if r["frame"] > 120]) > 0.8
+
+
+def test_the_cli_imports_neither_the_web_server_nor_tensorflow_before_it_needs_it() -> None:
+    """`--help`, bad inputs and output checks answer without TensorFlow's seconds of import."""
+    code = (
+        "import sys, fer_async.analyze.__main__; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'tensorflow', 'keras'}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
