@@ -51,21 +51,31 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", type=Path, help="video files, JPEG/PNG images, or directories of them")
-    p.add_argument("--out", help="rows: FILE.csv, FILE.jsonl, DIR/ (one CSV per input), a {stem} template, or -")
-    p.add_argument("--annotate", help="annotated video: FILE.mp4, DIR/ or a {stem} template")
-    p.add_argument("--plot", help="timeline PNG per input (needs matplotlib): FILE.png, DIR/ or a {stem} template")
+    p.add_argument(
+        "--out",
+        metavar="FILE|DIR/|-",
+        help="rows: FILE.csv, FILE.jsonl, DIR/ (one CSV per input), a {stem} template, or -",
+    )
+    p.add_argument("--annotate", metavar="FILE.mp4|DIR/", help="annotated video: FILE.mp4, DIR/ or a {stem} template")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png|DIR/",
+        help="timeline PNG per input (needs matplotlib): FILE.png, DIR/ or a {stem} template",
+    )
     p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default: 1)")
     server = Settings()  # the defaults below are the server's, so a file gets the labels the server shows
     p.add_argument(
         "--smoothing-ms",
         type=float,
         default=server.smoothing_ms,
+        metavar="MS",
         help="per-track smoothing time constant; 0 = raw scores and their argmax (default: %(default)s)",
     )
     p.add_argument(
         "--label-margin",
         type=float,
         default=server.label_margin,
+        metavar="P",
         help="a track's label changes only when another class leads by this much (default: %(default)s)",
     )
     add_model_options(p)  # --weights --model-name --flip-tta --detector --detector-model, as the server
@@ -73,7 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-width",
         type=int,
         default=ANALYSIS_MAX_WIDTH,
-        help="shrink frames to this width before detection, as the video stream does; 0 = full size",
+        metavar="PX",
+        help="shrink frames to this width before detection, as the video stream does; 0 = full size "
+        "(default: %(default)s)",
     )
     args = p.parse_args(argv)
     if args.every < 1:
