@@ -232,3 +232,25 @@ async def test_shutdown_removes_every_file(make_analysis_client: MakeAnalysisCli
     assert response.status == 202
     await client.close()
     assert not workdir.exists()
+
+
+async def test_a_third_analysis_waits_for_one_of_two_to_end(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client()
+    clip = face_clip(tmp_path / "face.mp4", frames=200)
+    urls = []
+    for _ in range(2):
+        response = await client.post("/api/analyses", data=upload_form(clip))
+        assert response.status == 202
+        urls.append((await response.json())["url"])
+    response = await client.post("/api/analyses", data=upload_form(clip))
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    assert "2 analyses are already running" in (await response.json())["error"]
+    assert len(uploads_left(client)) <= 2  # the refused upload was never stored
+    for url in urls:
+        await client.delete(url)
+        job, _ = await wait_for_job(client, url)
+        assert job["state"] in ("stopped", "done")
+    response = await client.post("/api/analyses", json={"video": CLIP_NAME})
+    assert response.status == 202
