@@ -156,8 +156,13 @@ def _analyse_file(
         rows_out = RowWriter(target, columns(analysis.smoothed))
     video_out = None
     if args.annotate is not None:
-        target = output_path(args.annotate, info.path, several, "_annotated.mp4")
-        video_out = AnnotationWriter(target, info.fps or 25.0, (info.width, info.height))
+        try:
+            target = output_path(args.annotate, info.path, several, "_annotated.mp4")
+            video_out = AnnotationWriter(target, info.fps or 25.0, (info.width, info.height))
+        except BaseException:
+            if rows_out is not None:
+                rows_out.discard()  # no orphaned temporary file
+            raise
     summary = FileSummary(keep_timeline=args.plot is not None)
     name = str(info.path)
     started = time.perf_counter()
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         for info in sources:
             try:
                 result = _analyse_file(args, info, analyzer, several, stop, report)
-            except OutputError as exc:
+            except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
                 _error(str(exc))
                 return EXIT_USAGE
             if result == EXIT_INTERRUPTED:
@@ -277,4 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before the analysis started (loading the model) or a second Ctrl-C
+        sys.exit(EXIT_INTERRUPTED)

@@ -120,8 +120,10 @@ async def create_analysis(request: web.Request) -> web.Response:
             return received
         try:
             job = jobs.start(Path(part.filename or "upload").name, received, upload=True)
-        except BaseException:
-            received.unlink(missing_ok=True)
+        except BaseException as exc:
+            await asyncio.to_thread(received.unlink, True)
+            if isinstance(exc, JobsBusy):  # others started while this one uploaded
+                return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
             raise
     else:
         return _error(415, "upload the video as multipart form field 'video', or POST JSON {\"video\": NAME}")
