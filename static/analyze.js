@@ -105,11 +105,11 @@
       canvas.dataset.face = track.face;
       figure.append(title, canvas);
       charts.append(figure);
-      draw(canvas, track, timeline.emotions);
+      draw(canvas, track, timeline.emotions, timeline.duration_s);
     }
   }
 
-  function draw(canvas, track, emotions) {
+  function draw(canvas, track, emotions, duration) {
     const ratio = window.devicePixelRatio || 1;
     const width = canvas.clientWidth || 600;
     const height = canvas.clientHeight || 180;
@@ -118,8 +118,9 @@
     const ctx = canvas.getContext("2d");
     ctx.scale(ratio, ratio);
     const pad = { left: 34, right: 8, top: 8, bottom: 20 };
-    const t0 = track.times[0];
-    const t1 = track.times[track.times.length - 1];
+    // The whole file's time, so where a face appears and leaves shows; a track's own span otherwise.
+    const t0 = duration > 0 ? 0 : track.times[0];
+    const t1 = duration > 0 ? duration : track.times[track.times.length - 1];
     const span = Math.max(t1 - t0, 1e-6);
     const x = (t) => pad.left + ((t - t0) / span) * (width - pad.left - pad.right);
     const y = (p) => pad.top + (1 - p) * (height - pad.top - pad.bottom);
@@ -138,11 +139,18 @@
     const end = `${t1.toFixed(1)} s`;
     ctx.fillText(end, width - pad.right - ctx.measureText(end).width, height - 5);
     ctx.lineWidth = 1.5;
+    // A gap longer than a few frames (the face out of view) breaks the line instead of bridging it.
+    const steps = track.times.slice(1).map((t, i) => t - track.times[i]);
+    const gap = 3 * Math.max(0.04, Math.min(Infinity, ...steps));
     for (const name of emotions) {
       const values = track.scores[name];
       ctx.strokeStyle = COLOURS[name];
       ctx.beginPath();
-      values.forEach((p, i) => (i ? ctx.lineTo(x(track.times[i]), y(p)) : ctx.moveTo(x(track.times[i]), y(p))));
+      values.forEach((p, i) => {
+        const joined = i > 0 && track.times[i] - track.times[i - 1] <= gap;
+        if (joined) ctx.lineTo(x(track.times[i]), y(p));
+        else ctx.moveTo(x(track.times[i]), y(p));
+      });
       ctx.stroke();
     }
   }

@@ -195,7 +195,8 @@ def _analyse_file(
     if args.plot is not None and summary.frames_analysed:
         target = output_path(args.plot, info.path, several, "_timeline.png")
         title = f"{info.path.name}: emotion probabilities per face"
-        written.append(plot_timeline(summary, title, target, complete=complete))
+        duration = analysis.frames_read / info.fps if info.kind == "video" and info.fps else 0.0
+        written.append(plot_timeline(summary, title, target, duration_s=duration, complete=complete))
 
     speed = analysis.frames_read / elapsed if elapsed > 0 else 0.0
     realtime = f", {speed / info.fps:.2f}x real time" if info.kind == "video" and info.fps else ""

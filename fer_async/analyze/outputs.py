@@ -169,7 +169,9 @@ def emotion_colours_rgb() -> dict[str, tuple[float, float, float]]:
     return {name: (r / 255, g / 255, b / 255) for name, (b, g, r) in _COLOURS.items()}
 
 
-def plot_timeline(summary: FileSummary, title: str, target: Path, *, complete: bool = True) -> Path:
+def plot_timeline(
+    summary: FileSummary, title: str, target: Path, *, duration_s: float = 0.0, complete: bool = True
+) -> Path:
     """A PNG with one panel per track (the longest PLOT_MAX_TRACKS): each emotion's probability over time."""
     try:
         import matplotlib
@@ -192,6 +194,8 @@ def plot_timeline(summary: FileSummary, title: str, target: Path, *, complete: b
         axes[0, 0].text(0.5, 0.5, "no face seen in 3 or more frames", ha="center", va="center")
     axes[0, 0].set_title(title, fontsize=10)
     axes[-1, 0].set_xlabel("time (s)")
+    if duration_s > 0:  # the whole file, so where a face appears and leaves shows
+        axes[-1, 0].set_xlim(0, duration_s)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=len(EMOTIONS), fontsize=8, frameon=False)

@@ -89,11 +89,12 @@ class Job:
             "tracks": self.summary.to_json(),
         }
         if not self.running:
-            payload["timeline"] = timeline_json(self.summary)
+            duration = self.frames_done / self.fps if self.fps > 0 else 0.0
+            payload["timeline"] = timeline_json(self.summary, duration)
         return payload
 
 
-def timeline_json(summary: FileSummary) -> dict[str, Any]:
+def timeline_json(summary: FileSummary, duration_s: float) -> dict[str, Any]:
     """The longest tracks' (smoothed) probabilities over time, thinned to CHART_POINTS each."""
     tracks = []
     for track_id, stats in summary.main_tracks(CHART_TRACKS):
@@ -108,7 +109,8 @@ def timeline_json(summary: FileSummary) -> dict[str, Any]:
                 },
             }
         )
-    return {"emotions": list(EMOTIONS), "tracks": tracks}
+    # The charts span the whole file, so a face's time in view reads against the file's length.
+    return {"emotions": list(EMOTIONS), "duration_s": round(duration_s, 3), "tracks": tracks}
 
 
 class AnalysisJobs:
