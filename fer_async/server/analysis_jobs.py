@@ -179,14 +179,16 @@ class AnalysisJobs:
 
     async def _run(self, job: Job) -> None:
         try:
-            await asyncio.to_thread(self._analyse, job)
+            state, error, warning = await asyncio.to_thread(self._analyse, job)
         except Exception as exc:
             logger.exception("analysis %s of %s failed", job.id, job.name)
-            job.state, job.error = "failed", f"analysis failed: {type(exc).__name__}"
+            state, error, warning = "failed", f"analysis failed: {type(exc).__name__}", None
         finally:
-            job.finished = time.monotonic()
             if job.upload:
                 await asyncio.to_thread(job.source.unlink, True)
+        # Published only now: whoever sees the job ended also finds its upload gone.
+        job.error, job.warning, job.finished = error, warning, time.monotonic()
+        job.state = state
 
     def _classifier(self, job: Job) -> Callable[[list[np.ndarray]], list[FrameResult]]:
         def classify(frames: list[np.ndarray]) -> list[FrameResult]:
@@ -212,13 +214,15 @@ class AnalysisJobs:
                 raise RuntimeError(outcome.message)  # shutdown, or the batch failed: the job fails
             await asyncio.sleep(OVERLOAD_BACKOFF_S)  # a full queue: the live clients come first
 
-    def _analyse(self, job: Job) -> None:
-        """The job's thread: the CLI's FileAnalysis with the batcher as classifier, rows to CSV."""
+    def _analyse(self, job: Job) -> tuple[str, str | None, str | None]:
+        """The job's thread: the CLI's FileAnalysis with the batcher as classifier, rows to CSV.
+
+        Returns the job's final (state, error, warning), for `_run` to publish.
+        """
         try:
             info = open_source(job.source)
         except InputError as exc:
-            job.state, job.error = "failed", _without_path(str(exc), job.source)
-            return
+            return "failed", _without_path(str(exc), job.source), None
         job.frames_total, job.fps, job.state = info.frame_count, info.fps, "running"
         analysis = FileAnalysis(
             info,
@@ -244,16 +248,17 @@ class AnalysisJobs:
             else:
                 job.csv_path = writer.finish(complete) or job.csv_path
         if analysis.frames_read == 0:
-            job.state, job.error = "failed", "the video has no frames"
-        elif job.stop.is_set():
-            job.state = "stopped"
-        else:
-            job.state = "done"
-            if analysis.stopped_early:
-                job.warning = (
-                    f"decoding stopped at frame {analysis.frames_read} of the {info.frame_count} the header "
-                    "announces (truncated or corrupt); the rows up to there are in the CSV"
-                )
+            return "failed", "the video has no frames", None
+        if job.stop.is_set():
+            return "stopped", None, None
+        if analysis.stopped_early:
+            return (
+                "done",
+                None,
+                f"decoding stopped at frame {analysis.frames_read} of the {info.frame_count} the header "
+                "announces (truncated or corrupt); the rows up to there are in the CSV",
+            )
+        return "done", None, None
 
 
 def _remove_results(job: Job) -> None:
