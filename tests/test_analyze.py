@@ -234,3 +234,14 @@ def test_the_cli_imports_neither_the_web_server_nor_tensorflow_before_it_needs_i
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_rows_to_stdout_and_the_summary_to_stderr(
+    clips: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(clips["no_face"]), "--out", "-"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == ",".join(columns(smoothed=True))
+    assert [line.split(",")[1] for line in lines[1:]] == [str(i) for i in range(6)]
+    assert "coffee.mp4: 6 frames read, 6 analysed (0 with faces), 6 rows, 0 tracks" in captured.err
