@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fer_async.config import DETECTOR_KINDS
-from fer_async.detector import HaarDetector, YuNetDetector, create_detector
+from fer_async.detector import HaarDetector, YuNetDetector, create_detector, create_detector_for
 from fer_async.imaging import decode_image
 from fer_async.labels import Box
 
@@ -147,3 +147,17 @@ def test_create_detector(tmp_path: Path) -> None:
         create_detector("yunet", garbage)
     with pytest.raises(ValueError, match="choose from haar, yunet"):
         create_detector("dlib")
+
+
+def test_create_detector_for_names_what_runs(tmp_path: Path, yunet_model: Path) -> None:
+    detector, name = create_detector_for("haar")
+    assert name == "haar" and isinstance(detector, HaarDetector)
+    detector, name = create_detector_for("yunet", yunet_model)
+    assert name == "yunet" and isinstance(detector, YuNetDetector)
+    # A model file the user named but that is not there is an error, never a silent fallback.
+    with pytest.raises(ValueError, match="not found"):
+        create_detector_for("yunet", tmp_path / "missing.onnx")
+    # Not named, not cached, download refused: Haar (tests/test_detector_model.py checks the log line).
+    empty = {"XDG_CACHE_HOME": str(tmp_path / "empty")}
+    detector, name = create_detector_for(env=empty, url="http://127.0.0.1:9/yunet.onnx")
+    assert name == "haar" and isinstance(detector, HaarDetector)

@@ -217,3 +217,26 @@ def test_draw_annotations_at_the_top_edge_stays_inside(face_jpeg: bytes) -> None
     draw_annotations(image, [Face(box=(0, 0, 100, 100), scores=(1, 0, 0, 0, 0, 0, 0))])
     draw_annotations(image, [])  # nothing to draw is fine
     assert image.shape == (480, 640, 3)
+
+
+def test_a_tracked_face_is_labelled_with_its_id_and_steady_label(face_jpeg: bytes) -> None:
+    from fer_async.tracker import TrackedFace
+
+    box = (220, 120, 120, 120)
+    happy_leads = (0.01, 0.01, 0.01, 0.49, 0.05, 0.03, 0.40)
+    plain, tracked = decode_image(face_jpeg), decode_image(face_jpeg)
+    draw_annotations(plain, [Face(box, happy_leads)])  # "happy 49%"
+    draw_annotations(tracked, [TrackedFace(7, box, happy_leads, happy_leads, "happy")])  # "7 happy 49%"
+
+    def label_width(image: np.ndarray) -> int:
+        fill = np.any(image[95:118] != decode_image(face_jpeg)[95:118], axis=2)
+        return int(fill.any(axis=0).sum())
+
+    assert label_width(tracked) > label_width(plain) + 10
+    # Neutral leads this frame, but the track's shown label (hysteresis) is still happy: drawn in its colour.
+    neutral_leads = (0.01, 0.01, 0.01, 0.40, 0.05, 0.03, 0.49)
+    steady = decode_image(face_jpeg)
+    draw_annotations(steady, [TrackedFace(7, box, neutral_leads, neutral_leads, "happy")])
+    label = steady[95:118, 222:300].reshape(-1, 3)
+    happy_colour = np.array([0, 200, 255])
+    assert (np.abs(label.astype(int) - happy_colour).sum(axis=1) == 0).mean() > 0.3

@@ -117,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.video.is_file():
         print(f"clip: error: no such video: {args.video}", file=sys.stderr)
         return 2
-    from fer_async.detector import create_detector  # OpenCV only: a bad model path fails before TensorFlow
+    from fer_async.detector import create_detector_for  # OpenCV only: a bad model path fails before TensorFlow
 
     try:
-        detector = create_detector(args.detector, args.detector_model)
+        # YuNet's file from the cache or one download; Haar (and one log line) without it.
+        detector, args.detector = create_detector_for(args.detector, args.detector_model)
     except (ValueError, RuntimeError) as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2

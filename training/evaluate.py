@@ -190,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         split = Split(x=split.x[keep], y=split.y[keep])
     detector = None
     if args.via_detector:
-        from fer_async.detector import create_detector  # OpenCV only: a bad model path fails before TensorFlow
+        from fer_async.detector import create_detector_for  # OpenCV only: a bad model path fails before TensorFlow
 
         try:
-            detector = create_detector(args.detector, args.detector_model)
+            # YuNet's file from the cache or one download; Haar (and one log line) without it.
+            detector, args.detector = create_detector_for(args.detector, args.detector_model)
         except (ValueError, RuntimeError) as e:
             return fail(str(e))
 

@@ -20,13 +20,13 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     threads), in this process and on this thread; no sockets, no JSON, no batcher waits.
     """
     from fer_async.analyzer import Analyzer
-    from fer_async.detector import create_detector
+    from fer_async.detector import create_detector_for
     from fer_async.model import FacialExpressionModel
 
     options = argparse.Namespace(**vars(ns))
     model_option_defaults(options)  # the server's defaults for what the command line left out
     model = FacialExpressionModel(options.weights, options.model_name, flip_tta=options.flip_tta)
-    detector = create_detector(options.detector, options.detector_model)
+    detector, _name = create_detector_for(options.detector, options.detector_model)
     batch = ns.max_batch
     frames_done = errors = offset = 0
     latencies: list[float] = []

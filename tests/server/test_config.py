@@ -152,4 +152,4 @@ def test_tools_take_the_model_options_with_the_server_defaults() -> None:
     args = late.parse_args([])
     assert args.detector is None
     model_option_defaults(args)
-    assert args.detector == "haar"
+    assert args.detector == "yunet"

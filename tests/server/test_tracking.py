@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import YUNET_MODEL
 
 from fer_async.labels import EMOTIONS
 from fer_async.server.keys import ANALYZER, METRICS
 
 from .helpers import CLIP_NAME, REPLY_TIMEOUT_S, MakeClient, connect, make_frame_jpeg, reply_for
 from .test_mjpeg import read_part
+
+YUNET_MODEL = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "face_detection_yunet.onnx"
 
 
 async def test_ws_faces_carry_a_stable_id_smoothed_and_raw_scores(

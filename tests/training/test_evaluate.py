@@ -169,6 +169,28 @@ def test_detector_options_need_via_detector(tiny_npz: Path) -> None:
     assert exc.value.code == 2
 
 
-def test_yunet_without_model_exits_2(tiny_npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert evaluate.main(["--data", str(tiny_npz), "--via-detector", "--detector", "yunet"]) == 2
-    assert "needs a model file" in capsys.readouterr().err
+def test_yunet_without_model_falls_back_to_haar_when_it_cannot_be_had(
+    tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An empty cache, and downloads refused (tests/conftest.py points them at a closed port).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    args = ["--data", str(tiny_npz), "--via-detector", "--detector", "yunet", "--limit", "2", "--out", str(tmp_path)]
+    assert evaluate.main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["via_detector"]["detector"] == "haar"
+
+
+def test_yunet_with_a_missing_model_file_exits_2(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "--data",
+        str(tiny_npz),
+        "--via-detector",
+        "--detector-model",
+        str(tmp_path / "nope.onnx"),
+        "--detector",
+        "yunet",
+    ]
+    assert evaluate.main(args) == 2
+    assert "not found" in capsys.readouterr().err
