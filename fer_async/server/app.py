@@ -20,7 +20,7 @@ from fer_async.detector import create_detector_for
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.remote import ExecutorUnavailable, RemotePredictor
-from fer_async.server import mjpeg, views, ws
+from fer_async.server import analysis, mjpeg, views, ws
 from fer_async.server.connection import Connections
 from fer_async.server.keys import (
     ANALYZER,
@@ -222,6 +222,7 @@ def create_app(
     app.cleanup_ctx.extend([_model_executor_ctx, _model_ctx, _analyzer_ctx, _batcher_ctx, _video_hub_ctx])
     if several:
         app.cleanup_ctx.append(worker_ctx)
+    analysis.setup(app)  # video analysis jobs (after the batcher's context, which they use)
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(_security_headers)
 

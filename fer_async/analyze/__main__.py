@@ -1,0 +1,289 @@
+"""python -m fer_async.analyze VIDEO_OR_IMAGE_OR_DIR... [--out F.csv|F.jsonl|DIR/] [--annotate F.mp4] [--plot F.png]
+
+Analyses each file in turn through the server's pipeline and writes one row per face per
+analysed frame (frames without faces get one row with empty face fields, so time has no holes).
+With several inputs, --out/--annotate/--plot take a directory (ending in /) or a name with
+{stem}, e.g. `--out results/ --annotate 'annotated/{stem}.mp4' --plot 'plots/{stem}.png'`.
+`--out -` writes CSV to stdout (then the summary goes to stderr).
+
+Outputs are written under a temporary name and renamed when the file was analysed to its end.
+Interrupted (Ctrl-C) or cut short (a truncated or corrupt video), they are kept as
+NAME.incomplete.EXT with every row up to that point. Exit status: 0 all files complete; 1 some
+input could not be analysed (or only partly); 2 usage error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from fer_async.analyze import load_analyzer
+from fer_async.analyze.core import (
+    ANALYSIS_MAX_WIDTH,
+    FileAnalysis,
+    FileSummary,
+    InputError,
+    SourceInfo,
+    analyzer_classify,
+    columns,
+    frame_rows,
+    open_source,
+    video_files,
+)
+from fer_async.analyze.outputs import (
+    AnnotationWriter,
+    OutputError,
+    RowWriter,
+    output_path,
+    plot_timeline,
+)
+from fer_async.config import Settings, add_model_options
+
+PROG = "python -m fer_async.analyze"
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, help="video files, JPEG/PNG images, or directories of them")
+    p.add_argument(
+        "--out",
+        metavar="FILE|DIR/|-",
+        help="rows: FILE.csv, FILE.jsonl, DIR/ (one CSV per input), a {stem} template, or -",
+    )
+    p.add_argument("--annotate", metavar="FILE.mp4|DIR/", help="annotated video: FILE.mp4, DIR/ or a {stem} template")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png|DIR/",
+        help="timeline PNG per input (needs matplotlib): FILE.png, DIR/ or a {stem} template",
+    )
+    p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default: 1)")
+    server = Settings()  # the defaults below are the server's, so a file gets the labels the server shows
+    p.add_argument(
+        "--smoothing-ms",
+        type=float,
+        default=server.smoothing_ms,
+        metavar="MS",
+        help="per-track smoothing time constant; 0 = raw scores and their argmax (default: %(default)s)",
+    )
+    p.add_argument(
+        "--label-margin",
+        type=float,
+        default=server.label_margin,
+        metavar="P",
+        help="a track's label changes only when another class leads by this much (default: %(default)s)",
+    )
+    add_model_options(p)  # --weights --model-name --flip-tta --detector --detector-model, as the server
+    p.add_argument(
+        "--max-width",
+        type=int,
+        default=ANALYSIS_MAX_WIDTH,
+        metavar="PX",
+        help="shrink frames to this width before detection, as the video stream does; 0 = full size "
+        "(default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    if args.every < 1:
+        p.error("--every must be at least 1")
+    if args.smoothing_ms < 0:
+        p.error("--smoothing-ms must be >= 0")
+    if not 0 <= args.label_margin < 1:
+        p.error("--label-margin must be in [0, 1)")
+    if args.max_width != 0 and args.max_width < 16:
+        p.error("--max-width must be 0 or at least 16")
+    return args
+
+
+def _error(message: str) -> None:
+    print(f"analyze: error: {message}", file=sys.stderr, flush=True)
+
+
+class _StopOnInterrupt:
+    """The first Ctrl-C asks to stop after the frame in hand; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def _progress(info: SourceInfo) -> Any:
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing when stderr is piped or redirected.
+    return tqdm(
+        total=info.frame_count or None,
+        unit="frame",
+        desc=info.path.name,
+        disable=None,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def _analyse_file(
+    args: argparse.Namespace, info: SourceInfo, analyzer: Any, several: bool, stop: _StopOnInterrupt, report: IO[str]
+) -> int:
+    """Analyse one file into its outputs; the exit status it earns."""
+    analysis = FileAnalysis(
+        info,
+        analyzer_classify(analyzer),
+        every=args.every,
+        smoothing_ms=args.smoothing_ms,
+        label_margin=args.label_margin,
+        max_width=args.max_width or None,
+        keep_images=args.annotate is not None,
+    )
+    rows_out = None
+    if args.out is not None:
+        target = None if args.out == "-" else output_path(args.out, info.path, several, ".csv")
+        rows_out = RowWriter(target, columns(analysis.smoothed))
+    video_out = None
+    if args.annotate is not None:
+        try:
+            target = output_path(args.annotate, info.path, several, "_annotated.mp4")
+            video_out = AnnotationWriter(target, info.fps or 25.0, (info.width, info.height))
+        except BaseException:
+            if rows_out is not None:
+                rows_out.discard()  # no orphaned temporary file
+            raise
+    summary = FileSummary(keep_timeline=args.plot is not None)
+    name = str(info.path)
+    started = time.perf_counter()
+    failure: str | None = None
+    with _progress(info) as bar:
+        try:
+            for frame in analysis:
+                rows = frame_rows(name, frame, analysis.smoothed) if frame.analysed else []
+                if rows_out is not None:
+                    rows_out.write(rows)
+                if video_out is not None:
+                    video_out.write(frame)
+                summary.add(frame, len(rows))
+                bar.update(1)
+                if stop.requested:
+                    break
+        except KeyboardInterrupt:
+            stop.requested = True
+        except Exception as exc:  # a bug or a decoder crash: keep what was written, say so
+            failure = f"{info.path}: analysis failed at frame {analysis.frames_read}: {exc!r}"
+    elapsed = time.perf_counter() - started
+    if analysis.frames_read == 0 and failure is None and not stop.requested:
+        for writer in (rows_out, video_out):
+            if writer is not None:
+                writer.discard()
+        _error(f"{info.path}: the video has no frames")
+        return EXIT_FAILED
+    complete = failure is None and not stop.requested and not analysis.stopped_early
+    written = [w.finish(complete) for w in (rows_out, video_out) if w is not None]
+    if args.plot is not None and summary.frames_analysed:
+        target = output_path(args.plot, info.path, several, "_timeline.png")
+        title = f"{info.path.name}: emotion probabilities per face"
+        duration = analysis.frames_read / info.fps if info.kind == "video" and info.fps else 0.0
+        written.append(plot_timeline(summary, title, target, duration_s=duration, complete=complete))
+
+    speed = analysis.frames_read / elapsed if elapsed > 0 else 0.0
+    realtime = f", {speed / info.fps:.2f}x real time" if info.kind == "video" and info.fps else ""
+    print(
+        f"{info.path.name}: {analysis.frames_read} frames read, {summary.frames_analysed} analysed "
+        f"({summary.frames_with_faces} with faces), {summary.rows} rows, {len(summary.tracks)} tracks; "
+        f"{elapsed:.1f} s, {speed:.1f} frames/s{realtime}",
+        file=report,
+    )
+    for line in summary.lines():
+        print(line, file=report)
+    for path in written:
+        if path is not None:
+            print(f"  wrote {path}", file=report)
+    report.flush()
+    if failure is not None:
+        _error(failure)
+        return EXIT_FAILED
+    if stop.requested:
+        _error(f"{info.path}: interrupted at frame {analysis.frames_read}; rows so far kept as *.incomplete.*")
+        return EXIT_INTERRUPTED
+    if analysis.stopped_early:
+        _error(
+            f"{info.path}: decoding stopped at frame {analysis.frames_read} of the {info.frame_count} its header "
+            f"announces ({analysis.frames_read / info.fps:.2f} s of {info.duration_s:.2f} s): truncated or corrupt; "
+            "the rows up to there are kept as *.incomplete.*"
+        )
+        return EXIT_FAILED
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    paths = [p for given in args.inputs for p in video_files(given)]
+    if not paths:
+        _error("no video or image files in " + ", ".join(str(p) for p in args.inputs))
+        return EXIT_FAILED
+    several = len(paths) > 1
+    stems = [p.stem for p in paths]
+    if several and len(set(stems)) < len(stems):
+        _error("several inputs share a file name stem; their outputs would overwrite each other")
+        return EXIT_USAGE
+    try:
+        for option, default in ((args.out, ".csv"), (args.annotate, ".mp4"), (args.plot, ".png")):
+            if option is not None and option != "-":
+                output_path(option, paths[0], several, default)
+    except OutputError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    status = 0
+    sources: list[SourceInfo] = []
+    for path in paths:  # cheap checks first: no model load for a folder of bad files
+        try:
+            sources.append(open_source(path))
+        except InputError as exc:
+            _error(str(exc))
+            status = EXIT_FAILED
+    if not sources:
+        return status
+    try:
+        analyzer = load_analyzer(
+            detector=args.detector,
+            detector_model=args.detector_model,
+            weights=args.weights,
+            model_name=args.model_name,
+            flip_tta=args.flip_tta,
+        )
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    report = sys.stderr if args.out == "-" else sys.stdout
+    print(f"detector: {getattr(analyzer.detector, 'name', args.detector)}", file=report)
+    with analyzer, _StopOnInterrupt() as stop:
+        for info in sources:
+            try:
+                result = _analyse_file(args, info, analyzer, several, stop, report)
+            except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
+                _error(str(exc))
+                return EXIT_USAGE
+            if result == EXIT_INTERRUPTED:
+                return EXIT_INTERRUPTED
+            status = max(status, result)
+    return status
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before the analysis started (loading the model) or a second Ctrl-C
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,338 @@
+"""One file through the server's pipeline: decode, detect + classify (the `Analyzer`), track, rows.
+
+Used by the CLI and Python API (`fer_async.analyze`) and by the server's upload jobs
+(`fer_async.server.analysis`). Only *how frames reach the Analyzer* differs between them: the
+CLI calls `Analyzer.analyze` directly, the server goes through its batcher; both hand
+`FileAnalysis` a `classify` function. Frames are shrunk exactly as the MJPEG stream shrinks
+them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the same labels.
+
+Memory stays flat: frames are decoded, classified in chunks and dropped; only the per-track
+counters (and, when asked for, a compact timeline) grow with the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fer_async.imaging import ImageError, decode_image
+from fer_async.labels import EMOTIONS, Box, FrameResult
+from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN, TrackedFace, Tracker
+from fer_async.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VIDEO_MAX_WIDTH, shrink_to_width
+
+logger = logging.getLogger(__name__)
+
+# The width the MJPEG stream analyses its frames at: the same frames give the same labels.
+ANALYSIS_MAX_WIDTH = VIDEO_MAX_WIDTH
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+FRAMES_PER_CALL = 16  # frames per Analyzer call in the CLI: the model's batch, as the server's max_batch
+# With --every N and --annotate the skipped frames wait for their chunk too; bound that buffer.
+MAX_BUFFERED_FRAMES = 64
+
+BASE_COLUMNS: tuple[str, ...] = ("file", "frame", "time_s", "face", "x", "y", "w", "h", "emotion")
+SMOOTHED_PREFIX = "smoothed_"
+
+Classify = Callable[[list[np.ndarray]], Sequence[FrameResult]]
+
+
+class InputError(ValueError):
+    """A file that cannot be analysed; the message is one line, fit for a terminal."""
+
+
+def columns(smoothed: bool) -> tuple[str, ...]:
+    """The row keys, in order: raw scores per emotion, then smoothed ones when smoothing is on."""
+    smoothed_columns = tuple(SMOOTHED_PREFIX + name for name in EMOTIONS) if smoothed else ()
+    return BASE_COLUMNS + EMOTIONS + smoothed_columns
+
+
+def _looks_like_video(path: Path) -> bool:
+    """Whether the first bytes are a video container's (mp4/mov, AVI, Matroska/WebM)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1a\x45\xdf\xa3"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: Path
+    kind: str  # "video" or "image"
+    fps: float  # the container's (DEFAULT_FPS when it does not say); 0 for an image
+    frame_count: int  # frames the header announces (0 when unknown); 1 for an image
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frame_count / self.fps if self.fps > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class AnalysedFrame:
+    """One frame of the file; `faces` carry track ids and boxes in the file's own pixels."""
+
+    index: int
+    time_s: float
+    analysed: bool  # False for frames skipped by `every` (their faces: the last analysed ones)
+    faces: tuple[TrackedFace, ...]
+    image: np.ndarray | None  # the decoded frame at full size, only when `keep_images`
+
+
+def open_source(path: str | Path) -> SourceInfo:
+    """What `path` is, or an InputError saying in one line why it cannot be analysed."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        image = _read_image(path)
+        return SourceInfo(path, "image", 0.0, 1, image.shape[1], image.shape[0])
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            if _looks_like_video(path):
+                raise InputError(f"{path}: a video container OpenCV cannot open: no frames, truncated or corrupt")
+            raise InputError(f"{path}: not a video or image OpenCV can read")
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        count = float(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        capture.release()
+    fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+    frame_count = int(count) if math.isfinite(count) and count > 0 else 0
+    return SourceInfo(path, "video", fps, frame_count, width, height)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        return decode_image(path.read_bytes())  # the server's decoder, with its limits
+    except ImageError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _scaled(box: Box, scale: float) -> Box:
+    if scale == 1.0:
+        return box
+    x, y, w, h = box
+    return (round(x * scale), round(y * scale), round(w * scale), round(h * scale))
+
+
+@dataclass
+class FileAnalysis:
+    """Iterate to analyse `info.path`; afterwards `frames_read`, `stopped_early` say how it ended.
+
+    `classify` gets a list of BGR frames (shrunk to `max_width`) and returns one FrameResult
+    each, in order. Every `every`-th frame is analysed (frame 0 first). The Tracker gets each
+    analysed frame's time, index / fps; `smoothing_ms` and `label_margin` mean what the
+    server's --smoothing-ms and --label-margin mean (smoothing 0: raw scores, their argmax).
+    """
+
+    info: SourceInfo
+    classify: Classify
+    every: int = 1
+    smoothing_ms: float = DEFAULT_SMOOTHING_MS
+    label_margin: float = DEFAULT_SWITCH_MARGIN
+    max_width: int | None = ANALYSIS_MAX_WIDTH
+    frames_per_call: int = FRAMES_PER_CALL
+    keep_images: bool = False
+    frames_read: int = field(default=0, init=False)
+    frames_analysed: int = field(default=0, init=False)
+    _last_faces: tuple[TrackedFace, ...] = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"every must be at least 1, got {self.every}")
+        if self.frames_per_call < 1:
+            raise ValueError(f"frames_per_call must be at least 1, got {self.frames_per_call}")
+        # Smoothing off means the raw model output throughout: no hysteresis either.
+        margin = self.label_margin if self.smoothing_ms > 0 else 0.0
+        self.tracker = Tracker(smoothing_ms=self.smoothing_ms, switch_margin=margin)
+
+    @property
+    def smoothed(self) -> bool:
+        return self.smoothing_ms > 0
+
+    @property
+    def stopped_early(self) -> bool:
+        """Decoding ended before the frame count the header announces (truncated or corrupt)."""
+        return self.info.frame_count > 0 and self.frames_read < self.info.frame_count
+
+    def _frames(self) -> Iterator[tuple[int, np.ndarray | None]]:
+        """(index, frame) for every frame; None for frames neither analysed nor kept."""
+        if self.info.kind == "image":
+            self.frames_read = 1
+            yield 0, _read_image(self.info.path)
+            return
+        capture = cv2.VideoCapture(str(self.info.path))
+        try:
+            index = 0
+            while True:
+                wanted = self.keep_images or index % self.every == 0
+                # grab() without retrieve() skips the colour conversion of frames nobody looks at.
+                ok = capture.grab()
+                frame = None
+                if ok and wanted:
+                    ok, frame = capture.retrieve()
+                if not ok or (wanted and frame is None):
+                    return
+                self.frames_read = index + 1
+                yield index, frame
+                index += 1
+        finally:
+            capture.release()
+
+    def __iter__(self) -> Iterator[AnalysedFrame]:
+        pending: list[tuple[int, np.ndarray | None]] = []
+        for index, frame in self._frames():
+            pending.append((index, frame))
+            analysed = sum(1 for i, _ in pending if i % self.every == 0)
+            if analysed >= self.frames_per_call or len(pending) >= MAX_BUFFERED_FRAMES:
+                yield from self._flush(pending)
+                pending = []
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, pending: list[tuple[int, np.ndarray | None]]) -> Iterator[AnalysedFrame]:
+        to_classify = [(i, f) for i, f in pending if i % self.every == 0 and f is not None]
+        shrunk = [shrink_to_width(f, self.max_width) for _, f in to_classify]
+        results = list(self.classify(shrunk)) if shrunk else []
+        if len(results) != len(shrunk):
+            raise RuntimeError(f"classify returned {len(results)} results for {len(shrunk)} frames")
+        by_index = {i: (f.shape[1], r) for (i, f), r in zip(to_classify, results, strict=True)}
+        fps = self.info.fps or DEFAULT_FPS
+        for index, frame in pending:
+            time_s = index / fps if self.info.kind == "video" else 0.0
+            analysed = index in by_index
+            if analysed:
+                full_width, result = by_index[index]
+                tracked = self.tracker.update(result.faces, time_s)
+                scale = full_width / result.width
+                self._last_faces = tuple(dataclasses.replace(t, box=_scaled(t.box, scale)) for t in tracked)
+                self.frames_analysed += 1
+            image = frame if self.keep_images else None
+            yield AnalysedFrame(index, time_s, analysed, self._last_faces, image)
+
+
+def frame_rows(file: str, frame: AnalysedFrame, smoothed: bool) -> list[dict[str, Any]]:
+    """The rows of one analysed frame: one per face, or one with empty face fields when none."""
+    base: dict[str, Any] = {"file": file, "frame": frame.index, "time_s": round(frame.time_s, 4)}
+    if not frame.faces:
+        return [dict.fromkeys(columns(smoothed)) | base]
+    rows = []
+    for face in frame.faces:
+        x, y, w, h = face.box
+        row = base | {"face": face.id, "x": x, "y": y, "w": w, "h": h, "emotion": face.emotion}
+        row |= {name: round(p, 4) for name, p in zip(EMOTIONS, face.raw_scores, strict=True)}
+        if smoothed:
+            row |= {SMOOTHED_PREFIX + name: round(p, 4) for name, p in zip(EMOTIONS, face.scores, strict=True)}
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class TrackStats:
+    """What one track showed: its frames, first and last time, and how often each label."""
+
+    frames: int = 0
+    first_s: float = 0.0
+    last_s: float = 0.0
+    labels: Counter[str] = field(default_factory=Counter)
+    # Compact timeline (time, then one array per emotion): 8 bytes per value, only when wanted.
+    times: array[float] = field(default_factory=lambda: array("d"))
+    scores: list[array[float]] = field(default_factory=lambda: [array("d") for _ in EMOTIONS])
+
+    def shares(self) -> dict[str, float]:
+        return {name: self.labels[name] / self.frames for name in EMOTIONS if self.labels[name]}
+
+
+@dataclass
+class FileSummary:
+    """Per-track figures of one file, fed frame by frame; `keep_timeline` for plots and charts."""
+
+    keep_timeline: bool = False
+    frames_analysed: int = 0
+    frames_with_faces: int = 0
+    rows: int = 0
+    tracks: dict[int, TrackStats] = field(default_factory=dict)
+
+    def add(self, frame: AnalysedFrame, rows: int) -> None:
+        if not frame.analysed:
+            return
+        self.frames_analysed += 1
+        self.rows += rows
+        self.frames_with_faces += bool(frame.faces)
+        for face in frame.faces:
+            stats = self.tracks.get(face.id)
+            if stats is None:
+                stats = self.tracks[face.id] = TrackStats(first_s=frame.time_s)
+            stats.frames += 1
+            stats.last_s = frame.time_s
+            stats.labels[face.emotion] += 1
+            if self.keep_timeline:
+                stats.times.append(frame.time_s)
+                for values, p in zip(stats.scores, face.scores, strict=True):
+                    values.append(p)
+
+    def main_tracks(self, limit: int, min_frames: int = 3) -> list[tuple[int, TrackStats]]:
+        """The `limit` longest tracks seen in at least `min_frames` frames, by id."""
+        kept = [(i, s) for i, s in self.tracks.items() if s.frames >= min_frames]
+        longest = sorted(kept, key=lambda item: item[1].frames, reverse=True)[:limit]
+        return sorted(longest, key=lambda item: item[0])
+
+    def lines(self) -> list[str]:
+        """Human-readable per-track lines: time seen and share of it per label."""
+        out = []
+        for track_id, stats in sorted(self.tracks.items()):
+            shares = sorted(stats.shares().items(), key=lambda kv: kv[1], reverse=True)
+            text = ", ".join(f"{name} {share:.0%}" for name, share in shares)
+            out.append(f"  face {track_id}: {stats.first_s:.2f}-{stats.last_s:.2f} s, {stats.frames} frames: {text}")
+        return out
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "face": track_id,
+                "frames": stats.frames,
+                "first_s": round(stats.first_s, 3),
+                "last_s": round(stats.last_s, 3),
+                "shares": {k: round(v, 4) for k, v in stats.shares().items()},
+            }
+            for track_id, stats in sorted(self.tracks.items())
+        ]
+
+
+def analyzer_classify(analyzer: Any) -> Classify:
+    """`classify` for FileAnalysis that calls `Analyzer.analyze` directly (the CLI, the API)."""
+
+    def classify(frames: list[np.ndarray]) -> list[FrameResult]:
+        results = analyzer.analyze(frames)
+        for result in results:
+            if not isinstance(result, FrameResult):  # decoded frames cannot fail to decode
+                raise RuntimeError(f"analysis failed on a decoded frame: {result}")
+        return list(results)
+
+    return classify
+
+
+def video_files(path: Path) -> list[Path]:
+    """`path` itself, or the videos and images directly inside it when it is a directory."""
+    if not path.is_dir():
+        return [path]
+    suffixes = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    return sorted(
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+    )

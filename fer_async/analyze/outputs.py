@@ -1,0 +1,206 @@
+"""Where the rows, the annotated video and the timeline go: files that are complete or say so.
+
+Every output is written under a hidden temporary name next to its target and renamed when the
+file was analysed to its end; an interrupted or cut-short analysis keeps what it wrote under
+`NAME.incomplete.EXT` instead. So a file at the name asked for is always a complete one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from fer_async.analyze.core import AnalysedFrame, FileSummary
+from fer_async.imaging import _COLOURS, draw_annotations
+from fer_async.labels import EMOTIONS
+
+logger = logging.getLogger(__name__)
+
+ROW_FORMATS = (".csv", ".jsonl")
+INCOMPLETE = ".incomplete"
+STEM_FIELD = "{stem}"
+PLOT_MAX_TRACKS = 6  # more panels than this are unreadable; the longest tracks are shown
+
+
+class OutputError(ValueError):
+    """An output name that cannot work (wrong suffix, several inputs onto one file)."""
+
+
+def incomplete_path(target: Path) -> Path:
+    return target.with_name(target.stem + INCOMPLETE + target.suffix)
+
+
+def _temporary_path(target: Path) -> Path:
+    # Same directory (so the rename is atomic) and same suffix (VideoWriter picks the container by it).
+    return target.with_name(f".{target.stem}.part{os.getpid()}{target.suffix}")
+
+
+def output_path(template: str, source: Path, several: bool, default_suffix: str) -> Path:
+    """The output for `source`: `{stem}` is replaced, a directory gets `STEM + default_suffix`.
+
+    With several inputs the template must name a directory or contain `{stem}`, so that no two
+    inputs write the same file.
+    """
+    if template.endswith(("/", os.sep)) or Path(template).is_dir():
+        return Path(template) / f"{source.stem}{default_suffix}"
+    if STEM_FIELD in template:
+        return Path(template.replace(STEM_FIELD, source.stem))
+    if several:
+        raise OutputError(f"{template}: with several inputs, give a directory (ending in /) or a name with {{stem}}")
+    return Path(template)
+
+
+class _Finishing:
+    """A temporary file that becomes `target` when complete, `NAME.incomplete.EXT` otherwise."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary = _temporary_path(target)
+
+    def _rename(self, complete: bool) -> Path:
+        final = self.target if complete else incomplete_path(self.target)
+        os.replace(self.temporary, final)
+        if complete:
+            # A leftover from an earlier interrupted run would contradict the complete file.
+            incomplete_path(self.target).unlink(missing_ok=True)
+        return final
+
+    def discard(self) -> None:
+        self.temporary.unlink(missing_ok=True)
+
+
+class RowWriter(_Finishing):
+    """CSV or JSON Lines, one row per face per analysed frame, flushed after every frame."""
+
+    def __init__(self, target: Path | None, columns: Sequence[str]) -> None:
+        self.columns = tuple(columns)
+        self.stdout = target is None
+        suffix = ".csv" if target is None else target.suffix.lower()
+        if suffix not in ROW_FORMATS:
+            raise OutputError(f"{target}: --out must end in .csv or .jsonl")
+        self.jsonl = suffix == ".jsonl"
+        self.file: IO[str]
+        if target is None:
+            self.file = sys.stdout
+        else:
+            super().__init__(target)
+            self.file = self.temporary.open("w", newline="", encoding="utf-8")
+        self._csv = csv.DictWriter(self.file, fieldnames=self.columns, lineterminator="\n")
+        if not self.jsonl:
+            self._csv.writeheader()
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            if self.jsonl:
+                self.file.write(json.dumps({k: row[k] for k in self.columns}) + "\n")
+            else:
+                self._csv.writerow(row)
+        # Flushed per frame: an interrupted run (Ctrl-C, a kill) leaves only whole rows behind.
+        self.file.flush()
+
+    def finish(self, complete: bool) -> Path | None:
+        if self.stdout:
+            return None
+        self.file.close()
+        return self._rename(complete)
+
+    def discard(self) -> None:
+        if not self.stdout:
+            self.file.close()
+            super().discard()
+
+
+class AnnotationWriter(_Finishing):
+    """The input with boxes, track ids and labels drawn as the MJPEG stream draws them (mp4v)."""
+
+    def __init__(self, target: Path, fps: float, size: tuple[int, int]) -> None:
+        super().__init__(target)
+        self.image_output = target.suffix.lower() in (".jpg", ".jpeg", ".png")
+        self._writer: cv2.VideoWriter | None = None
+        self._last: np.ndarray | None = None
+        if not self.image_output:
+            self._writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+            if not self._writer.isOpened():
+                raise OutputError(f"{target}: OpenCV cannot write a video there (use .mp4)")
+        self.size = size
+
+    def write(self, frame: AnalysedFrame) -> None:
+        if frame.image is None:
+            raise ValueError("annotating needs the frames: analyse with keep_images=True")
+        image = frame.image
+        draw_tracked(image, frame)
+        if self._writer is not None:
+            if (image.shape[1], image.shape[0]) != self.size:  # a stream that changes size midway
+                image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+            self._writer.write(image)
+        else:
+            self._last = image
+
+    def finish(self, complete: bool) -> Path:
+        if self._writer is not None:
+            self._writer.release()
+        elif self._last is not None and not cv2.imwrite(str(self.temporary), self._last):
+            raise OutputError(f"{self.target}: OpenCV cannot write this image")
+        return self._rename(complete)
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        super().discard()
+
+
+def draw_tracked(image: np.ndarray, frame: AnalysedFrame) -> None:
+    """The MJPEG stream's own drawing: box, track id, label and its score per face."""
+    draw_annotations(image, frame.faces)
+
+
+def emotion_colours_rgb() -> dict[str, tuple[float, float, float]]:
+    """The drawing colours (BGR in imaging) as matplotlib RGB fractions, so plot and video match."""
+    return {name: (r / 255, g / 255, b / 255) for name, (b, g, r) in _COLOURS.items()}
+
+
+def plot_timeline(
+    summary: FileSummary, title: str, target: Path, *, duration_s: float = 0.0, complete: bool = True
+) -> Path:
+    """A PNG with one panel per track (the longest PLOT_MAX_TRACKS): each emotion's probability over time."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise OutputError("--plot needs matplotlib: pip install 'fer_async[analyze]'") from None
+    tracks = summary.main_tracks(PLOT_MAX_TRACKS)
+    colours = emotion_colours_rgb()
+    panels = max(1, len(tracks))
+    fig, axes = plt.subplots(panels, 1, figsize=(9, 0.4 + 1.9 * panels), sharex=True, squeeze=False)
+    for ax, (track_id, stats) in zip(axes[:, 0], tracks, strict=False):
+        for name, values in zip(EMOTIONS, stats.scores, strict=True):
+            ax.plot(stats.times, values, color=colours[name], label=name, linewidth=1.4)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"face {track_id}")
+        ax.grid(alpha=0.3)
+    if not tracks:
+        axes[0, 0].text(0.5, 0.5, "no face seen in 3 or more frames", ha="center", va="center")
+    axes[0, 0].set_title(title, fontsize=10)
+    axes[-1, 0].set_xlabel("time (s)")
+    if duration_s > 0:  # the whole file, so where a face appears and leaves shows
+        axes[-1, 0].set_xlim(0, duration_s)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(EMOTIONS), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    finishing = _Finishing(target)
+    fig.savefig(finishing.temporary, dpi=80, format="png")
+    plt.close(fig)
+    return finishing._rename(complete)

@@ -1,0 +1,191 @@
+"""Video analysis jobs in the server: upload a file (or pick one of /videos), watch progress, get a chart and a CSV.
+
+    GET  /analyze                      the page (`?video=NAME` starts a job on a file of --video-dir)
+    POST /api/analyses                 multipart field "video" (an upload) or JSON {"video": NAME}: 202 + the job
+    GET  /api/analyses/{id}            state, progress, per-track summary; the timeline once done
+    GET  /api/analyses/{id}/csv        the rows (as `python -m fer_async.analyze --out`)
+    DELETE /api/analyses/{id}          stop a running job (its rows so far stay downloadable)
+
+A job runs the CLI's own `FileAnalysis` (decode, Tracker, rows) in a worker thread, and its
+frames go through the SAME batcher as the webcam frames, so it is one code path with the live
+view and the CLI. Live clients are protected three ways:
+
+* A job has at most JOB_FRAMES_IN_FLIGHT frames in the batcher at a time. The batcher is FIFO,
+  so a live frame never waits behind more than that many frames per running job, never behind
+  a whole file; a job's frames fill the batches' spare room, which is why it still runs fast.
+* At most MAX_RUNNING_JOBS jobs run at once (more get 503 before their upload is read), so
+  jobs together hold a bounded share of every batch and of the queue.
+* While anyone watches live (a WebSocket client or an MJPEG viewer), a job rests after each
+  of its chunks as long as the chunk took (LIVE_REST), so it takes at most about half of the
+  time and CPU it would take alone; with nobody live it runs at full speed.
+* A job that finds the queue full backs off and retries (each refusal counted as "busy" in
+  fer_frame_errors_total, as any other), where a live frame would be dropped.
+  Decoding, tracking and CSV writing happen on the job's thread, never on the event loop or
+  the model thread.
+
+Uploads are streamed to a temporary file in a private directory (size-limited: 413 past the
+limit, the partial file removed at once); the file is removed when its job ends, whatever the
+outcome, and the whole directory when the server stops. Results expire after RESULT_TTL_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp_jinja2
+from aiohttp import BodyPartReader, web
+
+from fer_async.server.analysis_jobs import DEFAULT_MAX_UPLOAD_BYTES, UPLOAD_CHUNK, AnalysisJobs, Job, JobsBusy
+from fer_async.server.keys import BATCHER, METRICS, SETTINGS, VIDEO_HUB, WEBSOCKETS
+from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
+
+logger = logging.getLogger(__name__)
+
+ANALYSIS_JOBS: web.AppKey[AnalysisJobs] = web.AppKey("analysis_jobs", AnalysisJobs)
+# Set by `setup`; a test may lower it before the app starts.
+MAX_UPLOAD_BYTES: web.AppKey[int] = web.AppKey("analysis_max_upload_bytes", int)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _job_or_404(request: web.Request) -> Job:
+    job = request.app[ANALYSIS_JOBS].jobs.get(request.match_info["id"])
+    if job is None:
+        raise web.HTTPNotFound(text='{"error": "no such analysis"}', content_type="application/json")
+    return job
+
+
+async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | web.Response:
+    """The uploaded video streamed to a temporary file, or the error to answer (the file removed)."""
+    suffix = Path(part.filename or "").suffix.lower()
+    if suffix not in VIDEO_EXTENSIONS:
+        return _error(415, f"send a video file ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    path = await asyncio.to_thread(jobs.new_upload_path, suffix)
+    written = 0
+    try:
+        with path.open("wb") as out:
+            while chunk := await part.read_chunk(UPLOAD_CHUNK):
+                written += len(chunk)
+                if written > jobs.max_upload_bytes:
+                    raise _TooLarge
+                await asyncio.to_thread(out.write, chunk)
+    except BaseException as exc:
+        await asyncio.to_thread(path.unlink, True)
+        if isinstance(exc, _TooLarge):
+            return _error(413, f"video larger than {jobs.max_upload_bytes} bytes")
+        raise
+    if written == 0:
+        await asyncio.to_thread(path.unlink, True)
+        return _error(400, "the uploaded file is empty")
+    return path
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def create_analysis(request: web.Request) -> web.Response:
+    jobs = request.app[ANALYSIS_JOBS]
+    try:
+        jobs.check_capacity()  # before reading an upload nobody would analyse
+    except JobsBusy as exc:
+        return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+            name = str(body["video"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'send {"video": NAME} for a file of the video directory')
+        path = safe_video_path(request.app[SETTINGS].video_dir, name)
+        if path is None:
+            return _error(404, "no such video")
+        job = jobs.start(name, path, upload=False)
+    elif request.content_type.startswith("multipart/"):
+        if request.content_length is not None and request.content_length > jobs.max_upload_bytes + UPLOAD_CHUNK:
+            return _error(413, f"video larger than {jobs.max_upload_bytes} bytes")
+        reader = await request.multipart()
+        part = await reader.next()
+        if not isinstance(part, BodyPartReader) or part.name != "video":
+            return _error(400, "multipart upload needs the file as its first field, named 'video'")
+        received = await _receive_upload(jobs, part)
+        if isinstance(received, web.Response):
+            return received
+        try:
+            job = jobs.start(Path(part.filename or "upload").name, received, upload=True)
+        except BaseException as exc:
+            await asyncio.to_thread(received.unlink, True)
+            if isinstance(exc, JobsBusy):  # others started while this one uploaded
+                return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
+            raise
+    else:
+        return _error(415, "upload the video as multipart form field 'video', or POST JSON {\"video\": NAME}")
+    return web.json_response(job.to_json(), status=202, headers={"Location": job.to_json()["url"]})
+
+
+async def analysis_status(request: web.Request) -> web.Response:
+    return web.json_response(_job_or_404(request).to_json())
+
+
+async def stop_analysis(request: web.Request) -> web.Response:
+    job = _job_or_404(request)
+    job.stop.set()
+    return web.json_response({"id": job.id, "state": job.state})
+
+
+async def analysis_csv(request: web.Request) -> web.StreamResponse:
+    job = _job_or_404(request)
+    if job.running or not job.csv_path.is_file():
+        return _error(409 if job.running else 404, "no CSV yet" if job.running else "this analysis has no rows")
+    download = f"{Path(job.name).stem}{'.incomplete' if '.incomplete' in job.csv_path.name else ''}.csv"
+    return web.FileResponse(
+        job.csv_path,
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download)}",
+        },
+    )
+
+
+@aiohttp_jinja2.template("analyze.html")
+async def analyze_page(request: web.Request) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    return {
+        "videos": list_videos(settings.video_dir),
+        "max_upload_bytes": request.app[ANALYSIS_JOBS].max_upload_bytes,
+        "max_upload_mb": request.app[ANALYSIS_JOBS].max_upload_bytes // (1024 * 1024),
+    }
+
+
+async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="fer-analysis-"))
+    connections, hub = app[WEBSOCKETS], app[VIDEO_HUB]
+    jobs = AnalysisJobs(
+        app[SETTINGS],
+        app[BATCHER],
+        app[METRICS],
+        workdir,
+        app[MAX_UPLOAD_BYTES],
+        live_consumers=lambda: len(connections) + hub.viewers,
+    )
+    app[ANALYSIS_JOBS] = jobs
+    yield
+    await jobs.aclose()
+
+
+def setup(app: web.Application, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+    """Routes and the job registry; call after the batcher's cleanup context is registered."""
+    app[MAX_UPLOAD_BYTES] = max_upload_bytes
+    app.cleanup_ctx.append(_jobs_ctx)
+    app.router.add_get("/analyze", analyze_page, name="analyze")
+    app.router.add_post("/api/analyses", create_analysis, name="analyses")
+    app.router.add_get("/api/analyses/{id}", analysis_status, name="analysis")
+    app.router.add_delete("/api/analyses/{id}", stop_analysis)
+    app.router.add_get("/api/analyses/{id}/csv", analysis_csv, name="analysis_csv")

@@ -1,0 +1,256 @@
+"""/analyze and /api/analyses on the real app: uploads, limits, progress, CSV, and one code path with the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from analyze_clips import face_clip, not_a_video
+
+from fer_async.analyze import analyze_video, columns
+from fer_async.config import Settings
+from fer_async.labels import EMOTIONS
+from fer_async.server.analysis import ANALYSIS_JOBS, MAX_UPLOAD_BYTES
+from fer_async.server.analysis_jobs import JOB_FRAMES_IN_FLIGHT
+from fer_async.server.app import create_app
+from fer_async.server.keys import ANALYZER, BATCHER, METRICS
+from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
+
+from .helpers import CLIP_NAME, Client
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videos"
+JOB_TIMEOUT_S = 180.0
+
+MakeAnalysisClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def make_analysis_client(aiohttp_client: Any, real_model: Any, base_settings: Settings) -> MakeAnalysisClient:
+    async def make(max_upload_bytes: int | None = None) -> Client:
+        app = create_app(base_settings, model=real_model)
+        if max_upload_bytes is not None:
+            app[MAX_UPLOAD_BYTES] = max_upload_bytes
+        client: Client = await aiohttp_client(app)
+        return client
+
+    return make
+
+
+def upload_form(path: Path, name: str | None = None) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("video", path.read_bytes(), filename=name or path.name, content_type="video/mp4")
+    return form
+
+
+async def wait_for_job(client: Client, url: str) -> tuple[dict[str, Any], list[int]]:
+    """The job once it has ended, and the frames_done values seen on the way."""
+    seen: list[int] = []
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        response = await client.get(url)
+        assert response.status == 200
+        job = await response.json()
+        seen.append(job["frames_done"])
+        if job["state"] not in ("queued", "running"):
+            return job, seen
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
+
+
+def uploads_left(client: Client) -> list[str]:
+    return sorted(p.name for p in client.app[ANALYSIS_JOBS].workdir.glob("upload-*"))
+
+
+async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client()
+    clip = face_clip(tmp_path / "face.mp4", frames=24)
+    response = await client.post("/api/analyses", data=upload_form(clip))
+    assert response.status == 202, await response.text()
+    started = await response.json()
+    assert started["state"] in ("queued", "running") and started["csv_url"] is None
+    job, seen = await wait_for_job(client, started["url"])
+    assert job["state"] == "done" and job["error"] is None and job["warning"] is None
+    assert job["frames_done"] == job["frames_total"] == 24
+    assert seen == sorted(seen)  # progress only moves forward
+    assert uploads_left(client) == []  # the uploaded file is gone once analysed
+    (track,) = [t for t in job["timeline"]["tracks"] if t["face"] == 1]
+    assert len(track["times"]) == 24 and set(track["scores"]) == set(EMOTIONS)
+
+    response = await client.get(job["csv_url"])
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/csv")
+    assert "face.csv" in response.headers["Content-Disposition"]
+    reader = csv.DictReader(io.StringIO(await response.text()))
+    rows = list(reader)
+    assert reader.fieldnames == list(columns(smoothed=True))
+    assert sorted({int(r["frame"]) for r in rows}) == list(range(24))
+    assert job["rows"] == len(rows)
+
+    # One code path: the API's analysis of the same file with the server's Analyzer (its detector,
+    # its model) gives the same faces and labels.
+    analyzer = client.app[ANALYZER]
+    expected = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer)))
+    assert [(int(r["frame"]), r["face"], r["x"], r["w"]) for r in rows] == [
+        (r["frame"], str(r["face"]), str(r["x"]), str(r["w"])) for r in expected
+    ]
+    assert [r["emotion"] for r in rows] == [r["emotion"] for r in expected]
+    for got, want in zip(rows, expected, strict=True):
+        for name in EMOTIONS:
+            assert float(got[name]) == pytest.approx(want[name], abs=2e-3)
+
+
+async def test_labels_agree_with_what_the_stream_path_computes(make_analysis_client: MakeAnalysisClient) -> None:
+    """The MJPEG stream reads a file with VideoReader (<= 640 px) and submits each frame to the batcher."""
+    clip = SHARED_VIDEOS / "single_face.mp4"
+    if not clip.is_file():
+        pytest.skip(f"real clip not found at {clip}")
+    client = await make_analysis_client()
+    batcher = client.app[BATCHER]
+    stream: list[tuple[int, tuple[int, ...], str]] = []
+    frame_index = 0
+    async for frame in VideoReader(clip, loop=False, max_width=VIDEO_MAX_WIDTH).frames():
+        result = await batcher.submit(frame)
+        scale = 640 / result.width  # single_face.mp4 is 640 wide: nothing is shrunk
+        for face in result.faces:
+            stream.append((frame_index, tuple(round(v * scale) for v in face.box), face.emotion))
+        frame_index += 1
+    analyzer = client.app[ANALYZER]
+    rows = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer, smoothing_ms=0)))
+    analysed = [(r["frame"], (r["x"], r["y"], r["w"], r["h"]), r["emotion"]) for r in rows if r["face"] is not None]
+    assert frame_index == 72
+    assert analysed == stream
+
+
+async def test_an_upload_over_the_limit_is_413_and_leaves_no_file(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client(max_upload_bytes=20_000)
+    clip = face_clip(tmp_path / "face.mp4", frames=24)
+    assert clip.stat().st_size > 40_000  # so the limit is hit while streaming, not from Content-Length
+    response = await client.post("/api/analyses", data=upload_form(clip))
+    assert response.status == 413
+    assert "larger than 20000 bytes" in (await response.json())["error"]
+    assert uploads_left(client) == []
+    assert client.app[ANALYSIS_JOBS].jobs == {}
+
+
+async def test_a_file_that_is_not_a_video_fails_with_a_clear_error(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client()
+    response = await client.post("/api/analyses", data=upload_form(not_a_video(tmp_path / "notes.mp4")))
+    assert response.status == 202
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert job["state"] == "failed"
+    assert job["error"] == "not a video or image OpenCV can read"  # no server path in it
+    assert job["csv_url"] is None
+    assert uploads_left(client) == []
+
+
+async def test_upload_checks_name_and_form(make_analysis_client: MakeAnalysisClient, tmp_path: Path) -> None:
+    client = await make_analysis_client()
+    text = not_a_video(tmp_path / "notes.txt")
+    response = await client.post("/api/analyses", data=upload_form(text))
+    assert response.status == 415
+    response = await client.post("/api/analyses", data=b"raw", headers={"Content-Type": "video/mp4"})
+    assert response.status == 415
+    form = aiohttp.FormData()
+    form.add_field("image", b"x", filename="a.mp4")
+    response = await client.post("/api/analyses", data=form)
+    assert response.status == 400
+    assert uploads_left(client) == []
+
+
+async def test_a_file_of_the_video_directory_by_name(make_analysis_client: MakeAnalysisClient) -> None:
+    client = await make_analysis_client()
+    for name in ("../clip.avi", "nope.avi", ".hidden.avi"):
+        response = await client.post("/api/analyses", json={"video": name})
+        assert response.status == 404, name
+    response = await client.post("/api/analyses", json={"video": CLIP_NAME})
+    assert response.status == 202
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert job["state"] == "done" and job["frames_done"] == 12
+    assert job["tracks"] and job["tracks"][0]["face"] == 1
+
+
+async def test_a_job_never_has_more_than_its_share_of_frames_in_a_batch(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    """Alone on the server, a job's batches hold at most JOB_FRAMES_IN_FLIGHT frames (the batcher's own metric)."""
+    client = await make_analysis_client()
+    registry = client.app[METRICS].registry
+    response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=40)))
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert job["state"] == "done" and job["frames_done"] == 40
+    batches = registry.get_sample_value("fer_batch_size_count")
+    frames = registry.get_sample_value("fer_batch_size_sum")
+    small = registry.get_sample_value("fer_batch_size_bucket", {"le": f"{float(JOB_FRAMES_IN_FLIGHT)}"})
+    assert frames == 40 and batches is not None and batches >= 40 / JOB_FRAMES_IN_FLIGHT
+    assert small == batches  # no batch had more of the job's frames than its share
+    assert registry.get_sample_value("fer_frames_total", {"source": "analysis"}) == 40
+
+
+async def test_stop_keeps_the_rows_so_far_marked_incomplete(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client()
+    response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=200)))
+    url = (await response.json())["url"]
+    while True:
+        if (await (await client.get(url)).json())["frames_done"] >= 4:
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.delete(url)).status == 200
+    job, _ = await wait_for_job(client, url)
+    assert job["state"] == "stopped" and 4 <= job["frames_done"] < 200
+    response = await client.get(job["csv_url"])
+    assert "face.incomplete.csv" in response.headers["Content-Disposition"]
+    assert len((await response.text()).splitlines()) > 4
+
+
+async def test_the_pages_link_the_analysis(client: Client) -> None:
+    page = await (await client.get("/analyze")).text()
+    assert 'id="upload"' in page and "/static/analyze.js" in page and CLIP_NAME in page
+    videos = await (await client.get("/videos")).text()
+    assert f'href="/analyze?video={CLIP_NAME}"' in videos
+    assert (await client.get("/static/analyze.js")).status == 200
+
+
+async def test_shutdown_removes_every_file(make_analysis_client: MakeAnalysisClient, tmp_path: Path) -> None:
+    client = await make_analysis_client()
+    workdir = client.app[ANALYSIS_JOBS].workdir
+    response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=200)))
+    assert response.status == 202
+    await client.close()
+    assert not workdir.exists()
+
+
+async def test_a_third_analysis_waits_for_one_of_two_to_end(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client()
+    clip = face_clip(tmp_path / "face.mp4", frames=200)
+    urls = []
+    for _ in range(2):
+        response = await client.post("/api/analyses", data=upload_form(clip))
+        assert response.status == 202
+        urls.append((await response.json())["url"])
+    response = await client.post("/api/analyses", data=upload_form(clip))
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    assert "2 analyses are already running" in (await response.json())["error"]
+    assert len(uploads_left(client)) <= 2  # the refused upload was never stored
+    for url in urls:
+        await client.delete(url)
+        job, _ = await wait_for_job(client, url)
+        assert job["state"] in ("stopped", "done")
+    response = await client.post("/api/analyses", json={"video": CLIP_NAME})
+    assert response.status == 202

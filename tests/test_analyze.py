@@ -1,0 +1,247 @@
+"""fer_async.analyze: rows of real clips through the real Analyzer, model and OpenCV; every bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from analyze_clips import (
+    CLIP_FPS,
+    CLIP_SIZE,
+    FACE_REGION,
+    empty_clip,
+    face_clip,
+    no_face_clip,
+    not_a_video,
+    truncated_clip,
+)
+
+from fer_async.analyze import (
+    IncompleteVideoWarning,
+    InputError,
+    analyze_video,
+    columns,
+)
+from fer_async.analyze.__main__ import main
+from fer_async.analyzer import Analyzer
+from fer_async.detector import create_detector
+from fer_async.labels import EMOTIONS
+from fer_async.tracker import iou
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
+
+
+@pytest.fixture(scope="module")
+def analyzer(real_model: Any) -> Iterator[Analyzer]:
+    with Analyzer(real_model, create_detector("haar", None)) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "face": face_clip(d / "face.mp4"),
+        "no_face": no_face_clip(d / "coffee.mp4"),
+        "truncated": truncated_clip(d / "cut.avi"),
+        "empty": empty_clip(d / "empty.mp4"),
+        "text": not_a_video(d / "text.mp4"),
+    }
+
+
+def shared_clip(name: str) -> Path:
+    path = SHARED_VIDEOS / name
+    if not path.is_file():
+        pytest.skip(f"real clip not found at {path}")
+    return path
+
+
+def test_rows_one_per_face_per_frame_with_every_column(analyzer: Analyzer, clips: dict[str, Path]) -> None:
+    rows = list(analyze_video(clips["face"], analyzer=analyzer))
+    # Every frame, in order; Haar finds a spurious second "face" in the odd frame of this photo.
+    assert sorted({r["frame"] for r in rows}) == list(range(12))
+    assert [r["frame"] for r in rows] == sorted(r["frame"] for r in rows)
+    main_face = [r for r in rows if r["face"] == 1]
+    assert [r["frame"] for r in main_face] == list(range(12))  # one track all along
+    for row in rows:
+        assert list(row) == list(columns(smoothed=True))
+        assert row["file"] == str(clips["face"])
+        assert row["time_s"] == pytest.approx(row["frame"] / CLIP_FPS, abs=1e-4)
+        assert row["emotion"] in EMOTIONS
+        assert sum(row[name] for name in EMOTIONS) == pytest.approx(1.0, abs=2e-3)
+        assert sum(row["smoothed_" + name] for name in EMOTIONS) == pytest.approx(1.0, abs=2e-3)
+    # Boxes are in the file's own pixels (960 wide), although detection ran at 640.
+    first = main_face[0]
+    assert iou((first["x"], first["y"], first["w"], first["h"]), FACE_REGION) > 0.6
+    assert first["x"] + first["w"] <= CLIP_SIZE[0]
+
+
+def test_smoothing_off_gives_raw_scores_and_their_label(analyzer: Analyzer, clips: dict[str, Path]) -> None:
+    rows = list(analyze_video(clips["face"], analyzer=analyzer, smoothing_ms=0, every=5))
+    assert sorted({r["frame"] for r in rows}) == [0, 5, 10]
+    assert list(rows[0]) == list(columns(smoothed=False))
+    for row in rows:
+        assert row["emotion"] == max(EMOTIONS, key=lambda name: row[name])
+
+
+def test_frames_without_faces_still_get_a_row(analyzer: Analyzer, clips: dict[str, Path]) -> None:
+    rows = list(analyze_video(clips["no_face"], analyzer=analyzer))
+    assert [r["frame"] for r in rows] == list(range(6))
+    assert all(r["face"] is None and r["emotion"] is None and r["happy"] is None for r in rows)
+
+
+def test_an_image_is_one_frame(analyzer: Analyzer) -> None:
+    rows = list(analyze_video(Path(__file__).parent / "data" / "two_faces_640x480.jpg", analyzer=analyzer))
+    assert [(r["frame"], r["time_s"], r["face"]) for r in rows] == [(0, 0.0, 1), (0, 0.0, 2)]
+
+
+@pytest.mark.parametrize(
+    ("clip", "message"),
+    [
+        ("missing", "no such file"),
+        ("text", "not a video"),
+        ("empty", "no frames, truncated or corrupt"),
+    ],
+)
+def test_bad_inputs_raise_one_line(analyzer: Analyzer, clips: dict[str, Path], clip: str, message: str) -> None:
+    path = clips.get(clip, clips["face"].with_name("missing.mp4"))
+    with pytest.raises(InputError, match=message) as info:
+        next(analyze_video(path, analyzer=analyzer))
+    assert "\n" not in str(info.value)
+
+
+def test_a_truncated_video_yields_what_decodes_then_warns(analyzer: Analyzer, clips: dict[str, Path]) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = list(analyze_video(clips["truncated"], analyzer=analyzer))
+    assert 0 < len(rows) < 20
+    assert [r["frame"] for r in rows][:3] == [0, 1, 2]
+    (warning,) = [w for w in caught if issubclass(w.category, IncompleteVideoWarning)]
+    assert f"stopped at frame {rows[-1]['frame'] + 1} of the 20" in str(warning.message)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        assert reader.fieldnames is not None
+    return rows
+
+
+def test_cli_writes_csv_annotated_video_and_plot(
+    tmp_path: Path, clips: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    outputs = ["--out", f"{out}/", "--annotate", f"{out}/{{stem}}.mp4", "--plot", f"{out}/{{stem}}.png"]
+    status = main([str(clips["face"]), str(clips["no_face"]), *outputs])
+    assert status == 0
+    face_rows = read_csv(out / "face.csv")
+    assert [r["frame"] for r in face_rows if r["face"] == "1"] == [str(i) for i in range(12)]
+    coffee_rows = read_csv(out / "coffee.csv")
+    assert len(coffee_rows) == 6 and {r["face"] for r in coffee_rows} == {""}
+    capture = cv2.VideoCapture(str(out / "face.mp4"))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 12
+    ok, frame = capture.read()
+    capture.release()
+    assert ok and frame.shape == (CLIP_SIZE[1], CLIP_SIZE[0], 3)
+    assert (out / "face.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "coffee.csv",
+        "coffee.mp4",
+        "coffee.png",
+        "face.csv",
+        "face.mp4",
+        "face.png",
+    ]
+    report = capsys.readouterr().out
+    assert "face.mp4: 12 frames read, 12 analysed (12 with faces), " in report
+    assert "  face 1: 0.00-1.10 s, 12 frames: " in report
+
+
+def test_cli_jsonl_and_every(tmp_path: Path, clips: dict[str, Path]) -> None:
+    out = tmp_path / "face.jsonl"
+    assert main([str(clips["face"]), "--out", str(out), "--every", "4", "--smoothing-ms", "0"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted({r["frame"] for r in rows}) == [0, 4, 8]
+    assert list(rows[0]) == list(columns(smoothed=False))
+
+
+def test_cli_bad_inputs_each_get_one_line_and_no_output(
+    tmp_path: Path, clips: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    inputs = [tmp_path / "missing.mp4", clips["text"], clips["empty"], clips["truncated"], clips["no_face"]]
+    assert main([*map(str, inputs), "--out", f"{out}/"]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    errors = [line for line in errors if line.startswith("analyze: error:")]
+    assert len(errors) == 4, errors
+    assert "missing.mp4: no such file" in errors[0]
+    assert "text.mp4: not a video" in errors[1]
+    assert "empty.mp4: a video container OpenCV cannot open" in errors[2]
+    assert "cut.avi: decoding stopped at frame" in errors[3] and "truncated or corrupt" in errors[3]
+    # Only the good file has a complete output; the cut one says it is incomplete.
+    assert sorted(p.name for p in out.iterdir()) == ["coffee.csv", "cut.incomplete.csv"]
+    assert 0 < len(read_csv(out / "cut.incomplete.csv")) < 20
+
+
+def test_cli_refuses_one_output_for_several_inputs(tmp_path: Path, clips: dict[str, Path]) -> None:
+    assert main([str(clips["face"]), str(clips["no_face"]), "--out", str(tmp_path / "x.csv")]) == 2
+    assert main([str(clips["face"]), "--out", str(tmp_path / "x.txt")]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_clip_single_face(analyzer: Analyzer) -> None:
+    """single_face.mp4: one man, neutral, a broad smile around frames 30-55 (SOURCES.md)."""
+    rows = list(analyze_video(shared_clip("single_face.mp4"), analyzer=analyzer))
+    assert [r["frame"] for r in rows] == list(range(72))
+    assert {r["face"] for r in rows} == {1}
+    labels = [r["emotion"] for r in rows]
+    assert labels[:15].count("neutral") > 10
+    assert labels[40:56].count("happy") > 12
+
+
+def test_real_clip_no_face_mp4_is_reported_incomplete(analyzer: Analyzer) -> None:
+    """no_face.mp4 decodes 95 of the 98 frames its header announces (SOURCES.md)."""
+    with pytest.warns(IncompleteVideoWarning, match="stopped at frame 95 of the 98"):
+        rows = list(analyze_video(shared_clip("no_face.mp4"), analyzer=analyzer, every=5))
+    assert [r["frame"] for r in rows] == list(range(0, 95, 5))
+
+
+def test_real_mov_clip_has_a_row_per_frame(analyzer: Analyzer) -> None:
+    rows = list(analyze_video(shared_clip("face_noface.mov"), analyzer=analyzer, every=4))
+    frames = sorted({r["frame"] for r in rows})
+    assert frames == list(range(0, 169, 4))
+    assert any(r["face"] is not None for r in rows if r["frame"] < 60)
+    assert np.mean([r["face"] is None for r in rows if r["frame"] > 120]) > 0.8
+
+
+def test_the_cli_imports_neither_the_web_server_nor_tensorflow_before_it_needs_it() -> None:
+    """`--help`, bad inputs and output checks answer without TensorFlow's seconds of import."""
+    code = (
+        "import sys, fer_async.analyze.__main__; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'tensorflow', 'keras'}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cli_rows_to_stdout_and_the_summary_to_stderr(
+    clips: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(clips["no_face"]), "--out", "-"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == ",".join(columns(smoothed=True))
+    assert [line.split(",")[1] for line in lines[1:]] == [str(i) for i in range(6)]
+    assert "coffee.mp4: 6 frames read, 6 analysed (0 with faces), 6 rows, 0 tracks" in captured.err

@@ -1,0 +1,66 @@
+"""Ctrl-C on a real `python -m fer_async.analyze` process: every row so far kept, valid, marked incomplete."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from analyze_clips import face_clip
+
+from fer_async.analyze import columns
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 300.0  # TensorFlow's import on a shared, loaded machine
+
+
+def data_lines(path: Path) -> int:
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigint_mid_file_leaves_a_valid_incomplete_csv(tmp_path: Path) -> None:
+    clip = face_clip(tmp_path / "long.mp4", frames=400)
+    out = tmp_path / "long.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fer_async.analyze", str(clip), "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not any(data_lines(p) >= 20 for p in tmp_path.glob(".long.part*.csv")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no rows written in time"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert "interrupted at frame" in stderr
+    assert not out.exists()  # a file under the asked-for name would look complete
+    assert list(tmp_path.glob(".long.part*")) == []
+    incomplete = tmp_path / "long.incomplete.csv"
+    with incomplete.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    assert header == list(columns(smoothed=True))
+    assert all(len(row) == len(header) for row in rows)  # no half-written line
+    frames = sorted({int(row[1]) for row in rows})
+    assert frames == list(range(len(frames)))  # no hole: every frame up to the stop
+    assert 20 <= len(frames) < 400
+    assert "long.incomplete.csv" in stdout
