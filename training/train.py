@@ -45,6 +45,7 @@ from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
 from training import models
 from training.data import DEFAULT_DATA, Split, class_counts, class_weights, load_split
+from training.export_onnx import export_onnx
 from training.metrics import Report, report
 from training.plots import plot_history
 
@@ -330,6 +331,8 @@ def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> N
     json_path = args.export_dir / f"{args.name}.json"
     weights_path = args.export_dir / f"{args.name}.weights.h5"
     write_model(model, args.model, json_path, weights_path)
+    # The server runs the ONNX copy (onnxruntime); exporting it here keeps the two from drifting.
+    onnx_path = export_onnx(json_path)
     card = args.export_dir / f"{args.name}.md"
     val = result.val
     if args.extra_train == "val":
@@ -362,7 +365,7 @@ def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> N
         f"class-weight power {args.class_weight_power}\n\n"
         f"## {heading}\n\n{val.markdown()}\n"
     )
-    print(f"exported {json_path}, {weights_path}, {card}")
+    print(f"exported {json_path}, {weights_path}, {onnx_path}, {card}")
 
 
 def summarise_log(csv_path: Path) -> tuple[int, int, float]:

@@ -68,8 +68,13 @@ def test_tiny_run_checkpoints_logs_and_exports_what_the_server_loads(
 
     # The server's own loader reads the export; it carries no optimizer state.
     served = FacialExpressionModel(export_dir, "fernet", flip_tta=False)
-    probs = served.predict(np.full((3, 48, 48), 128, np.uint8))
+    faces = np.random.default_rng(3).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    probs = served.predict(faces)
     assert probs.shape == (3, 7) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    # ... and the ONNX copy the server runs by default was exported beside it, from these very files.
+    assert served.runtime == "onnx"
+    keras_copy = FacialExpressionModel(export_dir, "fernet", flip_tta=False, runtime="keras")
+    np.testing.assert_allclose(probs, keras_copy.predict(faces), atol=1e-4)
     with h5py.File(export_dir / "fernet.weights.h5", "r") as f:
         assert "optimizer" not in f
     assert "accuracy" in capsys.readouterr().out
