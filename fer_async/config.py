@@ -114,6 +114,11 @@ class Settings:
     max_queue: int = 256
     max_clients: int = 64
     max_frame_bytes: int = 2_000_000
+    # Phone photos are 3-20 MB (12-50 MP); webcam frames stay under --max-frame-bytes. At most
+    # views.PHOTO_UPLOADS_AT_ONCE photos are buffered at a time, so this bounds memory too.
+    max_photo_bytes: int = 32_000_000
+    # Video files uploaded to /analyze are streamed to a temporary file, never held in memory.
+    max_video_bytes: int = 200 * 1024 * 1024
     max_pixels: int = MAX_PIXELS
     allow_origins: tuple[str, ...] = field(default_factory=tuple)
     cert: Path | None = None
@@ -129,7 +134,15 @@ class Settings:
         problems: list[str] = []
         if not 0 <= self.port <= 65535:
             problems.append(f"--port must be 0..65535, got {self.port}")
-        for name in ("max_batch", "max_queue", "max_clients", "max_frame_bytes", "max_pixels"):
+        for name in (
+            "max_batch",
+            "max_queue",
+            "max_clients",
+            "max_frame_bytes",
+            "max_photo_bytes",
+            "max_video_bytes",
+            "max_pixels",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.workers < 1:
@@ -278,6 +291,12 @@ _OPTIONS: dict[str, Option] = {
     "max_clients": Option("--max-clients", _parse_int, "WebSocket clients at once; more are closed with 1013", "N"),
     "max_frame_bytes": Option(
         "--max-frame-bytes", _parse_int, "largest accepted encoded frame / upload, in bytes", "N"
+    ),
+    "max_photo_bytes": Option(
+        "--max-photo-bytes", _parse_int, "largest image accepted by POST /api/predict, in bytes", "N"
+    ),
+    "max_video_bytes": Option(
+        "--max-video-bytes", _parse_int, "largest video file uploaded to /analyze, in bytes", "N"
     ),
     "max_pixels": Option(
         "--max-pixels",

@@ -41,7 +41,7 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import BodyPartReader, web
 
-from fer_async.server.analysis_jobs import DEFAULT_MAX_UPLOAD_BYTES, UPLOAD_CHUNK, AnalysisJobs, Job, JobsBusy
+from fer_async.server.analysis_jobs import UPLOAD_CHUNK, AnalysisJobs, Job, JobsBusy
 from fer_async.server.keys import BATCHER, METRICS, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
 
@@ -80,7 +80,7 @@ async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | we
     except BaseException as exc:
         await asyncio.to_thread(path.unlink, True)
         if isinstance(exc, _TooLarge):
-            return _error(413, f"video larger than {jobs.max_upload_bytes} bytes")
+            return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
         raise
     if written == 0:
         await asyncio.to_thread(path.unlink, True)
@@ -110,7 +110,7 @@ async def create_analysis(request: web.Request) -> web.Response:
         job = jobs.start(name, path, upload=False)
     elif request.content_type.startswith("multipart/"):
         if request.content_length is not None and request.content_length > jobs.max_upload_bytes + UPLOAD_CHUNK:
-            return _error(413, f"video larger than {jobs.max_upload_bytes} bytes")
+            return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
         reader = await request.multipart()
         part = await reader.next()
         if not isinstance(part, BodyPartReader) or part.name != "video":
@@ -180,7 +180,7 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     await jobs.aclose()
 
 
-def setup(app: web.Application, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+def setup(app: web.Application, max_upload_bytes: int) -> None:
     """Routes and the job registry; call after the batcher's cleanup context is registered."""
     app[MAX_UPLOAD_BYTES] = max_upload_bytes
     app.cleanup_ctx.append(_jobs_ctx)

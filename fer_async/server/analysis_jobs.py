@@ -29,7 +29,6 @@ from fer_async.server.outcomes import FrameBatcher, Reason, submit
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 JOB_FRAMES_IN_FLIGHT = 2
 MAX_RUNNING_JOBS = 2
 MAX_KEPT_JOBS = 32  # finished jobs whose results are still downloadable

@@ -29,6 +29,7 @@ from fer_async.server.keys import (
     METRICS,
     MODEL,
     MODEL_EXECUTOR,
+    PHOTO_UPLOADS,
     SETTINGS,
     VIDEO_HUB,
     WEBSOCKETS,
@@ -209,6 +210,7 @@ def create_app(
     app[WORKER] = worker
     app[METRICS] = Metrics(worker=worker.label, shared_dir=worker.shared_dir) if several else Metrics()
     app[WEBSOCKETS] = Connections()
+    app[PHOTO_UPLOADS] = asyncio.Semaphore(views.PHOTO_UPLOADS_AT_ONCE)
     if model is not None:
         app[MODEL] = model
 
@@ -222,7 +224,7 @@ def create_app(
     app.cleanup_ctx.extend([_model_executor_ctx, _model_ctx, _analyzer_ctx, _batcher_ctx, _video_hub_ctx])
     if several:
         app.cleanup_ctx.append(worker_ctx)
-    analysis.setup(app)  # video analysis jobs (after the batcher's context, which they use)
+    analysis.setup(app, settings.max_video_bytes)  # video analysis jobs (after the batcher's context, which they use)
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(_security_headers)
 

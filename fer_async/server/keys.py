@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -25,3 +26,5 @@ WEBSOCKETS: web.AppKey[Connections] = web.AppKey("websockets", Connections)
 VIDEO_HUB: web.AppKey[VideoHub] = web.AppKey("video_hub", VideoHub)
 # The face detector that runs: "yunet", or "haar" (asked for, or YuNet's file could not be had).
 DETECTOR_NAME: web.AppKey[str] = web.AppKey("detector_name", str)
+# POST /api/predict bodies being read at once (each is buffered whole).
+PHOTO_UPLOADS: web.AppKey[asyncio.Semaphore] = web.AppKey("photo_uploads", asyncio.Semaphore)

@@ -54,10 +54,14 @@ def refuse(metrics: Metrics, reason: Reason, message: str) -> Refused:
     return Refused(reason, message)
 
 
-def check_frame(metrics: Metrics, data: bytes, max_frame_bytes: int, max_pixels: int) -> Refused | None:
+def check_frame(
+    metrics: Metrics, data: bytes, max_frame_bytes: int, max_pixels: int, *, option: str = "--max-frame-bytes"
+) -> Refused | None:
     """The cheap checks (size, image header) made before a frame may take a batch slot."""
     if len(data) > max_frame_bytes:
-        return refuse(metrics, Reason.TOO_LARGE, f"frame is {len(data)} bytes; the limit is {max_frame_bytes}")
+        return refuse(
+            metrics, Reason.TOO_LARGE, f"frame is {len(data)} bytes; the limit is {max_frame_bytes} ({option})"
+        )
     try:
         check_image_header(data, max_pixels)
     except ImageTooLarge as exc:

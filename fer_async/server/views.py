@@ -14,7 +14,16 @@ from aiohttp import BodyPartReader, StreamReader, web
 
 from fer_async.labels import EMOTIONS
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from fer_async.server.keys import BATCHER, DETECTOR_NAME, METRICS, MODEL, SETTINGS, VIDEO_HUB, WEBSOCKETS
+from fer_async.server.keys import (
+    BATCHER,
+    DETECTOR_NAME,
+    METRICS,
+    MODEL,
+    PHOTO_UPLOADS,
+    SETTINGS,
+    VIDEO_HUB,
+    WEBSOCKETS,
+)
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
 from fer_async.server.worker import WORKER
 from fer_async.video import list_videos
@@ -26,6 +35,8 @@ logger = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 # Room for a multipart envelope (boundaries, part headers) around an image at the limit.
 MULTIPART_OVERHEAD = 16 * 1024
+# Photos buffered at once by /api/predict: with --max-photo-bytes (32 MB) at most 128 MB of uploads.
+PHOTO_UPLOADS_AT_ONCE = 4
 RAW_CONTENT_TYPES = ("image/jpeg", "image/png", "image/pjpeg", "application/octet-stream")
 # The HTTP status of each refusal; "busy" also says when to retry.
 HTTP_STATUS = {
@@ -140,19 +151,23 @@ async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
 async def predict(request: web.Request) -> web.Response:
     """One image in (raw body or multipart field "image"), its faces out."""
     settings = request.app[SETTINGS]
-    limit = settings.max_frame_bytes
-    too_large = f"image larger than {limit} bytes (--max-frame-bytes)"
+    limit = settings.max_photo_bytes
+    too_large = f"image larger than {limit} bytes (--max-photo-bytes)"
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
         return _error(413, too_large)
     metrics_ = request.app[METRICS]
-    try:
-        upload = await _upload(request, limit)
-    except _TooLarge:
-        return _refused(refuse(metrics_, Reason.TOO_LARGE, too_large))
+    slots = request.app[PHOTO_UPLOADS]
+    if slots.locked():  # each upload is buffered whole: a bound on them is a bound on memory
+        return _refused(refuse(metrics_, Reason.BUSY, f"{PHOTO_UPLOADS_AT_ONCE} uploads are being read; try again"))
+    async with slots:
+        try:
+            upload = await _upload(request, limit)
+        except _TooLarge:
+            return _refused(refuse(metrics_, Reason.TOO_LARGE, too_large))
     if isinstance(upload, web.Response):
         return upload
     started = time.perf_counter()  # after the upload: a slow client's bytes are not server time
-    outcome = check_frame(metrics_, upload, limit, settings.max_pixels) or await submit(
+    outcome = check_frame(metrics_, upload, limit, settings.max_pixels, option="--max-photo-bytes") or await submit(
         request.app[BATCHER], metrics_, "api", upload
     )
     if isinstance(outcome, Refused):

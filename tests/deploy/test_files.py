@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from fer_async.config import Settings
+from fer_async.server.analysis_jobs import UPLOAD_CHUNK
 from fer_async.server.connection import HEARTBEAT_S
 from fer_async.server.views import MULTIPART_OVERHEAD
 
@@ -19,8 +20,14 @@ def _seconds(directive: str, text: str) -> list[int]:
 
 def test_nginx_limits_match_the_server() -> None:
     conf = (DEPLOY / "nginx" / "fer_async.conf").read_text()
+    settings = Settings()
     body_limit = int(re.findall(r"client_max_body_size (\d+);", conf)[0])
-    assert body_limit == Settings().max_frame_bytes + MULTIPART_OVERHEAD  # nginx refuses what the replica would
+    assert body_limit == settings.max_frame_bytes + MULTIPART_OVERHEAD  # nginx refuses what the replica would
+    photo_location = conf[conf.index("location = /api/predict") :].split("}", 1)[0]
+    assert f"client_max_body_size {settings.max_photo_bytes + MULTIPART_OVERHEAD};" in photo_location
+    upload_location = conf[conf.index("location = /api/analyses") :].split("}", 1)[0]
+    assert f"client_max_body_size {settings.max_video_bytes + UPLOAD_CHUNK};" in upload_location
+    assert "proxy_request_buffering off;" in upload_location
     ws_location = conf[conf.index("location = /ws") :].split("}", 1)[0]
     assert "proxy_set_header Upgrade $http_upgrade;" in ws_location
     assert "proxy_set_header Connection $connection_upgrade;" in ws_location

@@ -17,7 +17,7 @@ from analyze_clips import face_clip, not_a_video
 from fer_async.analyze import analyze_video, columns
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS
-from fer_async.server.analysis import ANALYSIS_JOBS, MAX_UPLOAD_BYTES
+from fer_async.server.analysis import ANALYSIS_JOBS
 from fer_async.server.analysis_jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.app import create_app
 from fer_async.server.keys import ANALYZER, BATCHER, METRICS
@@ -34,9 +34,10 @@ MakeAnalysisClient = Callable[..., Awaitable[Client]]
 @pytest.fixture
 def make_analysis_client(aiohttp_client: Any, real_model: Any, base_settings: Settings) -> MakeAnalysisClient:
     async def make(max_upload_bytes: int | None = None) -> Client:
-        app = create_app(base_settings, model=real_model)
-        if max_upload_bytes is not None:
-            app[MAX_UPLOAD_BYTES] = max_upload_bytes
+        settings = (
+            base_settings if max_upload_bytes is None else base_settings.replace(max_video_bytes=max_upload_bytes)
+        )
+        app = create_app(settings, model=real_model)
         client: Client = await aiohttp_client(app)
         return client
 

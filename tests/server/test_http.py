@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import aiohttp
 import cv2
 import numpy as np
 import pytest
+from testsupport import eventually
 
+from fer_async.config import Settings
 from fer_async.imaging import decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, Box
+from fer_async.server.keys import PHOTO_UPLOADS
+from fer_async.server.views import PHOTO_UPLOADS_AT_ONCE
 
 from .helpers import Client, MakeClient, iou
 
@@ -25,13 +32,15 @@ async def test_predict_raw_body(client: Client, face_jpeg: bytes, face_box_regio
 
 
 def _twelve_megapixel_jpeg(face_jpeg: bytes, no_face_jpeg: bytes, two_faces_jpeg: bytes) -> bytes:
-    """The tests/data photos upscaled 3.125x into a 2x2 grid: 4000x3000, as a phone takes them."""
+    """The tests/data photos upscaled 3.125x into a 2x2 grid: 4000x3000, as a phone takes them,
+    with a phone's sensor noise and JPEG quality, so that the file is as large as a real one (MBs)."""
     tiles = [
         cv2.resize(decode_image(data), (2000, 1500), interpolation=cv2.INTER_CUBIC)
         for data in (face_jpeg, no_face_jpeg, no_face_jpeg, two_faces_jpeg)
     ]
-    grid = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
-    return encode_jpeg(grid, 90)
+    grid = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]).astype(np.int16)
+    grid += np.random.default_rng(12).normal(0, 3, grid.shape).astype(np.int16)
+    return encode_jpeg(np.clip(grid, 0, 255).astype(np.uint8), 92)
 
 
 async def test_predict_a_12_megapixel_photo(
@@ -39,6 +48,7 @@ async def test_predict_a_12_megapixel_photo(
 ) -> None:
     """Over the 4 Mpx budget: decoded at reduced scale, answered with boxes in the photo's own pixels."""
     photo = _twelve_megapixel_jpeg(face_jpeg, no_face_jpeg, two_faces_jpeg)
+    assert len(photo) > Settings().max_frame_bytes  # larger than any webcam frame may be, as phone photos are
     resp = await client.post("/api/predict", data=photo, headers={"Content-Type": "image/jpeg"})
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -96,11 +106,12 @@ async def test_predict_multipart_without_image_field(client: Client) -> None:
 
 
 async def test_predict_too_large_is_413(make_client: MakeClient, face_jpeg: bytes) -> None:
-    client = await make_client(max_frame_bytes=20_000)
+    client = await make_client(max_photo_bytes=20_000)
     assert len(face_jpeg) > 20_000
     resp = await client.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
     assert resp.status == 413
-    assert "20000" in (await resp.json())["error"]
+    error = (await resp.json())["error"]
+    assert "20000" in error and "--max-photo-bytes" in error
 
     async def chunks() -> object:  # no Content-Length: the limit must hold while reading
         for start in range(0, len(face_jpeg), 8192):
@@ -187,3 +198,28 @@ async def test_index_page_and_static_files(client: Client) -> None:
         assert resp.status == 200 and content_type in resp.content_type, path
     assert (await client.get("/static/../pyproject.toml")).status in (403, 404)
     assert (await client.get("/nope")).status == 404
+
+
+async def test_uploads_read_at_once_are_bounded(client: Client, face_jpeg: bytes) -> None:
+    """Each /api/predict body is buffered whole: past PHOTO_UPLOADS_AT_ONCE slow uploads, 503 at once."""
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield face_jpeg[:1000]
+        await release.wait()
+        yield face_jpeg[1000:]
+
+    headers = {"Content-Type": "image/jpeg"}
+    slow = [
+        asyncio.create_task(client.post("/api/predict", data=slow_body(), headers=headers))
+        for _ in range(PHOTO_UPLOADS_AT_ONCE)
+    ]
+    await eventually(client.app[PHOTO_UPLOADS].locked, what="the upload slots filled")
+    refused = await client.post("/api/predict", data=face_jpeg, headers=headers)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    assert "uploads" in (await refused.json())["error"]
+    release.set()
+    for resp in await asyncio.gather(*slow):
+        assert resp.status == 200, await resp.text()
+    resp = await client.post("/api/predict", data=face_jpeg, headers=headers)
+    assert resp.status == 200  # the slots are free again
