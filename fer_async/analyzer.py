@@ -49,7 +49,7 @@ class Predictor(Protocol):
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     width: int
     height: int
     boxes: list[Box]
@@ -86,7 +86,13 @@ class Analyzer:
         self.decode_width = decode_width
         self._pool = ThreadPoolExecutor(max_workers=detect_threads, thread_name_prefix="fer-detect")
 
-    def _prepare(self, frame: Frame) -> _Prepared | ImageError:
+    @property
+    def prepare_executor(self) -> ThreadPoolExecutor:
+        """The detection threads: the server runs `prepare` there for each frame as it arrives."""
+        return self._pool
+
+    def prepare(self, frame: Frame) -> Prepared | ImageError:
+        """Decode, detect and crop one frame (thread-safe; the per-frame half of `analyze`)."""
         started = time.perf_counter()
         scale = (1.0, 1.0)
         if isinstance(frame, np.ndarray):
@@ -110,25 +116,37 @@ class Analyzer:
         if scale != (1.0, 1.0):
             boxes = [_to_source(box, scale, width, height) for box in boxes]
         done = time.perf_counter()
-        return _Prepared(
+        return Prepared(
             width, height, boxes, faces, _ms(decoded_at - started), _ms(detected - decoded_at), _ms(done - detected)
         )
 
     def analyze(self, frames: Sequence[Frame]) -> list[FrameResult | ImageError]:
         """One result per frame, in order: a FrameResult, or the ImageError of that frame alone.
 
-        Faces of all frames go through ONE `model.predict` call; frames without faces skip it.
-        Timings (ms): decode, detect, crop, model (the shared call, 0 when the frame had no
-        faces) and total (the whole analyze call, which is what each frame waited).
-        An exception from the detector or the model propagates: it fails the whole batch.
+        `prepare` for every frame (on the detection threads), then `classify`. Timings (ms):
+        decode, detect, crop, model (the shared call, 0 when the frame had no faces) and total
+        (the whole analyze call, which is what each frame waited). An exception from the
+        detector or the model propagates: it fails the whole batch.
         """
         started = time.perf_counter()
         if not frames:
             return []
         # A lone frame is prepared right here: a thread hand-off would only add latency.
-        prepared = [self._prepare(frames[0])] if len(frames) == 1 else list(self._pool.map(self._prepare, frames))
+        prepared = [self.prepare(frames[0])] if len(frames) == 1 else list(self._pool.map(self.prepare, frames))
+        results = self.classify(prepared)
+        total_ms = _ms(time.perf_counter() - started)
+        for result in results:
+            if isinstance(result, FrameResult):
+                result.timings["total"] = total_ms
+        return results
 
-        with_faces = [p for p in prepared if isinstance(p, _Prepared) and len(p.boxes)]
+    def classify(self, prepared: Sequence[Prepared | ImageError]) -> list[FrameResult | ImageError]:
+        """The faces of every prepared frame through ONE `model.predict` call, split back per frame.
+
+        Frames without faces (and ImageErrors, passed through in their slot) skip the model. A
+        frame's `total` timing is its own work: decode + detect + crop + the shared model call.
+        """
+        with_faces = [p for p in prepared if isinstance(p, Prepared) and len(p.boxes)]
         probs = np.empty((0, len(EMOTIONS)), np.float32)
         model_ms = 0.0
         if with_faces:
@@ -139,7 +157,6 @@ class Analyzer:
             if probs.shape != (len(batch), len(EMOTIONS)):
                 raise ValueError(f"model returned shape {list(probs.shape)} for {len(batch)} faces")
 
-        total_ms = _ms(time.perf_counter() - started)
         results: list[FrameResult | ImageError] = []
         offset = 0
         for p in prepared:
@@ -153,12 +170,13 @@ class Analyzer:
                 Face(box=(int(x), int(y), int(w), int(h)), scores=tuple(float(s) for s in row))
                 for (x, y, w, h), row in zip(p.boxes, rows, strict=True)
             )
+            frame_model_ms = model_ms if n else 0.0
             timings = {
                 "decode": p.decode_ms,
                 "detect": p.detect_ms,
                 "crop": p.crop_ms,
-                "model": model_ms if n else 0.0,
-                "total": total_ms,
+                "model": frame_model_ms,
+                "total": p.decode_ms + p.detect_ms + p.crop_ms + frame_model_ms,
             }
             results.append(FrameResult(width=p.width, height=p.height, faces=faces, timings=timings))
         return results

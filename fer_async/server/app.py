@@ -13,12 +13,13 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import WSCloseCode, web
 
-from fer_async.analyzer import Analyzer, Frame, Predictor
+from fer_async.analyzer import Analyzer, Predictor, Prepared
 from fer_async.batcher import Batcher, BatchStats
 from fer_async.config import REPO_ROOT, Settings
 from fer_async.detector import create_detector_for
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
+from fer_async.pipeline import FramePipeline, PreparedBatcher
 from fer_async.remote import ExecutorUnavailable, RemotePredictor
 from fer_async.server import analysis, mjpeg, views, ws
 from fer_async.server.connection import Connections
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 STATIC_DIR = REPO_ROOT / "static"
-# Frame decoding and face detection inside one batch; two matches the two cores we deploy on,
+# Frame decoding and face detection, each frame as it arrives; two matches the two cores we deploy on,
 # and OpenCV releases the GIL so they really run side by side.
 DETECT_THREADS = 2
 # Drawing boxes and encoding JPEGs for the MJPEG streams, off the loop and off the model thread.
@@ -110,19 +111,19 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     loop = asyncio.get_running_loop()
 
-    async def analyze(frames: list[Frame]) -> list[FrameResult | Exception]:
+    async def classify(prepared: list[Prepared]) -> list[FrameResult | Exception]:
         try:
             results: list[FrameResult | Exception] = list(
-                await loop.run_in_executor(executor, analyzer.analyze, frames)
+                await loop.run_in_executor(executor, analyzer.classify, prepared)
             )
         except ExecutorUnavailable as exc:
             # An outage fails every batch until the server is back. The executor logs its state
             # changes once; per-frame errors keep the batcher from logging every batch too.
-            logger.debug("batch of %d frames failed: %s", len(frames), exc)
-            return [exc] * len(frames)
+            logger.debug("batch of %d frames failed: %s", len(prepared), exc)
+            return [exc] * len(prepared)
         except Exception:
             # Logged once here, with the traceback; each client only hears "analysis failed".
-            logger.exception("analysis of a batch of %d frames failed", len(frames))
+            logger.exception("analysis of a batch of %d frames failed", len(prepared))
             raise
         metrics.observe_analysis([r.timings for r in results if isinstance(r, FrameResult)])
         return results
@@ -130,15 +131,15 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     def on_batch(stats: BatchStats) -> None:
         metrics.observe_batch(stats.size, stats.queue_wait_s, stats.run_s)
 
-    batcher: Batcher[Frame, FrameResult] = Batcher(
-        analyze,
+    batcher: PreparedBatcher = Batcher(
+        classify,
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_s,
         max_queue=settings.max_queue,
         on_batch=on_batch,
     )
     await batcher.start()
-    app[BATCHER] = batcher
+    app[BATCHER] = FramePipeline(analyzer, batcher, settings.max_queue)
     yield
     await batcher.aclose()
 

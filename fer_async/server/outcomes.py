@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 
 from fer_async.analyzer import Frame
-from fer_async.batcher import Batcher, BatcherClosed, BatcherOverloaded
+from fer_async.batcher import BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError, ImageTooLarge, check_image_header
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
+from fer_async.pipeline import FramePipeline
 
-# The one batcher every endpoint submits to: frames (bytes or decoded arrays) in, results out.
-FrameBatcher = Batcher[Frame, FrameResult]
+# The one pipeline every endpoint submits to: frames (bytes or decoded arrays) in, results out.
+FrameBatcher = FramePipeline
 
 
 class Reason(enum.StrEnum):
