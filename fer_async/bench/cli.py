@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from fer_async.bench.harness import InProcessServer, ServerProcess, check_loopback
+from fer_async.bench.harness import InProcessServer, ServerProcess, check_loopback, rss_kb
 from fer_async.bench.load import DEFAULT_RSS_INTERVAL_S, RunConfig, run_load, wait_for_hello
 from fer_async.bench.raw import run_raw
 from fer_async.bench.report import emit, format_profile, format_table
@@ -190,6 +190,8 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
         await server.start()
         url = server.base_url.replace("http://", "ws://") + "/ws"
         rss_pid = server.pid
+        if isinstance(server, ServerProcess) and server.ready_s is not None:
+            emit(f"server: launch -> /healthz {server.ready_s:.2f} s")
     parts = urlsplit(url)
     base_url = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
     origin = ns.origin or base_url
@@ -217,6 +219,10 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
                 emit(format_table([row]).splitlines()[-1] if len(rows) > 1 else format_table([row]))
                 if "profile" in row:
                     emit(format_profile(count, row["profile"]))
+                rss = rss_kb(rss_pid) if rss_pid is not None and server is not None else None
+                if rss is not None and not ns.soak:
+                    row["server_rss_mb"] = round(rss / 1024, 1)
+                    emit(f"server RSS after {count} clients: {row['server_rss_mb']} MB")
                 if ns.soak and "rss_start_mb" in row:
                     emit(
                         f"server RSS: start {row['rss_start_mb']} MB, end {row['rss_end_mb']} MB, "
