@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_async.synthetic import write_video  # the codec follows the suffix: mp4v for .mp4, MJPG for .avi
+
 DATA = Path(__file__).resolve().parent / "data"
 CLIP_FPS = 10.0
 CLIP_SIZE = (960, 720)
@@ -32,30 +34,18 @@ def panned(image: np.ndarray, frames: int) -> list[np.ndarray]:
     return [np.roll(image, PAN_PX * i, axis=1) for i in range(frames)]
 
 
-def write_video(path: Path, frames: list[np.ndarray], fourcc: str = "mp4v", fps: float = CLIP_FPS) -> Path:
-    height, width = frames[0].shape[:2] if frames else (CLIP_SIZE[1], CLIP_SIZE[0])
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
-    assert writer.isOpened(), path
-    try:
-        for frame in frames:
-            writer.write(frame)
-    finally:
-        writer.release()
-    return path
-
-
 def face_clip(path: Path, frames: int = 12) -> Path:
-    return write_video(path, panned(photo("astronaut_640x480.jpg"), frames))
+    return write_video(path, panned(photo("astronaut_640x480.jpg"), frames), CLIP_FPS)
 
 
 def no_face_clip(path: Path, frames: int = 6) -> Path:
-    return write_video(path, panned(photo("coffee_640x480.jpg"), frames))
+    return write_video(path, panned(photo("coffee_640x480.jpg"), frames), CLIP_FPS)
 
 
 def truncated_clip(path: Path, frames: int = 20) -> Path:
     """An AVI whose second half is cut off (path must end in .avi)."""
     full = write_video(
-        path.with_name("full-" + path.name), panned(photo("astronaut_640x480.jpg", (640, 480)), frames), "MJPG"
+        path.with_name("full-" + path.name), panned(photo("astronaut_640x480.jpg", (640, 480)), frames), CLIP_FPS
     )
     data = full.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -64,7 +54,11 @@ def truncated_clip(path: Path, frames: int = 20) -> Path:
 
 
 def empty_clip(path: Path) -> Path:
-    return write_video(path, [])
+    """An MP4 container with no frame in it (fer_async.synthetic.write_video refuses to write one)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), CLIP_FPS, CLIP_SIZE)
+    assert writer.isOpened(), path
+    writer.release()
+    return path
 
 
 def not_a_video(path: Path) -> Path:
