@@ -1,4 +1,4 @@
-"""Small helpers shared by the test packages (server, hostile, e2e, imaging).
+"""Small helpers shared by the test packages (server, hostile, e2e, imaging, training).
 
 `tests/` is on sys.path (pytest inserts the directory of the top-level conftest.py), so test
 modules import this as `testsupport`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -35,3 +36,44 @@ def jpeg_scan_bomb(repeats: int) -> bytes:
     jpeg = encoded.tobytes()
     last_scan = jpeg[jpeg.rindex(b"\xff\xda") : -2]
     return jpeg[:-2] + last_scan * repeats + b"\xff\xd9"
+
+
+def run_train(data: Path, out: Path, *extra: str) -> tuple[Path, Path]:
+    """training.train on `data` for the tests: batch 32, one warm-up epoch, quiet; returns (run dir, export dir)."""
+    from training import train  # TensorFlow loads only for the tests that train
+
+    run_dir, export_dir = out / "run", out / "export"
+    train.main(
+        [
+            "--data",
+            str(data),
+            "--batch-size",
+            "32",
+            "--warmup-epochs",
+            "1",
+            "--verbose",
+            "0",
+            "--run-dir",
+            str(run_dir),
+            "--export-dir",
+            str(export_dir),
+            *extra,
+        ]
+    )
+    return run_dir, export_dir
+
+
+def first_conv_kernel(weights_h5: Path) -> np.ndarray:
+    """The first convolution kernel stored in a Keras weights file, found by shape (3x3x1xC)."""
+    import h5py
+
+    found: list[np.ndarray] = []
+
+    def visit(_name: str, node: object) -> None:
+        if isinstance(node, h5py.Dataset) and node.ndim == 4 and node.shape[:3] == (3, 3, 1):
+            found.append(node[()])
+
+    with h5py.File(weights_h5, "r") as f:
+        f.visititems(visit)
+    assert len(found) == 1, f"expected one 3x3x1 kernel, found {len(found)}"
+    return found[0]

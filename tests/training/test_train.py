@@ -8,51 +8,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from testsupport import first_conv_kernel, run_train
 
 from fer_async.model import FacialExpressionModel
-from training import train
-
-
-def _run(tiny_npz: Path, tmp_path: Path, *extra: str) -> tuple[Path, Path]:
-    run_dir, export_dir = tmp_path / "run", tmp_path / "export"
-    train.main(
-        [
-            "--data",
-            str(tiny_npz),
-            "--batch-size",
-            "32",
-            "--warmup-epochs",
-            "1",
-            "--verbose",
-            "0",
-            "--run-dir",
-            str(run_dir),
-            "--export-dir",
-            str(export_dir),
-            *extra,
-        ]
-    )
-    return run_dir, export_dir
-
-
-def _first_conv_kernel(weights_h5: Path) -> np.ndarray:
-    """The first convolution kernel stored in a Keras weights file, found by shape (3x3x1xC)."""
-    found: list[np.ndarray] = []
-
-    def visit(_name: str, node: object) -> None:
-        if isinstance(node, h5py.Dataset) and node.ndim == 4 and node.shape[:3] == (3, 3, 1):
-            found.append(node[()])
-
-    with h5py.File(weights_h5, "r") as f:
-        f.visititems(visit)
-    assert len(found) == 1, f"expected one 3x3x1 kernel, found {len(found)}"
-    return found[0]
 
 
 def test_tiny_run_checkpoints_logs_and_exports_what_the_server_loads(
     tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir, export_dir = _run(tiny_npz, tmp_path, "--epochs", "2", "--seed", "7")
+    run_dir, export_dir = run_train(tiny_npz, tmp_path, "--epochs", "2", "--seed", "7")
 
     assert (run_dir / "best.weights.h5").is_file()
     with (run_dir / "log.csv").open() as f:
@@ -85,7 +49,7 @@ def test_init_weights_start_from_an_earlier_export(
 ) -> None:
     start = untrained_export / "fernet.weights.h5"
     # A learning rate of ~0 leaves the kernels where they started, so the export shows the origin.
-    _, export_dir = _run(
+    _, export_dir = run_train(
         tiny_npz,
         tmp_path,
         "--epochs",
@@ -99,7 +63,7 @@ def test_init_weights_start_from_an_earlier_export(
         "--init-weights",
         str(start),
     )
-    initial, exported = _first_conv_kernel(start), _first_conv_kernel(export_dir / "fernet.weights.h5")
+    initial, exported = first_conv_kernel(start), first_conv_kernel(export_dir / "fernet.weights.h5")
     np.testing.assert_allclose(exported, initial, atol=1e-6)
     assert f"initial weights: {start}" in (export_dir / "fernet.md").read_text()
     assert f"initial weights: {start}" in capsys.readouterr().out
@@ -107,7 +71,7 @@ def test_init_weights_start_from_an_earlier_export(
 
 def test_init_weights_of_another_network_fail_loudly(tiny_npz: Path, untrained_export: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not fit network 'classic'"):
-        _run(
+        run_train(
             tiny_npz,
             tmp_path,
             "--model",

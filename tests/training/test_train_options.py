@@ -6,49 +6,14 @@ import csv
 import json
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from testsupport import first_conv_kernel, run_train
 
 from fer_async.model import FacialExpressionModel
 from training import train
-
-
-def _run(tiny_npz: Path, out: Path, *extra: str) -> tuple[Path, Path]:
-    run_dir, export_dir = out / "run", out / "export"
-    train.main(
-        [
-            "--data",
-            str(tiny_npz),
-            "--batch-size",
-            "32",
-            "--warmup-epochs",
-            "1",
-            "--verbose",
-            "0",
-            "--run-dir",
-            str(run_dir),
-            "--export-dir",
-            str(export_dir),
-            *extra,
-        ]
-    )
-    return run_dir, export_dir
-
-
-def _first_conv_kernel(weights_h5: Path) -> np.ndarray:
-    found: list[np.ndarray] = []
-
-    def visit(_name: str, node: object) -> None:
-        if isinstance(node, h5py.Dataset) and node.ndim == 4 and node.shape[:3] == (3, 3, 1):
-            found.append(node[()])
-
-    with h5py.File(weights_h5, "r") as f:
-        f.visititems(visit)
-    assert len(found) == 1
-    return found[0]
 
 
 def _served_probabilities(export_dir: Path) -> np.ndarray:
@@ -61,7 +26,7 @@ def _served_probabilities(export_dir: Path) -> np.ndarray:
 def test_bf16_fused_run_with_mixup_and_cutmix_exports_the_plain_float32_network(
     tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir, export_dir = _run(
+    run_dir, export_dir = run_train(
         tiny_npz, tmp_path, "--epochs", "2", "--precision", "bf16", "--mixup", "0.4", "--cutmix", "1.0"
     )
     with (run_dir / "log.csv").open() as f:
@@ -80,7 +45,9 @@ def test_bf16_fused_run_with_mixup_and_cutmix_exports_the_plain_float32_network(
 def test_extra_train_val_trains_on_publictest_and_the_card_says_it_is_not_held_out(
     tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir, export_dir = _run(tiny_npz, tmp_path, "--epochs", "2", "--batch-norm", "plain", "--extra-train", "val")
+    run_dir, export_dir = run_train(
+        tiny_npz, tmp_path, "--epochs", "2", "--batch-norm", "plain", "--extra-train", "val"
+    )
     out = capsys.readouterr().out
     assert "train counts: {'angry': 13," in out  # 70 training + 21 PublicTest faces, 13 of each class
     card = (export_dir / "fernet.md").read_text()
@@ -96,12 +63,12 @@ def test_ema_exports_the_averaged_weights(tiny_npz: Path, untrained_export: Path
     """With a momentum near 1 the average stays at the first step's weights (Keras starts the
     average at step 1): the EMA export sits much nearer the start than the raw weights do."""
     start = untrained_export / "fernet.weights.h5"
-    initial = _first_conv_kernel(start)
+    initial = first_conv_kernel(start)
     common = ("--epochs", "2", "--lr", "0.01", "--seed", "5", "--init-weights", str(start))
-    _, raw_export = _run(tiny_npz, tmp_path / "raw", *common)
-    _, ema_export = _run(tiny_npz, tmp_path / "ema", *common, "--ema", "--ema-momentum", "0.999999")
-    moved_raw = np.abs(_first_conv_kernel(raw_export / "fernet.weights.h5") - initial).mean()
-    moved_ema = np.abs(_first_conv_kernel(ema_export / "fernet.weights.h5") - initial).mean()
+    _, raw_export = run_train(tiny_npz, tmp_path / "raw", *common)
+    _, ema_export = run_train(tiny_npz, tmp_path / "ema", *common, "--ema", "--ema-momentum", "0.999999")
+    moved_raw = np.abs(first_conv_kernel(raw_export / "fernet.weights.h5") - initial).mean()
+    moved_ema = np.abs(first_conv_kernel(ema_export / "fernet.weights.h5") - initial).mean()
     assert moved_ema < 0.5 * moved_raw, (moved_ema, moved_raw)
     assert "EMA of weights (momentum 0.999999" in (ema_export / "fernet.md").read_text()
 
@@ -109,7 +76,7 @@ def test_ema_exports_the_averaged_weights(tiny_npz: Path, untrained_export: Path
 def test_measure_steps_prints_cpu_and_wall_time_per_step_and_trains_nothing(
     tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir, export_dir = _run(tiny_npz, tmp_path, "--measure-steps", "2", "--precision", "bf16")
+    run_dir, export_dir = run_train(tiny_npz, tmp_path, "--measure-steps", "2", "--precision", "bf16")
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("measure:"))
     assert "batch-norm fused, precision bf16, batch 32" in line and "CPU s/step" in line and "load average" in line
     assert not run_dir.exists() and not export_dir.exists()
