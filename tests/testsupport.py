@@ -7,8 +7,10 @@ modules import this as `testsupport`.
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cv2
@@ -23,6 +25,24 @@ async def eventually(check: Callable[[], bool], within_s: float = 30.0, what: st
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {within_s:.0f} s")
         await asyncio.sleep(0.05)
+
+
+async def serve_on_a_taken_port(
+    extra_args: list[str], within_s: float, env: Mapping[str, str] | None = None
+) -> tuple[int, int | None, str]:
+    """Run `python -m fer_async` on a port another socket listens on; (port, exit status, output)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), *extra_args],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), within_s)
+    return port, proc.returncode, out.decode()
 
 
 def jpeg_scan_bomb(repeats: int) -> bytes:

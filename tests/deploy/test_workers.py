@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-from testsupport import eventually
+from testsupport import eventually, serve_on_a_taken_port
 
 from fer_async.bench.harness import free_port
 from fer_async.bench.report import stage_profile
@@ -173,18 +171,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
 
 
 async def test_port_in_use_stops_the_workers_before_they_load_a_model() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    text = out.decode()
-    assert proc.returncode == 1, text
+    port, code, text = await serve_on_a_taken_port(["--workers", "2"], 60, {**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert code == 1, text
     assert f"cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
     assert "worker 0 started" not in text, text  # refused by the supervisor, before any worker

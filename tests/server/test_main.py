@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
+from testsupport import serve_on_a_taken_port
 
 from fer_async.bench.harness import free_port
 
@@ -83,17 +83,7 @@ async def test_serves_and_stops_cleanly_on_sigterm(tmp_path: Path, video_dir: Pa
 
 
 async def test_port_in_use_is_reported_before_the_model_loads(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), START_TIMEOUT_S)
-    text = out.decode()
-    assert proc.returncode == 1, text
+    port, code, text = await serve_on_a_taken_port([], START_TIMEOUT_S)
+    assert code == 1, text
     assert f"cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
     assert "loaded" not in text and "tensorflow" not in text.lower(), text  # failed before the model
