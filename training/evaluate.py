@@ -16,10 +16,10 @@ Exit status 2, with a one-line message on stderr, when the split or the weights 
 crops: each face is upscaled to 160x160 (INTER_CUBIC), pasted in the middle of a neutral grey
 320x240 BGR frame (80 px of background left and right, 40 px above and below, so the detector
 sees a whole face with context), JPEG-encoded at quality 80 as the browser client does, and
-sent through `fer_async.analyzer.Analyzer` (decode, `--detector` haar|yunet, crop, one model
-call per 16 frames). It reports the detection rate, the accuracy on the detected faces (the
-largest face of each frame), the accuracy counting misses as wrong, and the plain 48x48
-accuracy on the same detected faces, in a "via_detector" object of the JSON line:
+sent through `fer_async.analyzer.Analyzer` (decode, `--detector` yunet|haar, by default the
+server's, crop, one model call per 16 frames). It reports the detection rate, the accuracy on
+the detected faces (the largest face of each frame), the accuracy counting misses as wrong, and
+the plain 48x48 accuracy on the same detected faces, in a "via_detector" object of the JSON line:
 
     python -m training.evaluate --via-detector --limit 600
     python -m training.evaluate --via-detector --detector yunet \
@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
-from fer_async.config import add_model_options
+from fer_async.config import add_model_options, model_option_defaults
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS
 from training.cameras import CAMERAS, Camera
@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--limit must be at least 1")
     if not args.via_detector and (args.detector is not None or args.detector_model is not None):
         p.error("--detector and --detector-model only apply with --via-detector")
-    args.detector = args.detector or "haar"
+    model_option_defaults(args)  # the server's detector (YuNet, Haar when its file cannot be had)
     if args.detector_model is not None and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
     return args

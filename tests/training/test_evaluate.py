@@ -198,6 +198,10 @@ def test_default_run_has_no_via_detector(
     assert "via_detector" not in summary and "limit" not in summary
 
 
+def test_via_detector_defaults_to_the_servers_detector(tiny_npz: Path) -> None:
+    assert evaluate.parse_args(["--data", str(tiny_npz), "--via-detector"]).detector == "yunet"
+
+
 def test_detector_options_need_via_detector(tiny_npz: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         evaluate.parse_args(["--data", str(tiny_npz), "--detector", "yunet"])
