@@ -25,7 +25,8 @@ from fer_async.analyze.outputs import RowWriter
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import Metrics
-from fer_async.server.outcomes import FrameBatcher, Reason, submit
+from fer_async.pipeline import FramePipeline
+from fer_async.server.outcomes import Reason, submit
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class AnalysisJobs:
     def __init__(
         self,
         settings: Settings,
-        batcher: FrameBatcher,
+        batcher: FramePipeline,
         metrics: Metrics,
         workdir: Path,
         max_upload_bytes: int,

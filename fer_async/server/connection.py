@@ -27,8 +27,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from fer_async.config import Settings
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
+from fer_async.pipeline import FramePipeline
 from fer_async.server import protocol
-from fer_async.server.outcomes import FrameBatcher, Reason, Refused, check_frame, refuse, server_timings, submit
+from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
 from fer_async.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Connection:
         ws: web.WebSocketResponse,
         *,
         settings: Settings,
-        batcher: FrameBatcher,
+        batcher: FramePipeline,
         metrics: Metrics,
     ) -> None:
         self.ws = ws
@@ -124,7 +125,7 @@ class Connection:
         request: web.Request,
         *,
         settings: Settings,
-        batcher: FrameBatcher,
+        batcher: FramePipeline,
         metrics: Metrics,
         connections: Connections,
     ) -> web.WebSocketResponse:

@@ -10,8 +10,8 @@ from aiohttp import web
 from fer_async.analyzer import Analyzer, Predictor
 from fer_async.config import Settings
 from fer_async.metrics import Metrics
+from fer_async.pipeline import FramePipeline
 from fer_async.server.connection import Connections
-from fer_async.server.outcomes import FrameBatcher
 from fer_async.server.video_hub import VideoHub
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
@@ -19,7 +19,7 @@ MODEL: web.AppKey[Predictor] = web.AppKey("model")
 # The single thread every model call (and so every Analyzer.analyze) runs on.
 MODEL_EXECUTOR: web.AppKey[ThreadPoolExecutor] = web.AppKey("model_executor", ThreadPoolExecutor)
 ANALYZER: web.AppKey[Analyzer] = web.AppKey("analyzer", Analyzer)
-BATCHER: web.AppKey[FrameBatcher] = web.AppKey("batcher")
+BATCHER: web.AppKey[FramePipeline] = web.AppKey("batcher")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 # The open WebSocket connections (admission and shutdown go through it).
 WEBSOCKETS: web.AppKey[Connections] = web.AppKey("websockets", Connections)

@@ -1,6 +1,6 @@
 """What can become of a frame, decided once for every endpoint (WebSocket, /api/predict, MJPEG).
 
-`submit` sends a frame through the shared batcher and turns every way it can fail into a
+`submit` sends a frame through the shared pipeline and turns every way it can fail into a
 `Refused` with a `Reason` (the metric label of `fer_frame_errors_total`) and the message the
 client may see; `refuse` does the same for frames an endpoint turns away before submitting.
 Each endpoint only maps a `Refused` onto its own transport (a JSON error, an HTTP status, a
@@ -19,9 +19,6 @@ from fer_async.imaging import ImageError, ImageTooLarge, check_image_header
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
-
-# The one pipeline every endpoint submits to: frames (bytes or decoded arrays) in, results out.
-FrameBatcher = FramePipeline
 
 
 class Reason(enum.StrEnum):
@@ -72,10 +69,10 @@ def check_frame(
     return None
 
 
-async def submit(batcher: FrameBatcher, metrics: Metrics, source: str, frame: Frame) -> FrameResult | Refused:
-    """The frame's result through the shared batcher, or why there is none (counted either way)."""
+async def submit(pipeline: FramePipeline, metrics: Metrics, source: str, frame: Frame) -> FrameResult | Refused:
+    """The frame's result through the shared pipeline (prepare, then the batcher), or why there is none."""
     try:
-        result = await batcher.submit(frame)
+        result = await pipeline.submit(frame)
     except ImageTooLarge as exc:
         return refuse(metrics, Reason.TOO_LARGE, str(exc))
     except ImageError as exc:

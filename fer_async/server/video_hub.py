@@ -25,7 +25,8 @@ from fer_async.imaging import draw_annotations, encode_jpeg
 from fer_async.labels import Face
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
-from fer_async.server.outcomes import FrameBatcher, Reason, Refused, submit
+from fer_async.pipeline import FramePipeline
+from fer_async.server.outcomes import Reason, Refused, submit
 from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import VIDEO_MAX_WIDTH, VideoError, VideoReader
 
@@ -56,7 +57,7 @@ class VideoHub:
 
     def __init__(
         self,
-        batcher: FrameBatcher,
+        batcher: FramePipeline,
         metrics: Metrics,
         executor: Executor,
         *,
