@@ -26,6 +26,7 @@ from fer_async.config import RUNTIMES
 from fer_async.keras_layers import FaceContrast
 from fer_async.labels import EMOTIONS, FACE_SIZE
 from fer_async.model import ONNX_THREADS
+from training.augmentation import CONTRAST, ERASING_AREA, ROTATION_DEGREES, SHIFT, ZOOM
 
 NUM_CLASSES = len(EMOTIONS)
 
@@ -34,16 +35,6 @@ NUM_CLASSES = len(EMOTIONS)
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 BatchNormFactory = Callable[[], layers.Layer]
-
-# Augmentation strengths: FER2013 faces are roughly aligned already, so small geometric jitter
-# helps while large rotations or crops would teach the net poses the detector never produces.
-ROTATION_DEGREES = 10.0
-ZOOM = 0.10
-SHIFT = 0.10
-CONTRAST = 0.20
-# Random erasing (Zhong et al. 2017): blanks a noise patch of 2-20 % of the face in about half
-# the images, so the net cannot lean on one region (a smile alone) and must read the whole face.
-ERASING_AREA = (0.02, 0.20)
 
 
 def augmentation() -> keras.Sequential:
@@ -61,22 +52,14 @@ def augmentation() -> keras.Sequential:
     )
 
 
-def describe_augmentation() -> str:
-    """One line for model cards: what `augmentation()` does while training."""
-    low, high = ERASING_AREA
-    return (
-        f"horizontal flip, rotation ±{ROTATION_DEGREES:g}°, zoom ±{ZOOM:.0%}, shift ±{SHIFT:.0%}, "
-        f"contrast ±{CONTRAST:.0%}, random erasing of {low:.0%} to {high:.0%} of the face (about half the images)"
-    )
-
-
-def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
+def _inputs(augment: bool = True) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
     # Per-face min-max stretch first: the training faces are stretched to 0..255 already (the
     # identity on them), a camera's dim or washed-out crop is not.
     x = FaceContrast(name="face_contrast")(inputs)
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
-    x = augmentation()(x)
+    if augment:
+        x = augmentation()(x)
     return inputs, x
 
 
@@ -86,13 +69,13 @@ def _head(x: keras.KerasTensor) -> keras.KerasTensor:
     return layers.Dense(NUM_CLASSES, activation="softmax", name="emotion", dtype="float32")(x)
 
 
-def classic(batch_norm: BatchNormFactory = layers.BatchNormalization) -> keras.Model:
+def classic(batch_norm: BatchNormFactory = layers.BatchNormalization, augment: bool = True) -> keras.Model:
     """The original project's network, kept as the named baseline (~4.5 M parameters).
 
     4 conv blocks (64, 128, 512, 512; kernels 3, 5, 3, 3) each with batch norm, ReLU, 2x2
     max-pool and dropout 0.25, then 2 dense blocks (256, 512) with dropout, softmax over 7.
     """
-    inputs, x = _inputs()
+    inputs, x = _inputs(augment)
     for filters, kernel in ((64, 3), (128, 5), (512, 3), (512, 3)):
         x = layers.Conv2D(filters, kernel, padding="same")(x)
         x = batch_norm()(x)
@@ -118,6 +101,7 @@ def fernet(
     widths: tuple[int, ...] = (32, 64, 128, 256),
     dense: int = 256,
     batch_norm: BatchNormFactory = layers.BatchNormalization,
+    augment: bool = True,
 ) -> keras.Model:
     """A compact VGG-style network: ~0.12 GMAC per face, ~4x cheaper than `classic`.
 
@@ -125,7 +109,7 @@ def fernet(
     (48 -> 3), then a flattened 3x3 map into one dense layer. Flattening instead of global
     pooling keeps *where* a feature fired (mouth vs. brow), which matters on aligned faces.
     """
-    inputs, x = _inputs()
+    inputs, x = _inputs(augment)
     for stage, filters in enumerate(widths):
         x = _conv_bn_relu(x, filters, batch_norm)
         x = _conv_bn_relu(x, filters, batch_norm)
@@ -139,7 +123,13 @@ def fernet(
     return keras.Model(inputs, _head(x), name="fernet")
 
 
-NETWORKS: dict[str, Callable[..., keras.Model]] = {"classic": classic, "fernet": fernet}
+def fernet_wide(batch_norm: BatchNormFactory = layers.BatchNormalization, augment: bool = True) -> keras.Model:
+    """`fernet` at twice the width (~4x the compute): a distillation teacher, not bound by the
+    served budget (issue 14)."""
+    return fernet((64, 128, 256, 512), 512, batch_norm, augment)
+
+
+NETWORKS: dict[str, Callable[..., keras.Model]] = {"classic": classic, "fernet": fernet, "fernet_wide": fernet_wide}
 
 
 @contextmanager
@@ -158,11 +148,13 @@ def dtype_policy(precision: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def build(name: str, *, fused_bn: bool = False, precision: str = "fp32") -> keras.Model:
+def build(name: str, *, fused_bn: bool = False, precision: str = "fp32", augment: bool = True) -> keras.Model:
     """Network `name`; the defaults give the served form (Keras' BatchNormalization, float32).
 
     `fused_bn` and `precision` are the training fast path: the same variables in the same order
-    (`build(name).set_weights(fast.get_weights())` moves them), computed faster.
+    (`build(name).set_weights(fast.get_weights())` moves them), computed faster. `augment=False`
+    leaves the augmentation layers out (they hold no variables), for inputs that come augmented
+    already (`training.distill`'s fixed views).
     """
     try:
         network = NETWORKS[name]
@@ -175,7 +167,7 @@ def build(name: str, *, fused_bn: bool = False, precision: str = "fp32") -> kera
     else:
         batch_norm = layers.BatchNormalization
     with dtype_policy(precision):
-        return network(batch_norm=batch_norm)
+        return network(batch_norm=batch_norm, augment=augment)
 
 
 def count_macs(model: keras.Model) -> int:

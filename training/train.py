@@ -44,6 +44,7 @@ import tensorflow as tf
 from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
 from training import models
+from training.augmentation import describe_augmentation
 from training.data import DEFAULT_DATA, Split, class_counts, class_weights, load_split
 from training.export_onnx import export_onnx
 from training.metrics import Report, report
@@ -356,7 +357,7 @@ def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> N
         f"- data: {data}\n"
         f"- command: `{result.command}`\n"
         f"- initial weights: {args.init_weights or 'random (seeded)'}\n"
-        f"- augmentation: {models.describe_augmentation()}\n"
+        f"- augmentation: {describe_augmentation()}\n"
         f"- training: {describe_training(args)}\n"
         f"- seed: {args.seed}; epochs run: {result.epochs_run}; {selection}; "
         f"wall time: {result.seconds / 60:.1f} min on this machine\n"
