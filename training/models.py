@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             tta = "flip TTA" if row.flip_tta else "no TTA  "
             print(
-                f"{row.model_file:17s} ({args.runtime}{threads}), {tta} batch {row.batch:3d}: "
+                f"shipped model {row.model_file:16s} ({args.runtime}{threads}), {tta} batch {row.batch:3d}: "
                 f"{row.ms_per_call:7.2f} ms per call, {row.faces_per_s:7,.0f} faces/s, "
                 f"{row.faces_per_cpu_s:7,.0f} faces per CPU s"
             )
