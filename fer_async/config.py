@@ -44,6 +44,13 @@ MAX_PIXELS = 4096 * 1024
 MAX_REDUCED_FACTOR = 16
 # How the network runs (fer_async.model): "auto" = onnx when weights/<name>.onnx is current, else keras.
 RUNTIMES = ("auto", "onnx", "keras")
+# Which file of the network onnxruntime serves (fer_async.model): "fp32" = weights/<name>.onnx,
+# "int8" = weights/<name>.int8.onnx (statically quantized by `python -m training.export_onnx
+# --int8`), which falls back to fp32 (one log line) when it is missing or stale. int8 is the
+# default by measurement (weights/fernet.md, "int8"): same PublicTest accuracy within noise,
+# about 3x the faces per CPU second on this VNNI CPU.
+MODEL_PRECISIONS = ("fp32", "int8")
+DEFAULT_MODEL_PRECISION = "int8"
 
 ENV_PREFIX = "FER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -101,6 +108,7 @@ class Settings:
     weights: Path = DEFAULT_WEIGHTS_DIR
     model_name: str = DEFAULT_MODEL_NAME
     runtime: str = "auto"
+    model_precision: str = DEFAULT_MODEL_PRECISION
     flip_tta: bool = True  # +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost
     detector: str = DEFAULT_DETECTOR
     detector_model: Path | None = None
@@ -153,6 +161,10 @@ class Settings:
             problems.append(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if self.runtime not in RUNTIMES:
             problems.append(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.model_precision not in MODEL_PRECISIONS:
+            problems.append(
+                f"--model-precision must be one of {', '.join(MODEL_PRECISIONS)}, got {self.model_precision!r}"
+            )
         if self.detector not in DETECTOR_KINDS:
             problems.append(f"--detector must be one of {', '.join(DETECTOR_KINDS)}, got {self.detector!r}")
         if not 0 <= self.smoothing_ms <= 10_000:
@@ -251,6 +263,13 @@ _OPTIONS: dict[str, Option] = {
         "auto (onnx when that file is current, else keras)",
         argparse={"choices": RUNTIMES},
     ),
+    "model_precision": Option(
+        "--model-precision",
+        str,
+        "which network file onnxruntime serves: int8 (NAME.int8.onnx, statically quantized; fp32 with one log line "
+        "when that file is missing or stale, and always with --runtime keras) or fp32 (NAME.onnx)",
+        argparse={"choices": MODEL_PRECISIONS},
+    ),
     "flip_tta": Option(
         "--flip-tta",
         _parse_bool,
@@ -344,7 +363,7 @@ _OPTIONS: dict[str, Option] = {
 
 # The options that say which model and detector to run; the training tools and the bench take
 # them too, under the same names and with the same defaults as the server.
-MODEL_OPTIONS = ("weights", "model_name", "runtime", "flip_tta", "detector", "detector_model")
+MODEL_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta", "detector", "detector_model")
 
 
 def _shown_default(name: str) -> str:

@@ -10,6 +10,11 @@ Two runtimes serve the same weights (`weights/<name>.json` + `.weights.h5`):
 "auto" (the default) takes onnx when the `.onnx` file is there, onnxruntime imports, and the
 file was exported from exactly these `.json` + `.weights.h5` (sha256 in its metadata);
 otherwise keras.
+
+Precision (onnxruntime only): "int8" (the default) serves `weights/<name>.int8.onnx`, the
+statically quantized network written by `python -m training.export_onnx --int8`, when it is there
+and was made from these `.json` + `.weights.h5` (the same sha256 metadata); otherwise, with one
+log line, the fp32 network as above. "fp32" always serves the float network.
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR, RUNTIMES
+from fer_async.config import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_PRECISION,
+    DEFAULT_WEIGHTS_DIR,
+    MODEL_PRECISIONS,
+    RUNTIMES,
+)
 from fer_async.labels import EMOTIONS, FACE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -37,6 +48,8 @@ logger = logging.getLogger(__name__)
 JSON_SHA256 = "source_json_sha256"
 WEIGHTS_SHA256 = "source_weights_sha256"
 EXPORT_COMMAND = "python -m training.export_onnx"
+INT8_EXPORT_COMMAND = "python -m training.export_onnx --int8"
+INT8_SUFFIX = ".int8.onnx"
 # onnxruntime's intra-op threads. The server decodes and detects faces on two other threads
 # while the model runs, on a two-core machine: one thread for the model does not fight them
 # (and a batch of 16-64 faces gains little from a second one; see the README's figures).
@@ -47,6 +60,11 @@ Forward = Callable[[np.ndarray], np.ndarray]  # uint8 [N, 48, 48, 1] -> float32 
 
 class StaleExportError(ValueError):
     """The .onnx file was not exported from the .json + .weights.h5 beside it."""
+
+
+def int8_path_for(json_path: Path) -> Path:
+    """Where the int8 network of `<name>.json` lives: `<name>.int8.onnx` beside it."""
+    return json_path.with_name(json_path.name.removesuffix(".json") + INT8_SUFFIX)
 
 
 def resolve_weights(weights: str | os.PathLike[str], name: str = DEFAULT_MODEL_NAME) -> tuple[Path, Path]:
@@ -167,11 +185,13 @@ def _onnx_session(onnx_path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def _onnx_forward(onnx_path: Path, json_path: Path, weights_path: Path, threads: int) -> tuple[Forward, str, str]:
+def _onnx_forward(
+    onnx_path: Path, json_path: Path, weights_path: Path, threads: int, command: str = EXPORT_COMMAND
+) -> tuple[Forward, str, str]:
     session = _onnx_session(onnx_path, threads)
     stale = onnx_staleness(session.get_modelmeta().custom_metadata_map, json_path, weights_path)
     if stale is not None:
-        raise StaleExportError(f"{onnx_path} is stale ({stale}); re-export it with `{EXPORT_COMMAND}`")
+        raise StaleExportError(f"{onnx_path} is stale ({stale}); re-export it with `{command}`")
     (model_input,) = session.get_inputs()
     input_name = model_input.name
 
@@ -206,24 +226,56 @@ class FacialExpressionModel:
         flip_tta: bool = True,
         runtime: str = "auto",
         onnx_threads: int = ONNX_THREADS,
+        precision: str = DEFAULT_MODEL_PRECISION,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if precision not in MODEL_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(MODEL_PRECISIONS)}, got {precision!r}")
         if onnx_threads < 1:
             raise ValueError(f"onnx_threads must be at least 1, got {onnx_threads}")
         self.json_path, self.weights_path = resolve_weights(weights, name)
         self.onnx_path = self.json_path.with_suffix(".onnx")
+        self.int8_path = int8_path_for(self.json_path)
         self._flip_tta = flip_tta
         started = time.perf_counter()
-        self.runtime, (self._forward, self.device, description) = self._load(runtime, onnx_threads)
+        self.precision = "fp32"
+        loaded = self._load_int8(runtime, onnx_threads) if precision == "int8" else None
+        if loaded is None:
+            self.runtime, loaded = self._load(runtime, onnx_threads)
+        else:
+            self.runtime, self.precision = "onnx", "int8"
+        self._forward, self.device, self.description = loaded
+        # The file that serves (named by /healthz): NAME.int8.onnx, NAME.onnx, or NAME.json on Keras.
+        served = {"keras": self.json_path, "onnx": self.int8_path if self.precision == "int8" else self.onnx_path}
+        self.model_file: str = served[self.runtime].name
         self.predict(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))  # trace + allocate before traffic
         logger.info(
             "loaded %s on %s%s in %.0f ms",
-            description,
+            self.description,
             self.device,
             ", flip TTA" if flip_tta else "",
             (time.perf_counter() - started) * 1000,
         )
+
+    def _load_int8(self, runtime: str, onnx_threads: int) -> tuple[Forward, str, str] | None:
+        """The int8 network, or None (and one log line saying why) to serve the fp32 one."""
+        if runtime == "keras":
+            logger.info("--runtime keras serves the fp32 network (%s is for onnxruntime)", self.int8_path.name)
+            return None
+        if not self.int8_path.is_file():
+            problem = f"{self.int8_path} is missing (make it with `{INT8_EXPORT_COMMAND}`)"
+        elif not onnxruntime_available():
+            problem = f"{self.int8_path.name} needs the onnxruntime package"
+        else:
+            try:
+                return _onnx_forward(
+                    self.int8_path, self.json_path, self.weights_path, onnx_threads, INT8_EXPORT_COMMAND
+                )
+            except StaleExportError as exc:
+                problem = str(exc)
+        logger.warning("%s: serving the fp32 network instead", problem)
+        return None
 
     def _load(self, runtime: str, onnx_threads: int) -> tuple[str, tuple[Forward, str, str]]:
         if runtime == "keras":

@@ -105,3 +105,12 @@ def real_model() -> Iterator[FacialExpressionModel]:
     from fer_async.model import FacialExpressionModel
 
     yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="session")
+def real_fp32_model() -> Iterator[FacialExpressionModel]:
+    """The shipped weights' fp32 network (weights/fernet.onnx), what a remote executor serves."""
+    from fer_async.config import DEFAULT_WEIGHTS_DIR
+    from fer_async.model import FacialExpressionModel
+
+    yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR, precision="fp32")

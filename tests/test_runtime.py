@@ -1,7 +1,8 @@
 """The two runtimes of FacialExpressionModel: the shipped ONNX export is current and agrees with Keras.
 
 Parity is checked on real faces: the tests/data photos cropped by the server's own detectors,
-and FER2013 (PublicTest) faces when ../shared is there.
+and FER2013 (PublicTest) faces when ../shared is there. These are the fp32 network's files; the
+int8 one (served by default) is checked against fp32 in tests/test_int8.py.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ PROBABILITY_TOLERANCE = 1e-3
 def runtimes(request: pytest.FixtureRequest) -> Iterator[tuple[FacialExpressionModel, FacialExpressionModel]]:
     flip = bool(request.param)
     yield (
-        FacialExpressionModel(DEFAULT_WEIGHTS_DIR, flip_tta=flip, runtime="onnx"),
+        FacialExpressionModel(DEFAULT_WEIGHTS_DIR, flip_tta=flip, runtime="onnx", precision="fp32"),
         FacialExpressionModel(DEFAULT_WEIGHTS_DIR, flip_tta=flip, runtime="keras"),
     )
 
@@ -80,6 +81,8 @@ def test_shipped_onnx_is_current() -> None:
 
 def test_auto_serves_the_current_onnx(real_model: FacialExpressionModel) -> None:
     assert real_model.runtime == "onnx" and real_model.device == "CPU"
+    fp32 = FacialExpressionModel(DEFAULT_WEIGHTS_DIR, flip_tta=False, precision="fp32")
+    assert fp32.runtime == "onnx" and fp32.model_file == "fernet.onnx"
 
 
 def test_probabilities_match_keras_on_detected_photo_faces(
@@ -129,9 +132,9 @@ def test_a_stale_export_is_refused_by_onnx_and_skipped_by_auto(
 
 def test_auto_without_an_export_is_keras_and_onnx_names_the_command(weights_copy: Path) -> None:
     (weights_copy / "fernet.onnx").unlink()
-    assert FacialExpressionModel(weights_copy, flip_tta=False).runtime == "keras"
+    assert FacialExpressionModel(weights_copy, flip_tta=False, precision="fp32").runtime == "keras"
     with pytest.raises(FileNotFoundError, match=r"training\.export_onnx"):
-        FacialExpressionModel(weights_copy, runtime="onnx")
+        FacialExpressionModel(weights_copy, runtime="onnx", precision="fp32")
     with pytest.raises(ValueError, match="runtime must be one of"):
         FacialExpressionModel(weights_copy, runtime="tflite")
 

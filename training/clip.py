@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="original",
         help="render the frames at this exposure first (training.cameras; default: %(default)s)",
     )
-    add_model_options(p)  # --weights, --model-name, --runtime, --flip-tta, --detector, --detector-model, as the server
+    add_model_options(p)  # --weights, --model-name, --runtime, --model-precision, --flip-tta, --detector(-model)
     args = p.parse_args(argv)
     if args.detector_model is not None and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
 
     try:
-        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta, runtime=args.runtime)
+        model = FacialExpressionModel(
+            args.weights, args.model_name, flip_tta=args.flip_tta, runtime=args.runtime, precision=args.model_precision
+        )
     except FileNotFoundError as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2

@@ -2,10 +2,13 @@
 
     python -m training.evaluate --data ../shared/data/fer2013/fer2013.npz --split val
     python -m training.evaluate --split val --weights weights/ --no-flip-tta
+    python -m training.evaluate --split val --model-precision fp32   # NAME.onnx instead of NAME.int8.onnx
 
 The faces go through `fer_async.model.FacialExpressionModel`, the class the server runs (same
 JSON + weights loading, same uint8 input path, same optional flip test-time augmentation),
-so the number printed here is the number the server achieves on aligned 48x48 faces.
+so the number printed here is the number the server achieves on aligned 48x48 faces. The
+network file is chosen as the server chooses it (`--runtime`, `--model-precision`: by default the
+int8 file when it is current); the JSON line names it ("model_file", "model_precision").
 
 Prints accuracy, macro-F1 and per-class recall/precision, writes a confusion-matrix PNG to
 `--out`, and ends with ONE line of JSON on stdout (accuracy, n, macro_f1, recall, precision,
@@ -53,7 +56,7 @@ import cv2
 import numpy as np
 
 from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
-from fer_async.config import add_model_options, model_option_defaults
+from fer_async.config import MODEL_PRECISIONS, add_model_options, model_option_defaults
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS
 from training.cameras import CAMERAS, Camera
@@ -90,13 +93,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 npz/csv/folder (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default="val", help="default: %(default)s")
-    add_model_options(p, ["weights", "model_name", "runtime", "flip_tta"])
+    add_model_options(p, ["weights", "model_name", "runtime", "model_precision", "flip_tta"])
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="confusion-matrix folder (default: %(default)s)")
     p.add_argument(
         "--limit", type=int, help="evaluate only the first N faces of a seeded random permutation (quick checks)"
     )
     p.add_argument("--seed", type=int, default=LIMIT_SEED, help="the --limit permutation's seed (default: %(default)s)")
+    p.add_argument(
+        "--compare-precision",
+        choices=MODEL_PRECISIONS,
+        help="also run the network at this precision on the same faces (same runtime and TTA) and report top-1 "
+        "agreement, max and mean |probability difference| and its accuracy, in a 'comparison' object",
+    )
     via = p.add_argument_group("server path (--via-detector)")
     via.add_argument(
         "--via-detector",
@@ -253,13 +262,13 @@ def evaluate_plain(
     result = report(split.y, probs)
     tta = " + flip TTA" if args.flip_tta else ""
     print(
-        f"{model.json_path.name} on {args.data.name} [{args.split}]{tta}, {model.device}: "
+        f"{model.model_file} on {args.data.name} [{args.split}]{tta}, {model.device}: "
         f"{len(split)} faces in {seconds:.1f} s ({len(split) / seconds:,.0f} faces/s)"
     )
     print(result.text())
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / f"confusion_{_stem(args, model)}.png"
-    title = f"{model.json_path.stem} on {args.split}{tta}: accuracy {result.accuracy:.2%} (n={result.n})"
+    title = f"{model.model_file} on {args.split}{tta}: accuracy {result.accuracy:.2%} (n={result.n})"
     plot_confusion(result.confusion, png, title)
     print(f"wrote {png}")
     summary: dict[str, object] = {
@@ -267,12 +276,43 @@ def evaluate_plain(
         "split": args.split,
         "data": str(args.data),
         "weights": str(model.weights_path),
+        "model_file": model.model_file,
+        "model_precision": model.precision,
         "flip_tta": args.flip_tta,
         "confusion_png": str(png),
     }
     if args.limit is not None:
         summary.update(limit=args.limit, seed=args.seed)
     return summary, probs
+
+
+def compare_precision(
+    args: argparse.Namespace, split: Split, model: FacialExpressionModel, probs: np.ndarray
+) -> dict[str, object]:
+    """--compare-precision: the same faces through the other network file; how far the two agree."""
+    from fer_async.model import FacialExpressionModel
+
+    other = FacialExpressionModel(
+        args.weights, args.model_name, flip_tta=args.flip_tta, runtime=args.runtime, precision=args.compare_precision
+    )
+    other_probs = np.concatenate(
+        [other.predict(split.x[i : i + args.batch_size]) for i in range(0, len(split), args.batch_size)]
+    )
+    delta = np.abs(probs - other_probs)
+    comparison: dict[str, object] = {
+        "model_file": other.model_file,
+        "model_precision": other.precision,
+        "accuracy": round(float((other_probs.argmax(1) == split.y).mean()), 4),
+        "top1_agreement": round(float((other_probs.argmax(1) == probs.argmax(1)).mean()), 4),
+        "max_abs_dp": round(float(delta.max()), 4),
+        "mean_abs_dp": round(float(delta.mean()), 5),
+    }
+    print(
+        f"{model.model_file} vs {other.model_file}: same top-1 on {comparison['top1_agreement']:.2%} of the faces, "
+        f"|dp| max {comparison['max_abs_dp']} mean {comparison['mean_abs_dp']}; "
+        f"{other.model_file} accuracy {comparison['accuracy']:.2%}"
+    )
+    return comparison
 
 
 def evaluate_via_detector(
@@ -323,7 +363,8 @@ def evaluate_via_detector(
 
 
 def _stem(args: argparse.Namespace, model: FacialExpressionModel) -> str:
-    stem = f"{model.json_path.stem}_{args.split}{'_tta' if args.flip_tta else ''}"
+    precision = "_int8" if model.precision == "int8" else ""
+    stem = f"{model.json_path.stem}{precision}_{args.split}{'_tta' if args.flip_tta else ''}"
     return stem if args.limit is None else f"{stem}_limit{args.limit}"
 
 
@@ -348,11 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     from fer_async.model import FacialExpressionModel  # imports TensorFlow: seconds
 
     try:
-        model = FacialExpressionModel(args.weights, args.model_name, flip_tta=args.flip_tta, runtime=args.runtime)
+        model = FacialExpressionModel(
+            args.weights, args.model_name, flip_tta=args.flip_tta, runtime=args.runtime, precision=args.model_precision
+        )
     except FileNotFoundError as e:
         return fail(f"{e} (train and export with `python -m training.train`, or pass --weights)")
 
     summary, probs = evaluate_plain(args, split, model)
+    if args.compare_precision is not None:
+        summary["comparison"] = compare_precision(args, split, model, probs)
     if detector is not None:
         summary["via_detector"] = evaluate_via_detector(args, split, model, detector, probs)
     print(json.dumps(summary), flush=True)

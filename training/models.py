@@ -2,7 +2,9 @@
 
 Run `python -m training.models` to print the parameter count and the multiply-accumulate
 operations (MACs) per face of every network defined here; `--speed` also times the shipped
-weights through the server's `FacialExpressionModel` at batch 1 and 64, with and without TTA.
+weights through the server's `FacialExpressionModel` at batch 1 and 64, with and without TTA,
+the fp32 and the int8 network one right after the other (`--model-precision`), with the load
+average before and after and the faces per second of CPU time (less sensitive to a busy machine).
 
 Every network takes uint8-range grey faces `[N, 48, 48, 1]`, stretches each face to 0..255
 (`FaceContrast`, as the FER2013 npz faces are stretched; camera crops are not) and rescales it
@@ -17,12 +19,14 @@ import argparse
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import layers
 
-from fer_async.config import RUNTIMES
+from fer_async.config import MODEL_PRECISIONS, RUNTIMES
 from fer_async.keras_layers import FaceContrast
 from fer_async.labels import EMOTIONS, FACE_SIZE
 from fer_async.model import ONNX_THREADS
@@ -193,26 +197,61 @@ def _leaf_layers(model: keras.Model) -> list[layers.Layer]:
     return found
 
 
+class Speed(NamedTuple):
+    """One timing of `measure_speed`."""
+
+    model_file: str  # the file that served (fernet.int8.onnx, fernet.onnx, fernet.json)
+    flip_tta: bool
+    batch: int
+    ms_per_call: float
+    faces_per_s: float  # wall clock
+    faces_per_cpu_s: float  # per second of this process's CPU time: what a busy machine does not change much
+
+
 def measure_speed(
-    batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0, runtime: str = "auto", onnx_threads: int = 1
-) -> list[tuple[bool, int, float, float]]:
-    """(flip_tta, batch, ms per call, faces/s) of the shipped model through the server's class."""
+    batch_sizes: tuple[int, ...] = (1, 64),
+    seconds: float = 3.0,
+    runtime: str = "auto",
+    onnx_threads: int = 1,
+    precisions: tuple[str, ...] = ("fp32",),
+) -> list[Speed]:
+    """Timings of the shipped model through the server's class, each precision right after the other."""
     from fer_async.model import FacialExpressionModel  # the server's class, loaded only for --speed
 
     rows = []
     for flip_tta in (False, True):
-        served = FacialExpressionModel(flip_tta=flip_tta, runtime=runtime, onnx_threads=onnx_threads)
+        served = [
+            FacialExpressionModel(flip_tta=flip_tta, runtime=runtime, onnx_threads=onnx_threads, precision=precision)
+            for precision in precisions
+        ]
         for batch in batch_sizes:
             faces = np.random.default_rng(batch).integers(0, 256, (batch, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
-            for _ in range(5):  # warm caches and the compiled function for this shape
-                served.predict(faces)
-            calls, started = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - started) < seconds:
-                served.predict(faces)
-                calls += 1
-            per_call = elapsed / calls
-            rows.append((flip_tta, batch, per_call * 1000, batch / per_call))
+            for model in served:
+                for _ in range(5):  # warm caches and the compiled function for this shape
+                    model.predict(faces)
+                calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
+                while (elapsed := time.perf_counter() - started) < seconds:
+                    model.predict(faces)
+                    calls += 1
+                cpu = time.process_time() - cpu_started
+                rows.append(
+                    Speed(
+                        model.model_file,
+                        flip_tta,
+                        batch,
+                        elapsed / calls * 1000,
+                        batch * calls / elapsed,
+                        batch * calls / cpu,
+                    )
+                )
     return rows
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,20 +264,35 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per (TTA, batch) pair for --speed")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="the runtime --speed times")
+    parser.add_argument(
+        "--model-precision",
+        choices=(*MODEL_PRECISIONS, "both"),
+        default="both",
+        help="the network file(s) --speed times, one right after the other (default: %(default)s; "
+        "--runtime keras: fp32 only)",
+    )
     parser.add_argument("--onnx-threads", type=int, default=ONNX_THREADS, help="onnxruntime intra-op threads")
     args = parser.parse_args(argv)
     for name in args.names:
         model = build(name)
         print(f"{name:10s} params={model.count_params():>10,d}  GMAC/face={count_macs(model) / 1e9:.3f}")
     if args.speed:
-        rows = measure_speed(seconds=args.seconds, runtime=args.runtime, onnx_threads=args.onnx_threads)
+        precisions = MODEL_PRECISIONS if args.model_precision == "both" else (args.model_precision,)
+        if args.runtime == "keras":
+            precisions = ("fp32",)
+        print(f"load average (1, 5, 15 min) before: {_load_average()}")
+        rows = measure_speed(
+            seconds=args.seconds, runtime=args.runtime, onnx_threads=args.onnx_threads, precisions=precisions
+        )
         threads = f", {args.onnx_threads} onnx threads" if args.runtime != "keras" else ""
-        for flip_tta, batch, ms, faces_per_s in rows:
-            tta = "flip TTA" if flip_tta else "no TTA  "
+        for row in rows:
+            tta = "flip TTA" if row.flip_tta else "no TTA  "
             print(
-                f"shipped model ({args.runtime}{threads}), {tta} batch {batch:3d}: "
-                f"{ms:7.2f} ms per call, {faces_per_s:7,.0f} faces/s"
+                f"shipped model {row.model_file:16s} ({args.runtime}{threads}), {tta} batch {row.batch:3d}: "
+                f"{row.ms_per_call:7.2f} ms per call, {row.faces_per_s:7,.0f} faces/s, "
+                f"{row.faces_per_cpu_s:7,.0f} faces per CPU s"
             )
+        print(f"load average (1, 5, 15 min) after: {_load_average()}")
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def load_analyzer(
     weights: str | Path | None = None,
     model_name: str | None = None,
     flip_tta: bool | None = None,
+    precision: str | None = None,
 ) -> Analyzer:
-    """The server's Analyzer with the server's defaults (`Settings`: weights, detector, flip TTA).
+    """The server's Analyzer with the server's defaults (`Settings`: weights, detector, flip TTA, precision).
 
     The detector is resolved as the server resolves it (YuNet from its file, cache or one
     pinned download, else Haar); `analyzer.detector.name` says which runs. Loading imports
@@ -92,6 +93,7 @@ def load_analyzer(
         Path(weights) if weights is not None else defaults.weights,
         model_name or defaults.model_name,
         flip_tta=defaults.flip_tta if flip_tta is None else flip_tta,
+        precision=precision or defaults.model_precision,
     )
     return Analyzer(model, found_detector)
 

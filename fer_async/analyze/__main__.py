@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="P",
         help="a track's label changes only when another class leads by this much (default: %(default)s)",
     )
-    add_model_options(p)  # --weights --model-name --flip-tta --detector --detector-model, as the server
+    add_model_options(p)  # --weights --model-name --model-precision --flip-tta --detector(-model), as the server
     p.add_argument(
         "--max-width",
         type=int,
@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             weights=args.weights,
             model_name=args.model_name,
             flip_tta=args.flip_tta,
+            precision=args.model_precision,
         )
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _error(str(exc))

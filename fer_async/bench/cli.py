@@ -170,6 +170,8 @@ def _server_args(ns: argparse.Namespace, *, clients: int = 0) -> list[str]:
         args += ["--model-name", ns.model_name]
     if ns.runtime is not None:
         args += ["--runtime", ns.runtime]
+    if ns.model_precision is not None:
+        args += ["--model-precision", ns.model_precision]
     if ns.flip_tta is not None:
         args.append("--flip-tta" if ns.flip_tta else "--no-flip-tta")
     if ns.detector is not None:

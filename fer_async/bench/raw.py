@@ -26,7 +26,11 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     options = argparse.Namespace(**vars(ns))
     model_option_defaults(options)  # the server's defaults for what the command line left out
     model = FacialExpressionModel(
-        options.weights, options.model_name, flip_tta=options.flip_tta, runtime=options.runtime
+        options.weights,
+        options.model_name,
+        flip_tta=options.flip_tta,
+        runtime=options.runtime,
+        precision=options.model_precision,
     )
     detector, _name = create_detector_for(options.detector, options.detector_model)
     batch = ns.max_batch

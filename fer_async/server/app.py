@@ -60,7 +60,11 @@ def _load_model(settings: Settings) -> Predictor:
     from fer_async.model import FacialExpressionModel
 
     return FacialExpressionModel(
-        settings.weights, settings.model_name, flip_tta=settings.flip_tta, runtime=settings.runtime
+        settings.weights,
+        settings.model_name,
+        flip_tta=settings.flip_tta,
+        runtime=settings.runtime,
+        precision=settings.model_precision,
     )
 
 

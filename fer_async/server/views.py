@@ -88,6 +88,9 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "ok" if problem is None else "degraded",
             **({} if problem is None else {"reason": str(problem)}),
             "model": settings.model_name,
+            # The file that serves (fernet.int8.onnx, fernet.onnx, fernet.json); null with --executor.
+            "model_file": getattr(request.app[MODEL], "model_file", None),
+            "precision": getattr(request.app[MODEL], "precision", None),
             "device": _device(request),
             "detector": request.app[DETECTOR_NAME],
             "runtime": str(getattr(request.app[MODEL], "runtime", "keras")),

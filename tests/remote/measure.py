@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     from fer_async.model import FacialExpressionModel
 
     onnx_file = cached_onnx(DEFAULT_WEIGHTS_DIR, DEFAULT_MODEL_NAME)
-    keras = FacialExpressionModel(DEFAULT_WEIGHTS_DIR, DEFAULT_MODEL_NAME, flip_tta=True)
+    keras = FacialExpressionModel(DEFAULT_WEIGHTS_DIR, DEFAULT_MODEL_NAME, flip_tta=True, precision="fp32")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # as the server's runtime here (FERNET_THREADS=1)
     session = onnxruntime.InferenceSession(str(onnx_file), options)

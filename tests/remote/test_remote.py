@@ -66,16 +66,16 @@ async def _predict(url: str, faces: np.ndarray, *, flip_tta: bool) -> np.ndarray
 
 
 async def test_same_probabilities_as_the_in_process_model(
-    mlserver: MLServer, real_model: Any, real_faces: np.ndarray
+    mlserver: MLServer, real_fp32_model: Any, real_faces: np.ndarray
 ) -> None:
     remote = await _predict(mlserver.url, real_faces, flip_tta=True)
-    local = real_model.predict(real_faces)  # flip TTA on, like the server's default
+    local = real_fp32_model.predict(real_faces)  # flip TTA on, like the server's default; the file MLServer serves
     assert remote.shape == local.shape == (len(real_faces), 7)
     np.testing.assert_allclose(remote, local, atol=PARITY_TOLERANCE, rtol=0)
     assert np.array_equal(remote.argmax(1), local.argmax(1))
 
     plain = await _predict(mlserver.url, real_faces, flip_tta=False)
-    keras_plain = FacialExpressionModel(flip_tta=False).predict(real_faces)  # the shipped weights, no TTA
+    keras_plain = FacialExpressionModel(flip_tta=False, precision="fp32").predict(real_faces)  # the shipped weights
     np.testing.assert_allclose(plain, keras_plain, atol=PARITY_TOLERANCE, rtol=0)
     assert not np.allclose(plain, remote, atol=PARITY_TOLERANCE)  # the mirrored half really was averaged in
     print(f"\n{len(real_faces)} faces: max |remote - in-process| = {np.abs(remote - local).max():.2e} (flip TTA), "
@@ -135,11 +135,11 @@ def _settings(url: str, timeout_s: float) -> Settings:
 
 
 async def test_the_app_classifies_through_the_server(
-    aiohttp_client: Any, mlserver: MLServer, real_model: Any, face_jpeg: bytes
+    aiohttp_client: Any, mlserver: MLServer, real_fp32_model: Any, face_jpeg: bytes
 ) -> None:
     remote_app: Client = await aiohttp_client(create_app(_settings(mlserver.url, GENEROUS_TIMEOUT_S)))
     local_app: Client = await aiohttp_client(
-        create_app(_settings(mlserver.url, GENEROUS_TIMEOUT_S).replace(executor=None), model=real_model)
+        create_app(_settings(mlserver.url, GENEROUS_TIMEOUT_S).replace(executor=None), model=real_fp32_model)
     )
     health = await (await remote_app.get("/healthz")).json()
     assert health["status"] == "ok" and health["device"] == f"remote {mlserver.url}"

@@ -37,6 +37,17 @@ def test_defaults() -> None:
     assert settings.url == "http://127.0.0.1:8080/"
     assert settings.detector == "yunet" and settings.detector_model is None
     assert settings.smoothing_ms == DEFAULT_SMOOTHING_MS and settings.label_margin == DEFAULT_SWITCH_MARGIN
+    assert settings.runtime == "auto" and settings.model_precision == "int8"
+
+
+def test_model_precision_from_argv_or_environment() -> None:
+    assert Settings.from_args(["--model-precision", "fp32"], env={}).model_precision == "fp32"
+    assert Settings.from_args([], env={"FER_MODEL_PRECISION": "fp32"}).model_precision == "fp32"
+    assert Settings.from_args(["--model-precision=int8"], env={"FER_MODEL_PRECISION": "fp32"}).model_precision == "int8"
+    assert "model_precision" in MODEL_OPTIONS  # the tools (evaluate, clip, analyze, bench) take it too
+    assert "`--model-precision fp32\\|int8` | `FER_MODEL_PRECISION` | int8 |" in options_table()
+    with pytest.raises(SettingsError, match="--model-precision must be one of fp32, int8"):
+        Settings(model_precision="int4")
 
 
 def test_command_line_beats_environment_beats_default() -> None:
@@ -61,6 +72,7 @@ def test_every_option(tmp_path: Path) -> None:
             f"--weights={tmp_path}",
             "--model-name=other",
             "--no-flip-tta",
+            "--model-precision=fp32",
             "--detector=haar",
             f"--video-dir={tmp_path}",
             "--max-batch=32",
@@ -78,6 +90,7 @@ def test_every_option(tmp_path: Path) -> None:
         env={},
     )
     assert settings.weights == tmp_path and settings.model_name == "other" and not settings.flip_tta
+    assert settings.model_precision == "fp32"
     assert (settings.max_batch, settings.max_wait_s, settings.max_queue) == (32, 0.0025, 10)
     assert settings.allow_origins == ("https://a.org", "https://b.org")
     assert settings.tls and settings.url == "https://0.0.0.0:0/"
@@ -96,6 +109,8 @@ def test_every_option(tmp_path: Path) -> None:
         ([], {"FER_LABEL_MARGIN": "1.5"}, "--label-margin"),
         (["--detector", "mtcnn"], {}, "invalid choice"),
         ([], {"FER_FLIP_TTA": "maybe"}, "FER_FLIP_TTA"),
+        (["--model-precision", "int4"], {}, "invalid choice"),
+        ([], {"FER_MODEL_PRECISION": "bf16"}, "--model-precision"),
     ],
 )
 def test_invalid_settings_exit_with_a_message(

@@ -47,4 +47,8 @@ def test_speed_report_times_the_shipped_model(capsys: pytest.CaptureFixture[str]
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("fernet") and "GMAC/face=0.118" in lines[0]
     speed = [line for line in lines if line.startswith("shipped model")]
-    assert len(speed) == 4 and all("faces/s" in line for line in speed)
+    # fp32 and int8, each with and without flip TTA, at batch 1 and 64; faces per wall and per CPU second
+    assert len(speed) == 8 and all("faces/s" in line and "faces per CPU s" in line for line in speed)
+    assert sum("fernet.int8.onnx" in line for line in speed) == 4
+    assert sum(line.startswith("shipped model fernet.onnx ") for line in speed) == 4
+    assert sum(line.startswith("load average") for line in lines) == 2
