@@ -18,7 +18,7 @@ The steps, each also a subcommand:
   one random view of each face per epoch, with the same schedule, EMA and selection.
 * ``ensemble``: PublicTest accuracy of the teachers' averaged flip-TTA probabilities.
 * ``export`` (TensorFlow, the [train] extra): a run's ``.npz`` to ``<export-dir>/<name>.json``,
-  ``.weights.h5``, ``.onnx`` and a card, the form the server loads.
+  ``.weights.h5``, ``.onnx``, ``.int8.onnx`` and a card, the form the server loads.
 
 Stop rule (the issue's): no student when the ensemble is below ``--min-ensemble`` (70.5 %).
 """
@@ -635,7 +635,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """A run's weights in the served form, beside a card that records the run."""
     from training import models
-    from training.export_onnx import export_onnx
+    from training.export_onnx import CALIBRATION_FACES, export_int8, export_onnx
     from training.metrics import report
     from training.train import write_model
 
@@ -648,6 +648,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     weights_path = args.export_dir / f"{args.name}.weights.h5"
     write_model(model, record["network"], json_path, weights_path)
     onnx_path = export_onnx(json_path)
+    train_size = len(load_split(args.data, "train"))
+    int8_path = export_int8(args.export_dir, args.name, data=args.data, n_faces=min(CALIBRATION_FACES, train_size))
     history = "\n".join(
         f"| {h['epoch']} | {h['loss']:.4f} | {h['val_accuracy']:.4f} | {h['val_accuracy_tta']:.4f} |"
         for h in record["history"]
@@ -681,7 +683,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"without TTA: {accuracy(plain, val.y):.2%}\n\n"
         f"## Epochs\n\n| epoch | loss | PublicTest | + flip TTA |\n|---:|---:|---:|---:|\n{history}\n"
     )
-    print(f"exported {json_path}, {weights_path}, {onnx_path}, {card}")
+    print(f"exported {json_path}, {weights_path}, {onnx_path}, {int8_path}, {card}")
     print(f"PublicTest with flip TTA {accuracy(tta, val.y):.4f}")
 
 

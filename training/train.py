@@ -46,7 +46,7 @@ from fer_async.labels import EMOTIONS
 from training import models
 from training.augmentation import describe_augmentation
 from training.data import DEFAULT_DATA, Split, class_counts, class_weights, load_split
-from training.export_onnx import export_onnx
+from training.export_onnx import CALIBRATION_FACES, export_int8, export_onnx
 from training.metrics import Report, report
 from training.plots import plot_history
 
@@ -332,8 +332,11 @@ def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> N
     json_path = args.export_dir / f"{args.name}.json"
     weights_path = args.export_dir / f"{args.name}.weights.h5"
     write_model(model, args.model, json_path, weights_path)
-    # The server runs the ONNX copy (onnxruntime); exporting it here keeps the two from drifting.
+    # The server runs the ONNX copies (onnxruntime, int8 by default); exporting them here keeps
+    # them from drifting: a stale int8 file would be served as fp32, with a warning.
     onnx_path = export_onnx(json_path)
+    calibration = min(CALIBRATION_FACES, len(load_split(args.data, "train")))  # the Training split, not + val
+    int8_path = export_int8(args.export_dir, args.name, data=args.data, n_faces=calibration)
     card = args.export_dir / f"{args.name}.md"
     val = result.val
     if args.extra_train == "val":
@@ -366,7 +369,7 @@ def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> N
         f"class-weight power {args.class_weight_power}\n\n"
         f"## {heading}\n\n{val.markdown()}\n"
     )
-    print(f"exported {json_path}, {weights_path}, {onnx_path}, {card}")
+    print(f"exported {json_path}, {weights_path}, {onnx_path}, {int8_path}, {card}")
 
 
 def summarise_log(csv_path: Path) -> tuple[int, int, float]:

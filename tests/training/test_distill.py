@@ -77,8 +77,9 @@ def test_store_student_and_export_give_what_the_server_loads(
     card = (export_dir / "fernet.md").read_text()
     assert "role: student, alpha 0.8" in card and "training.distill student" in card
     assert "## Teachers (3 fixed views per face" in card and "| happy |" in card
-    served = FacialExpressionModel(export_dir, "fernet", flip_tta=False)
+    served = FacialExpressionModel(export_dir, "fernet", flip_tta=False, precision="fp32")
     assert served.runtime == "onnx"
+    assert FacialExpressionModel(export_dir, "fernet", flip_tta=False).precision == "int8"
     faces = load_split(tiny_npz, "val").x[:4]
     keras_copy = FacialExpressionModel(export_dir, "fernet", flip_tta=False, runtime="keras")
     np.testing.assert_allclose(served.predict(faces), keras_copy.predict(faces), atol=1e-4)

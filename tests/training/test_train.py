@@ -31,12 +31,16 @@ def test_tiny_run_checkpoints_logs_and_exports_what_the_server_loads(
     assert "| happy |" in card  # the per-class table
 
     # The server's own loader reads the export; it carries no optimizer state.
-    served = FacialExpressionModel(export_dir, "fernet", flip_tta=False)
+    served = FacialExpressionModel(export_dir, "fernet", flip_tta=False, precision="fp32")
     faces = np.random.default_rng(3).integers(0, 256, (3, 48, 48), dtype=np.uint8)
     probs = served.predict(faces)
     assert probs.shape == (3, 7) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    # ... and the ONNX copy the server runs by default was exported beside it, from these very files.
+    # ... and the ONNX copies the server runs were exported beside it, from these very files:
+    # the int8 one (the default) is current, not a stale file served as fp32.
     assert served.runtime == "onnx"
+    default = FacialExpressionModel(export_dir, "fernet", flip_tta=False)
+    assert default.precision == "int8" and (export_dir / "fernet.int8.onnx").is_file()
+    assert default.predict(faces).argmax(axis=1).shape == (3,)
     keras_copy = FacialExpressionModel(export_dir, "fernet", flip_tta=False, runtime="keras")
     np.testing.assert_allclose(probs, keras_copy.predict(faces), atol=1e-4)
     with h5py.File(export_dir / "fernet.weights.h5", "r") as f:
