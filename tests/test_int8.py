@@ -14,15 +14,13 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from testsupport import detected_photo_faces
 
 from fer_async.config import DEFAULT_WEIGHTS_DIR
-from fer_async.detector import HaarDetector, YuNetDetector
-from fer_async.imaging import crop_faces
 from fer_async.model import (
     INT8_EXPORT_COMMAND,
     JSON_SHA256,
@@ -62,20 +60,7 @@ def precisions(request: pytest.FixtureRequest) -> Iterator[tuple[FacialExpressio
 @pytest.fixture(scope="module")
 def photo_faces() -> np.ndarray:
     """Every face the server's detectors find in the tests/data photos, cropped as it serves them."""
-    detectors: list[Any] = [HaarDetector()]
-    if YUNET_MODEL.is_file():
-        detectors.append(YuNetDetector(YUNET_MODEL))
-    crops = []
-    for photo in sorted(DATA.glob("*.jpg")):
-        image = cv2.imread(str(photo))
-        assert image is not None, photo
-        for detector in detectors:
-            boxes = detector.detect(image)
-            if boxes:
-                crops.append(crop_faces(image, boxes))
-    faces = np.concatenate(crops)
-    assert len(faces) >= 3, "the photos hold at least three detectable faces"
-    return faces
+    return detected_photo_faces(DATA, YUNET_MODEL)
 
 
 def _metadata(path: Path) -> dict[str, str]:

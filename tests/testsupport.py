@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -97,3 +98,25 @@ def first_conv_kernel(weights_h5: Path) -> np.ndarray:
         f.visititems(visit)
     assert len(found) == 1, f"expected one 3x3x1 kernel, found {len(found)}"
     return found[0]
+
+
+def detected_photo_faces(data: Path, yunet_model: Path) -> np.ndarray:
+    """Every face the server's detectors (Haar, and YuNet where its file is there) find in the
+    photos of `data`, cropped as the server crops them."""
+    from fer_async.detector import HaarDetector, YuNetDetector
+    from fer_async.imaging import crop_faces
+
+    detectors: list[Any] = [HaarDetector()]
+    if yunet_model.is_file():
+        detectors.append(YuNetDetector(yunet_model))
+    crops = []
+    for photo in sorted(data.glob("*.jpg")):
+        image = cv2.imread(str(photo))
+        assert image is not None, photo
+        for detector in detectors:
+            boxes = detector.detect(image)
+            if boxes:
+                crops.append(crop_faces(image, boxes))
+    faces = np.concatenate(crops)
+    assert len(faces) >= 3, "the photos hold at least three detectable faces"
+    return faces

@@ -94,9 +94,15 @@ def load_run(path: Path) -> tuple[list[np.ndarray], dict[str, Any], dict[str, np
 
 
 def load_network(path: Path, *, augment: bool = False, precision: str = "fp32") -> Any:
+    return network_of(*load_run(path)[:2], augment=augment, precision=precision)
+
+
+def network_of(
+    weights: list[np.ndarray], record: dict[str, Any], *, augment: bool = False, precision: str = "fp32"
+) -> Any:
+    """The run's network (`record["network"]`) holding its weights."""
     from training import models
 
-    weights, record, _ = load_run(path)
     model = models.build(record["network"], precision=precision, augment=augment)
     model.set_weights(weights)
     return model
@@ -374,6 +380,15 @@ def _splits(args: argparse.Namespace) -> tuple[Split, Split]:
     return train, val
 
 
+def _views(path: Path | None, train: Split, count: int, seed: int) -> np.ndarray:
+    """The views.npy at `path` (memory-mapped), else `count` views of the training faces rendered here."""
+    if path:
+        return np.load(path, mmap_mode="r")
+    from training.views import render_views
+
+    return render_views(train.x, count, seed)
+
+
 def _finish(out: Path, result: dict[str, Any], command: str, dtype: str, log: Any, **record: Any) -> None:
     weights, val_probs = result.pop("weights"), result.pop("val_probs")
     result.update(record, command=command, weights_dtype=dtype)
@@ -412,11 +427,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
 def cmd_store(args: argparse.Namespace) -> None:
     log = _logger("store")
     train, val = _splits(args)
-    views = np.load(args.views, mmap_mode="r") if args.views else None
-    if views is None:
-        from training.views import render_views
-
-        views = render_views(train.x, args.count, args.view_seed)
+    views = _views(args.views, train, args.count, args.view_seed)
     if views.shape[1:] != train.x.shape:
         raise ValueError(f"views {views.shape} do not match the training faces {train.x.shape}")
     check_accelerator(args.require_gpu, log)
@@ -424,8 +435,8 @@ def cmd_store(args: argparse.Namespace) -> None:
     val_summed = np.zeros((len(val), NUM_CLASSES), np.float32)
     teachers = []
     for path in args.teachers:
-        model = load_network(path, precision=args.precision)
-        _, record, arrays = load_run(path)
+        weights, record, arrays = load_run(path)
+        model = network_of(weights, record, precision=args.precision)
         for k in range(len(views)):
             summed[k] += model.predict(np.asarray(views[k])[..., None], batch_size=2048, verbose=0)
         val_summed += arrays["val_probs"]
@@ -455,11 +466,7 @@ def cmd_student(args: argparse.Namespace) -> None:
     with np.load(args.store) as store:
         teacher = store["probs"]
         store_record = json.loads(str(store["record"]))
-    views = np.load(args.views, mmap_mode="r") if args.views else None
-    if views is None:
-        from training.views import render_views
-
-        views = render_views(train.x, store_record["views"], store_record["view_seed"])
+    views = _views(args.views, train, store_record["views"], store_record["view_seed"])
     recipe = _recipe(args)
     batches = _pydataset()(
         train.x,
@@ -635,12 +642,12 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """A run's weights in the served form, beside a card that records the run."""
     from training import models
-    from training.export_onnx import CALIBRATION_FACES, export_int8, export_onnx
+    from training.export_onnx import export_int8, export_onnx
     from training.metrics import report
     from training.train import write_model
 
-    model = load_network(args.run, augment=True)
-    _, record, _ = load_run(args.run)
+    weights, record, _ = load_run(args.run)
+    model = network_of(weights, record, augment=True)
     val = load_split(args.data, "val")
     tta, plain = predict_flip_tta(model, val.x)
     args.export_dir.mkdir(parents=True, exist_ok=True)
@@ -648,8 +655,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     weights_path = args.export_dir / f"{args.name}.weights.h5"
     write_model(model, record["network"], json_path, weights_path)
     onnx_path = export_onnx(json_path)
-    train_size = len(load_split(args.data, "train"))
-    int8_path = export_int8(args.export_dir, args.name, data=args.data, n_faces=min(CALIBRATION_FACES, train_size))
+    int8_path = export_int8(args.export_dir, args.name, data=args.data, n_faces=None)
     history = "\n".join(
         f"| {h['epoch']} | {h['loss']:.4f} | {h['val_accuracy']:.4f} | {h['val_accuracy_tta']:.4f} |"
         for h in record["history"]

@@ -75,7 +75,6 @@ def export_onnx(
     weights: str | os.PathLike[str] = DEFAULT_WEIGHTS_DIR, name: str = DEFAULT_MODEL_NAME, out: Path | None = None
 ) -> Path:
     """Write the ONNX export of `<weights>/<name>.json` + `.weights.h5`; returns its path."""
-    import onnx
     import tensorflow as tf
     import tf2onnx
 
@@ -97,24 +96,36 @@ def export_onnx(
         "keras_version": __import__("keras").__version__,
         "tf2onnx_version": tf2onnx.__version__,
     }
+    return _write_with_metadata(proto, metadata, out)
+
+
+def _write_with_metadata(proto: Any, metadata: dict[str, str], out: Path) -> Path:
+    """`proto` with `metadata` added to its metadata, checked, then written to `out` by rename:
+    never a half-written model where the server looks."""
+    import onnx
+
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(proto.SerializeToString())
-    tmp.replace(out)  # never a half-written model where the server looks
+    tmp.replace(out)
     return out
 
 
 def calibration_faces(
-    data: str | os.PathLike[str] = DEFAULT_DATA, n: int = CALIBRATION_FACES, seed: int = CALIBRATION_SEED
+    data: str | os.PathLike[str] = DEFAULT_DATA, n: int | None = CALIBRATION_FACES, seed: int = CALIBRATION_SEED
 ) -> np.ndarray:
-    """`n` FER2013 training faces, uint8 [n, 48, 48], drawn per class in proportion to the split.
+    """`n` FER2013 training faces, uint8 [n, 48, 48], drawn per class in proportion to the split
+    (`None`: CALIBRATION_FACES, or the whole split where it is smaller, as in a training run's
+    small data set).
 
     The same data, `n` and `seed` always give the same faces, in training-set order.
     """
     train = load_split(data, "train")
+    if n is None:
+        n = min(CALIBRATION_FACES, len(train))
     if n < len(np.unique(train.y)) or n > len(train):
         raise ValueError(f"--calibration-faces must be between the number of classes and {len(train)}, got {n}")
     rng = np.random.default_rng(seed)
@@ -169,7 +180,7 @@ def export_int8(
     out: Path | None = None,
     *,
     data: str | os.PathLike[str] = DEFAULT_DATA,
-    n_faces: int = CALIBRATION_FACES,
+    n_faces: int | None = CALIBRATION_FACES,
     seed: int = CALIBRATION_SEED,
 ) -> Path:
     """Write `<name>.int8.onnx` (or `out`): the current fp32 export, statically quantized; returns its path."""
@@ -241,15 +252,8 @@ def export_int8(
         ),
         "onnxruntime_version": onnxruntime.__version__,
     }
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(proto.SerializeToString())
-    tmp.replace(out)
-    return out
+    del proto.metadata_props[:]  # the fp32 file's own entries: the int8 file has its own
+    return _write_with_metadata(proto, metadata, out)
 
 
 def main(argv: list[str] | None = None) -> int:

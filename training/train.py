@@ -46,7 +46,7 @@ from fer_async.labels import EMOTIONS
 from training import models
 from training.augmentation import describe_augmentation
 from training.data import DEFAULT_DATA, Split, class_counts, class_weights, load_split
-from training.export_onnx import CALIBRATION_FACES, export_int8, export_onnx
+from training.export_onnx import export_int8, export_onnx
 from training.metrics import Report, report
 from training.plots import plot_history
 
@@ -335,8 +335,7 @@ def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> N
     # The server runs the ONNX copies (onnxruntime, int8 by default); exporting them here keeps
     # them from drifting: a stale int8 file would be served as fp32, with a warning.
     onnx_path = export_onnx(json_path)
-    calibration = min(CALIBRATION_FACES, len(load_split(args.data, "train")))  # the Training split, not + val
-    int8_path = export_int8(args.export_dir, args.name, data=args.data, n_faces=calibration)
+    int8_path = export_int8(args.export_dir, args.name, data=args.data, n_faces=None)
     card = args.export_dir / f"{args.name}.md"
     val = result.val
     if args.extra_train == "val":
