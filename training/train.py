@@ -47,8 +47,10 @@ from training import models
 from training.augmentation import describe_augmentation
 from training.data import DEFAULT_DATA, Split, class_counts, class_weights, load_split
 from training.export_onnx import export_int8, export_onnx
+from training.ferplus import DEFAULT_VOTES, UNVOTED_CHOICES, load_votes, majority_labels, training_targets
 from training.metrics import Report, report
 from training.plots import plot_history
+from training.webcam_augment import WebcamAugment, webcam_batch
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXPORT_DIR = DEFAULT_WEIGHTS_DIR
@@ -94,6 +96,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-momentum", type=float, default=EMA_MOMENTUM)
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA); 0 = off")
     p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix with Beta(ALPHA, ALPHA); 0 = off")
+    crowd = p.add_argument_group("FER+ crowd votes (training.ferplus)")
+    crowd.add_argument(
+        "--votes",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_VOTES,
+        default=None,
+        help=f"train on the FER+ votes in this npz (alone: {DEFAULT_VOTES}) and select on the FER+ majority of "
+        "PublicTest; without it, FER2013's labels",
+    )
+    crowd.add_argument(
+        "--vote-share",
+        type=float,
+        default=1.0,
+        help="target = share x vote distribution + (1 - share) x FER2013 one-hot (default: %(default)s)",
+    )
+    crowd.add_argument(
+        "--unvoted",
+        choices=UNVOTED_CHOICES,
+        default="keep",
+        help="faces without votes: keep them on their FER2013 label, or drop them (default: %(default)s)",
+    )
+    p.add_argument(
+        "--webcam-augment",
+        action="store_true",
+        help="also augment the batch with webcam conditions: a hand-like box, motion blur, dim light, a turned head",
+    )
     p.add_argument(
         "--extra-train",
         choices=("val",),
@@ -113,6 +142,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start from these weights (e.g. an earlier export of the same network) instead of random ones",
     )
+    p.add_argument(
+        "--keep-epochs",
+        action="store_true",
+        help="also keep every epoch's weights in <run-dir>/epochs/ (to compare epochs on other faces afterwards)",
+    )
     p.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke tests)")
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/<model>")
     p.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR)
@@ -120,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-only", action="store_true", help="skip training; export the run's best checkpoint")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="1 = progress bar, 2 = one line/epoch")
     args = p.parse_args(argv)
+    if not 0 <= args.vote_share <= 1:
+        p.error("--vote-share must be between 0 and 1")
     for option in ("mixup", "cutmix", "ema_momentum"):
         if getattr(args, option) < 0:
             p.error(f"--{option.replace('_', '-')} must be >= 0")
@@ -140,6 +176,8 @@ class RunResult:
     epochs_run: int
     seconds: float
     val: Report
+    ferplus: Report | None = None  # the FER+ majority of PublicTest, when trained on the votes
+    agreed: Report | None = None  # PublicTest faces whose FER2013 label is the FER+ majority
 
 
 class LivePlot(keras.callbacks.Callback):
@@ -185,12 +223,30 @@ def build_training_model(args: argparse.Namespace) -> keras.Model:
     return models.build(args.model, fused_bn=args.batch_norm == "fused", precision=args.precision)
 
 
-def sample_weights(y: np.ndarray, args: argparse.Namespace) -> np.ndarray:
-    """Per-face loss weights: the class weight of each face's label (1 without class weights)."""
+def sample_weights(targets: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """Per-face loss weights: each face's target distribution times the class weights, which
+    come from the summed targets (1 without class weights). One-hot targets give each face the
+    weight of its class."""
     if args.class_weight_power <= 0:
-        return np.ones(len(y), np.float32)
-    weights = class_weights(y, args.class_weight_power)
-    return np.array([weights[int(label)] for label in y], np.float32)
+        return np.ones(len(targets), np.float32)
+    counts = targets.sum(axis=0).astype(np.float64)
+    raw = (counts.max() / np.maximum(counts, 1e-9)) ** args.class_weight_power
+    raw /= float((raw * counts).sum() / counts.sum())
+    return (targets @ raw).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    x: np.ndarray  # uint8 [N, 48, 48]
+    targets: np.ndarray  # float32 [N, 7]: one-hot FER2013 labels, or FER+ vote distributions mixed in
+    y: np.ndarray  # the FER2013 labels (counts, logs)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def one_hot(y: np.ndarray) -> np.ndarray:
+    return keras.utils.to_categorical(y, len(EMOTIONS)).astype(np.float32)
 
 
 def _beta(alpha: float) -> tf.Tensor:
@@ -240,21 +296,55 @@ def mix_batch(
     return mixed, y, w
 
 
-def mixed_dataset(train: Split, args: argparse.Namespace) -> tf.data.Dataset:
-    labels = keras.utils.to_categorical(train.y, len(EMOTIONS)).astype(np.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((train.x[..., None], labels, sample_weights(train.y, args)))
-    # Sequential map: stateful random ops drawn in a fixed order, so a seed repeats a run.
-    return (
-        dataset.shuffle(len(train), seed=args.seed, reshuffle_each_iteration=True)
-        .batch(args.batch_size)
-        .map(lambda x, y, w: mix_batch(x, y, w, args.mixup, args.cutmix))
-        .prefetch(tf.data.AUTOTUNE)
+def uses_dataset(args: argparse.Namespace) -> bool:
+    """Whether the batches are transformed in a tf.data pipeline (mixing, webcam conditions)."""
+    return bool(args.mixup or args.cutmix or args.webcam_augment)
+
+
+def batch_dataset(train: TrainingSet, args: argparse.Namespace) -> tf.data.Dataset:
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (train.x[..., None], train.targets, sample_weights(train.targets, args))
     )
+    dataset = dataset.shuffle(len(train), seed=args.seed, reshuffle_each_iteration=True).batch(args.batch_size)
+    # Sequential maps: stateful random ops drawn in a fixed order, so a seed repeats a run.
+    if args.webcam_augment:
+        spec = WebcamAugment()
+        dataset = dataset.map(lambda x, y, w: (webcam_batch(x, spec), y, w))
+    if args.mixup or args.cutmix:
+        dataset = dataset.map(lambda x, y, w: mix_batch(x, y, w, args.mixup, args.cutmix))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class CrowdValidation(keras.callbacks.Callback):
+    """Scores PublicTest after every epoch on the FER+ majority (as `val_accuracy`, the selection
+    figure), on FER2013's labels (`val_fer2013`) and on the faces where both agree (`val_agreed`)."""
+
+    def __init__(self, val: Split, majority: np.ndarray, batch_size: int = 512) -> None:
+        super().__init__()
+        self.val, self.majority, self.batch_size = val, majority, batch_size
+        self.counted = majority >= 0
+        self.agreed = self.counted & (majority == val.y)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is None:
+            return
+        predicted = self.model.predict(self.val.x[..., None], batch_size=self.batch_size, verbose=0).argmax(axis=1)
+        logs["val_accuracy"] = float((predicted[self.counted] == self.majority[self.counted]).mean())
+        logs["val_fer2013"] = float((predicted == self.val.y).mean())
+        logs["val_agreed"] = float((predicted[self.agreed] == self.val.y[self.agreed]).mean())
 
 
 def describe_training(args: argparse.Namespace) -> str:
     """One line for the card: the computation path and the regularisers beyond the base recipe."""
     parts = [f"batch norm {args.batch_norm}", f"precision {args.precision}"]
+    if args.votes:
+        parts.append(
+            f"targets: {args.vote_share:g} x FER+ vote distribution + {1 - args.vote_share:g} x FER2013 label "
+            f"(contempt/unknown/not-a-face votes left out, faces with such a majority dropped, faces without votes "
+            f"{'kept on their FER2013 label' if args.unvoted == 'keep' else 'dropped'})"
+        )
+    if args.webcam_augment:
+        parts.append(WebcamAugment().describe())
     if args.ema:
         parts.append(f"EMA of weights (momentum {args.ema_momentum}, used for validation and checkpoints)")
     if args.mixup:
@@ -266,24 +356,26 @@ def describe_training(args: argparse.Namespace) -> str:
     return ", ".join(parts)
 
 
-def measure_steps(model: keras.Model, train: Split, args: argparse.Namespace) -> tuple[float, float]:
+def measure_steps(model: keras.Model, train: TrainingSet, args: argparse.Namespace) -> tuple[float, float]:
     """(CPU seconds, wall seconds) per training step, after two warm-up steps that trace the function.
 
     CPU time is the whole process's (all threads): on a shared machine wall time also counts
     the other processes' turns, CPU time much less so.
     """
     count = args.measure_steps * args.batch_size
-    faces = np.resize(train.x, (count, *train.x.shape[1:]))[..., None]
+    faces = np.resize(train.x, (count, *train.x.shape[1:]))
     labels = np.resize(train.y, count)
-    targets = keras.utils.to_categorical(labels, len(EMOTIONS))
-    weights = sample_weights(labels, args)
+    targets = np.resize(train.targets, (count, len(EMOTIONS)))
+    weights = sample_weights(targets, args)
 
     def run(n: int) -> None:
-        if args.mixup or args.cutmix:
-            part = Split(faces[:n, ..., 0], labels[:n])
-            model.fit(mixed_dataset(part, args), epochs=1, shuffle=False, verbose=0)
+        if uses_dataset(args):
+            part = TrainingSet(faces[:n], targets[:n], labels[:n])
+            model.fit(batch_dataset(part, args), epochs=1, shuffle=False, verbose=0)
         else:
-            model.fit(faces[:n], targets[:n], sample_weight=weights[:n], batch_size=args.batch_size, verbose=0)
+            model.fit(
+                faces[:n, ..., None], targets[:n], sample_weight=weights[:n], batch_size=args.batch_size, verbose=0
+            )
 
     run(2 * args.batch_size)
     cpu, wall = time.process_time(), time.perf_counter()
@@ -302,9 +394,23 @@ def load_exactly(model: keras.Model, weights_path: Path) -> None:
         raise ValueError(f"{weights_path} does not fit network {model.name!r}: {exc}") from exc
 
 
-def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray) -> Report:
-    probs = model.predict(x[..., None], batch_size=256, verbose=0)
-    return report(y, probs)
+def make_training_set(train: Split, args: argparse.Namespace, keep: np.ndarray | None) -> TrainingSet:
+    """The faces that train and their targets: FER2013's one-hot labels, or with `--votes` the
+    FER+ vote distributions mixed with them (`training.ferplus.training_targets`)."""
+    if not args.votes:
+        return TrainingSet(train.x, one_hot(train.y), train.y)
+    votes = load_votes(args.votes, "train")
+    if keep is not None:
+        votes = votes[keep]
+    if args.extra_train == "val":
+        votes = np.concatenate([votes, load_votes(args.votes, "val")])
+    chosen = training_targets(train.y, votes, args.vote_share, args.unvoted)
+    print(
+        f"FER+ targets: {chosen.keep.sum():,} of {len(train):,} faces train; dropped {chosen.dropped_off_class:,} "
+        f"(contempt/unknown/not-a-face majority) and {chosen.dropped_unvoted:,} without votes; "
+        f"{chosen.unvoted_kept:,} without votes kept on their FER2013 label"
+    )
+    return TrainingSet(train.x[chosen.keep], chosen.targets, train.y[chosen.keep])
 
 
 def inference_copy(model: keras.Model, network: str) -> keras.Model:
@@ -366,9 +472,20 @@ def export(model: keras.Model, args: argparse.Namespace, result: RunResult) -> N
         f"- optimizer: {args.optimizer} (peak lr {args.lr}, cosine, warm-up {args.warmup_epochs} epochs, "
         f"weight decay {args.weight_decay}), batch {args.batch_size}, label smoothing {args.label_smoothing}, "
         f"class-weight power {args.class_weight_power}\n\n"
-        f"## {heading}\n\n{val.markdown()}\n"
+        + crowd_sections(result)
+        + f"## {heading}{' (FER2013 labels)' if result.ferplus else ''}\n\n{val.markdown()}\n"
     )
     print(f"exported {json_path}, {weights_path}, {onnx_path}, {int8_path}, {card}")
+
+
+def crowd_sections(result: RunResult) -> str:
+    if result.ferplus is None or result.agreed is None:
+        return ""
+    return (
+        f"## PublicTest, FER+ majority (the selection figure)\n\n{result.ferplus.markdown()}\n\n"
+        f"Faces where FER2013's label is the FER+ majority: **{result.agreed.accuracy:.2%}** "
+        f"(n = {result.agreed.n})\n\n"
+    )
 
 
 def summarise_log(csv_path: Path) -> tuple[int, int, float]:
@@ -393,26 +510,29 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m training.train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     keras.utils.set_random_seed(args.seed)
     train, val = load_split(args.data, "train"), load_split(args.data, "val")
+    keep = np.arange(len(train))
     if args.limit:
         # FER2013 files are often sorted by class: take a seeded random subset, not the head.
         keep = np.random.default_rng(args.seed).permutation(len(train))[: args.limit]
         train = Split(train.x[keep], train.y[keep])
     if args.extra_train == "val":
         train = Split(np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y]))
-    print("train counts:", dict(zip(EMOTIONS, class_counts(train.y).tolist(), strict=True)))
+    val_majority = majority_labels(load_votes(args.votes, "val")) if args.votes else None
+    training_set = make_training_set(train, args, keep=keep if args.limit else None)
+    print("train counts:", dict(zip(EMOTIONS, class_counts(training_set.y).tolist(), strict=True)))
 
     model = build_training_model(args)
     if args.init_weights:
         load_exactly(model, args.init_weights)
         print(f"initial weights: {args.init_weights}")
-    steps_per_epoch = -(-len(train) // args.batch_size)
+    steps_per_epoch = -(-len(training_set) // args.batch_size)
     model.compile(
         optimizer=make_optimizer(args, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy"],
     )
     if args.measure_steps:
-        cpu, wall = measure_steps(model, train, args)
+        cpu, wall = measure_steps(model, training_set, args)
         load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
         print(
             f"measure: {args.model} batch-norm {args.batch_norm}, precision {args.precision}, batch {args.batch_size}: "
@@ -425,7 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     best_path, csv_path = run_dir / "best.weights.h5", run_dir / "log.csv"
     started = time.monotonic()
     if not args.export_only:
-        validation = (val.x[..., None], keras.utils.to_categorical(val.y, len(EMOTIONS)))
+        # With the votes, CrowdValidation scores PublicTest itself (after the EMA swap).
+        validation = None if val_majority is not None else (val.x[..., None], one_hot(val.y))
         callbacks: list[keras.callbacks.Callback] = [
             EpochTimer(),
             # Before the EMA swap: the backup holds the raw weights (the EMA is optimizer state).
@@ -434,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.ema:
             # Swaps the averaged weights in for validation and for the callbacks after it.
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        if val_majority is not None:
+            callbacks.append(CrowdValidation(val, val_majority))
         callbacks += [
             keras.callbacks.ModelCheckpoint(
                 str(best_path),
@@ -444,12 +567,21 @@ def main(argv: list[str] | None = None) -> None:
                 save_weights_only=True,
             ),
             keras.callbacks.CSVLogger(str(csv_path), append=True),
+            *(
+                [
+                    keras.callbacks.ModelCheckpoint(
+                        str(run_dir / "epochs" / "{epoch:03d}.weights.h5"), save_weights_only=True
+                    )
+                ]
+                if args.keep_epochs
+                else []
+            ),
             LivePlot(csv_path, run_dir / "curves.png"),
         ]
-        if args.mixup or args.cutmix:
-            print("mixing:", describe_training(args))
+        if uses_dataset(args):
+            print("batches:", describe_training(args))
             model.fit(
-                mixed_dataset(train, args),
+                batch_dataset(training_set, args),
                 validation_data=validation,
                 epochs=args.epochs,
                 shuffle=False,  # the dataset shuffles itself
@@ -457,29 +589,40 @@ def main(argv: list[str] | None = None) -> None:
                 callbacks=callbacks,
             )
         else:
-            weights = class_weights(train.y, args.class_weight_power) if args.class_weight_power > 0 else None
-            print("class weights:", weights)
+            weights = sample_weights(training_set.targets, args)
+            print("class weights:", class_weights(training_set.y, args.class_weight_power))
             model.fit(
-                train.x[..., None],
-                keras.utils.to_categorical(train.y, len(EMOTIONS)),
+                training_set.x[..., None],
+                training_set.targets,
                 validation_data=validation,
                 batch_size=args.batch_size,
                 epochs=args.epochs,
-                class_weight=weights,
+                sample_weight=weights,
                 verbose=args.verbose,
                 callbacks=callbacks,
             )
     model.load_weights(best_path)
     best_epoch, epochs_run, logged_seconds = summarise_log(csv_path)
-    val_report = evaluate_model(model, val.x, val.y)
-    print(val_report.text())
+    probs = model.predict(val.x[..., None], batch_size=256, verbose=0)
+    val_report = report(val.y, probs)
+    print("PublicTest, FER2013 labels:\n" + val_report.text())
+    ferplus_report = agreed_report = None
+    if val_majority is not None:
+        counted = val_majority >= 0
+        agreed = counted & (val_majority == val.y)
+        ferplus_report = report(val_majority[counted], probs[counted])
+        agreed_report = report(val.y[agreed], probs[agreed])
+        print("PublicTest, FER+ majority:\n" + ferplus_report.text())
+        print(f"PublicTest, faces where both agree: {agreed_report.accuracy:.4f} (n={agreed_report.n})")
     result = RunResult(
         command=command,
-        train_size=len(train),
+        train_size=len(training_set),
         best_epoch=best_epoch,
         epochs_run=epochs_run,
         seconds=logged_seconds or time.monotonic() - started,
         val=val_report,
+        ferplus=ferplus_report,
+        agreed=agreed_report,
     )
     export(model, args, result)
 

@@ -39,7 +39,7 @@ def test_bf16_fused_run_with_mixup_and_cutmix_exports_the_plain_float32_network(
     card = (export_dir / "fernet.md").read_text()
     assert "batch norm fused, precision bf16, mixup alpha 0.4, cutmix alpha 1" in card
     assert "--precision bf16 --mixup 0.4 --cutmix 1.0" in card and "best epoch" in card
-    assert "mixing:" in capsys.readouterr().out
+    assert "batches: batch norm fused, precision bf16, mixup" in capsys.readouterr().out
 
 
 def test_extra_train_val_trains_on_publictest_and_the_card_says_it_is_not_held_out(
