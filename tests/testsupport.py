@@ -120,3 +120,20 @@ def detected_photo_faces(data: Path, yunet_model: Path) -> np.ndarray:
     faces = np.concatenate(crops)
     assert len(faces) >= 3, "the photos hold at least three detectable faces"
     return faces
+
+
+def write_tiny_votes(path: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
+    """Random FER+ votes (seven classes only) for a tiny data set, the first face of each split without votes."""
+    from training.ferplus import VOTE_COLUMNS
+
+    rng = np.random.default_rng(seed)
+
+    def votes(n: int) -> np.ndarray:
+        counts = np.zeros((n, len(VOTE_COLUMNS)), np.int8)
+        for row in counts:
+            row[:7] = rng.multinomial(10, np.full(7, 1 / 7))
+        counts[0] = -1  # one face without votes
+        return counts
+
+    np.savez(path, votes_train=votes(n_train), votes_val=votes(n_val), columns=np.array(VOTE_COLUMNS))
+    return path

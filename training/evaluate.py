@@ -13,6 +13,16 @@ int8 file when it is current); the JSON line names it ("model_file", "model_prec
 Prints accuracy, macro-F1 and per-class recall/precision, writes a confusion-matrix PNG to
 `--out`, and ends with ONE line of JSON on stdout (accuracy, n, macro_f1, recall, precision,
 split, weights, ...) for scripts: `python -m training.evaluate ... | tail -n 1`.
+
+Two label sets, two figures (both printed, each with its per-class table and confusion matrix):
+
+* **FER2013 labels** ("accuracy" in the JSON line): the dataset's own single label per face. On
+  PublicTest it disagrees with the crowd on a third of the faces.
+* **FER+ majority** ("ferplus" in the JSON line), when `--votes` (default: the FER+ votes in
+  ../shared) has the split: the class most of ten crowd taggers chose, over the faces whose top vote
+  is one of the seven classes and untied (`training.ferplus`; 3,281 of PublicTest's 3,589 faces).
+  This is the figure the literature reports on FER+ and the one models are selected on.
+  "agreed" is the accuracy on the faces where both label sets agree (2,135 on PublicTest).
 Exit status 2, with a one-line message on stderr, when the split or the weights are missing.
 
 `--via-detector` also measures the model on what the SERVER feeds it instead of FER2013's own
@@ -52,20 +62,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
-from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
 from fer_async.config import MODEL_PRECISIONS, add_model_options, model_option_defaults
-from fer_async.imaging import ImageError, encode_jpeg
-from fer_async.labels import EMOTIONS
-from training.cameras import CAMERAS, Camera
+from training.cameras import CAMERAS
 from training.data import DEFAULT_DATA, SPLITS, Split, load_split
-from training.metrics import report
+from training.ferplus import DEFAULT_VOTES, load_votes, majority_labels
+from training.metrics import Report, report
 from training.plots import plot_confusion
+from training.server_path import evaluate_via_detector
 
 if TYPE_CHECKING:  # TensorFlow: imported at run time only once the inputs are known to be there
-    from fer_async.detector import FaceDetector
     from fer_async.model import FacialExpressionModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,15 +81,6 @@ DEFAULT_OUT = REPO / "runs" / "evaluate"
 # flip-TTA double batch stay cheap; the result does not depend on it.
 BATCH_SIZE = 512
 LIMIT_SEED = 0
-
-# --via-detector: the frame each FER2013 face is shown in, as the server would receive it.
-VIA_FACE_SIDE = 160  # the 48x48 face upscaled with INTER_CUBIC: a webcam face of typical size
-VIA_FRAME_WIDTH, VIA_FRAME_HEIGHT = 320, 240
-VIA_FACE_X = (VIA_FRAME_WIDTH - VIA_FACE_SIDE) // 2  # 80: centred, grey margin on every side
-VIA_FACE_Y = (VIA_FRAME_HEIGHT - VIA_FACE_SIDE) // 2  # 40
-VIA_BACKGROUND = 128  # neutral grey, in all three BGR channels
-VIA_JPEG_QUALITY = 80  # what the browser client sends (canvas.toBlob("image/jpeg", 0.8))
-VIA_FRAMES_PER_CALL = 16  # frames per Analyzer.analyze call: one model call for all their faces
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,6 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 npz/csv/folder (default: %(default)s)")
     p.add_argument("--split", choices=SPLITS, default="val", help="default: %(default)s")
+    p.add_argument(
+        "--votes",
+        type=Path,
+        default=None,
+        help="FER+ votes npz (training.ferplus), face by face in the order of --data: also score against the FER+ "
+        f"majority when it has the split (default: {DEFAULT_VOTES} with the default --data, else none)",
+    )
     add_model_options(p, ["weights", "model_name", "runtime", "model_precision", "flip_tta"])
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="confusion-matrix folder (default: %(default)s)")
@@ -129,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--limit must be at least 1")
     if not args.via_detector and (args.detector is not None or args.detector_model is not None):
         p.error("--detector and --detector-model only apply with --via-detector")
+    if args.votes is None and args.data.resolve() == DEFAULT_DATA.resolve() and DEFAULT_VOTES.is_file():
+        args.votes = DEFAULT_VOTES
     model_option_defaults(args)  # the server's detector (YuNet, Haar when its file cannot be had)
     if args.detector_model is not None and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
@@ -148,106 +155,57 @@ def fail(message: str) -> int:
     return 2
 
 
-def server_frame(
-    face: np.ndarray, camera: Camera = CAMERAS["original"], rng: np.random.Generator | None = None
-) -> bytes:
-    """One uint8 48x48 face as the JPEG frame the server would receive (see VIA_*) through `camera`."""
-    big = cv2.resize(face, (VIA_FACE_SIDE, VIA_FACE_SIDE), interpolation=cv2.INTER_CUBIC)
-    frame = np.full((VIA_FRAME_HEIGHT, VIA_FRAME_WIDTH), VIA_BACKGROUND, np.uint8)
-    frame[VIA_FACE_Y : VIA_FACE_Y + VIA_FACE_SIDE, VIA_FACE_X : VIA_FACE_X + VIA_FACE_SIDE] = big
-    frame = camera.render(frame, rng if rng is not None else np.random.default_rng(0))
-    return encode_jpeg(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), VIA_JPEG_QUALITY)
-
-
 @dataclass(frozen=True)
-class ServerPath:
-    """What the Analyzer made of each face's frame."""
+class Evaluated:
+    """The faces to evaluate and, where the votes cover the split, their FER+ majority (-1: not counted)."""
 
-    detected: np.ndarray  # bool [N]: at least one face found
-    predicted: np.ndarray  # int [N]: the largest face's emotion, -1 where none was found
-    faces_found: np.ndarray  # int [N]: how many faces the detector returned
-    box_side: np.ndarray  # float [N]: the largest box's mean side in frame pixels, NaN where none
+    split: Split
+    majority: np.ndarray | None
 
 
-def run_server_path(
-    analyzer: Analyzer,
-    faces: np.ndarray,
-    frames_per_call: int = VIA_FRAMES_PER_CALL,
-    camera: Camera = CAMERAS["original"],
-    seed: int = 0,
-) -> ServerPath:
-    """Send every face through `analyzer` as a server frame seen by `camera`, `frames_per_call` per call."""
-    n = len(faces)
-    predicted = np.full(n, -1, np.int64)
-    found = np.zeros(n, np.int64)
-    side = np.full(n, np.nan)
-    rng = np.random.default_rng(seed)  # the sensor noise, drawn in face order: reproducible
-    for start in range(0, n, frames_per_call):
-        frames = [server_frame(face, camera, rng) for face in faces[start : start + frames_per_call]]
-        for i, result in enumerate(analyzer.analyze(frames), start):
-            if isinstance(result, ImageError):
-                raise RuntimeError(f"face {i}: the server refused its frame: {result}")
-            found[i] = len(result.faces)
-            if result.faces:
-                largest = result.faces[0]  # the Analyzer orders faces largest first
-                predicted[i] = int(np.argmax(largest.scores))
-                side[i] = (largest.box[2] + largest.box[3]) / 2
-    return ServerPath(detected=found > 0, predicted=predicted, faces_found=found, box_side=side)
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 4) if b else None
-
-
-def via_detector_summary(path: ServerPath, y: np.ndarray, plain_probs: np.ndarray, seconds: float) -> dict[str, object]:
-    """The --via-detector figures for labels `y` (plain_probs: the 48x48 run); ratios over no faces are None."""
-    n, detected = len(y), path.detected
-    n_detected = int(detected.sum())
-    correct = int((path.predicted[detected] == y[detected]).sum())
-    plain_pred = plain_probs.argmax(axis=1)
-    plain_correct = int((plain_pred[detected] == y[detected]).sum())
-    agree = int((plain_pred[detected] == path.predicted[detected]).sum())
-    per_class = {name: _ratio(float(detected[y == k].sum()), float((y == k).sum())) for k, name in enumerate(EMOTIONS)}
-    return {
-        "n": n,
-        "detected": n_detected,
-        "detection_rate": round(n_detected / n, 4),
-        "accuracy_detected": _ratio(correct, n_detected),
-        "accuracy_with_misses": _ratio(correct, n),
-        "plain_accuracy_detected": _ratio(plain_correct, n_detected),
-        "agreement_with_plain": _ratio(agree, n_detected),
-        "multi_face_frames": int((path.faces_found > 1).sum()),
-        # The largest box's side over the pasted face's 160 px: ~1.0 is FER2013's own framing.
-        "median_box_side_ratio": (round(float(np.nanmedian(path.box_side)) / VIA_FACE_SIDE, 4) if n_detected else None),
-        "detection_rate_by_class": per_class,
-        "seconds": round(seconds, 2),
-    }
-
-
-def condition_summary(path: ServerPath, original: ServerPath, y: np.ndarray) -> dict[str, object]:
-    """One camera condition's figures, and how often it keeps the label the original exposure got."""
-    detected = path.detected
-    both = detected & original.detected
-    return {
-        "detected": int(detected.sum()),
-        "detection_rate": round(float(detected.mean()), 4),
-        "accuracy_detected": _ratio(float((path.predicted[detected] == y[detected]).sum()), float(detected.sum())),
-        "accuracy_with_misses": _ratio(float((path.predicted[detected] == y[detected]).sum()), float(len(y))),
-        "same_label_as_original": _ratio(
-            float((path.predicted[both] == original.predicted[both]).sum()), float(both.sum())
-        ),
-    }
-
-
-def prepare_split(args: argparse.Namespace) -> Split:
+def prepare_split(args: argparse.Namespace) -> Evaluated:
     """The split to evaluate (the --limit subset when given); raises OSError/KeyError/ValueError."""
     split = load_split(args.data, args.split)
     if len(split) == 0:
         raise ValueError(f"{args.data}: the {args.split!r} split is empty")
+    majority = None
+    if args.votes is not None:
+        try:
+            votes = load_votes(args.votes, args.split)
+        except KeyError:
+            votes = None  # the votes do not cover this split (FER+'s test votes are held out)
+        if votes is not None:
+            if len(votes) != len(split):
+                raise ValueError(f"{args.votes}: {len(votes)} vote rows for the {len(split)} faces of {args.split!r}")
+            majority = majority_labels(votes)
     if args.limit is not None:
         keep = np.random.default_rng(args.seed).permutation(len(split))[: args.limit]
         split = Split(x=split.x[keep], y=split.y[keep])
-    return split
+        majority = None if majority is None else majority[keep]
+    return Evaluated(split, majority)
+
+
+def crowd_summary(
+    args: argparse.Namespace, model: FacialExpressionModel, majority: np.ndarray, y: np.ndarray, probs: np.ndarray
+) -> dict[str, object]:
+    """The FER+ majority report (printed, its confusion matrix drawn) and the agreed-faces accuracy."""
+    counted = majority >= 0
+    crowd = report(majority[counted], probs[counted])
+    agreed = counted & (majority == y)
+    agreed_report: Report = report(y[agreed], probs[agreed])
+    print(f"FER+ majority ({crowd.n} faces whose top vote is one of the seven classes, untied):")
+    print(crowd.text())
+    print(f"faces where FER2013's label is the FER+ majority: accuracy {agreed_report.accuracy:.4f} (n={agreed.sum()})")
+    png = args.out / f"confusion_{_stem(args, model)}_ferplus.png"
+    tta = " + flip TTA" if args.flip_tta else ""
+    plot_confusion(
+        crowd.confusion, png, f"{model.model_file} on {args.split}{tta}, FER+ majority: {crowd.accuracy:.2%}"
+    )
+    print(f"wrote {png}")
+    return {
+        "ferplus": {**crowd.as_dict(), "confusion_png": str(png), "votes": str(args.votes)},
+        "agreed": {"n": agreed_report.n, "accuracy": round(agreed_report.accuracy, 4)},
+    }
 
 
 def evaluate_plain(
@@ -265,6 +223,7 @@ def evaluate_plain(
         f"{model.model_file} on {args.data.name} [{args.split}]{tta}, {model.device}: "
         f"{len(split)} faces in {seconds:.1f} s ({len(split) / seconds:,.0f} faces/s)"
     )
+    print("FER2013 labels:")
     print(result.text())
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / f"confusion_{_stem(args, model)}.png"
@@ -315,53 +274,6 @@ def compare_precision(
     return comparison
 
 
-def evaluate_via_detector(
-    args: argparse.Namespace,
-    split: Split,
-    model: FacialExpressionModel,
-    detector: FaceDetector,
-    plain_probs: np.ndarray,
-) -> dict[str, object]:
-    """Mode 2, --via-detector: every face as a server frame, at each camera condition. The "via_detector" object."""
-    paths: dict[str, ServerPath] = {}
-    started = time.perf_counter()
-    with Analyzer(model, detector) as analyzer:
-        for name in args.cameras:
-            paths[name] = run_server_path(analyzer, split.x, camera=CAMERAS[name], seed=args.seed)
-    original = paths["original"]
-    via: dict[str, object] = {"detector": args.detector}
-    if args.detector_model is not None:
-        via["detector_model"] = str(args.detector_model)
-    via.update(via_detector_summary(original, split.y, plain_probs, time.perf_counter() - started))
-    tta = " + flip TTA" if args.flip_tta else ""
-    if original.detected.any():
-        via_png = args.out / f"confusion_{_stem(args, model)}_via_{args.detector}.png"
-        detected = original.detected
-        via_report = report(split.y[detected], np.eye(len(EMOTIONS))[original.predicted[detected]])
-        plot_confusion(
-            via_report.confusion,
-            via_png,
-            f"{model.json_path.stem} on {args.split}{tta} via {args.detector}: accuracy "
-            f"{via_report.accuracy:.2%} on {via_report.n} detected of {len(split)}",
-        )
-        via["confusion_png"] = str(via_png)
-    print(
-        f"via {args.detector} (server path): detected {via['detected']}/{len(split)} "
-        f"({via['detection_rate']}), accuracy {via['accuracy_detected']} on detected, "
-        f"{via['accuracy_with_misses']} counting misses, plain 48x48 on the same faces "
-        f"{via['plain_accuracy_detected']}, {via['seconds']} s"
-    )
-    conditions = {name: condition_summary(path, original, split.y) for name, path in paths.items()}
-    via["cameras"] = conditions
-    print(f"{'camera':26s} {'found':>7s} {'acc. found':>10s} {'acc. all':>9s} {'same label':>10s}")
-    for name, figures in conditions.items():
-        print(
-            f"{name:26s} {figures['detection_rate']!s:>7s} {figures['accuracy_detected']!s:>10s} "
-            f"{figures['accuracy_with_misses']!s:>9s} {figures['same_label_as_original']!s:>10s}"
-        )
-    return via
-
-
 def _stem(args: argparse.Namespace, model: FacialExpressionModel) -> str:
     precision = "_int8" if model.precision == "int8" else ""
     stem = f"{model.json_path.stem}{precision}_{args.split}{'_tta' if args.flip_tta else ''}"
@@ -372,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Reading the data first makes a wrong path or split fail in a second, before TensorFlow loads.
     try:
-        split = prepare_split(args)
+        evaluated = prepare_split(args)
     except (OSError, KeyError, ValueError) as e:
         return fail(str(e))
+    split = evaluated.split
     detector = None
     if args.via_detector:
         from fer_async.detector import create_detector_for  # OpenCV only: a bad model path fails before TensorFlow
@@ -396,10 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{e} (train and export with `python -m training.train`, or pass --weights)")
 
     summary, probs = evaluate_plain(args, split, model)
+    if evaluated.majority is not None:
+        summary.update(crowd_summary(args, model, evaluated.majority, split.y, probs))
     if args.compare_precision is not None:
         summary["comparison"] = compare_precision(args, split, model, probs)
     if detector is not None:
-        summary["via_detector"] = evaluate_via_detector(args, split, model, detector, probs)
+        summary["via_detector"] = evaluate_via_detector(args, split, model, detector, probs, _stem(args, model))
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from testsupport import write_tiny_votes
 
 from fer_async.labels import EMOTIONS
-from training import evaluate
+from training import evaluate, server_path
 from training.cameras import CAMERAS
+from training.ferplus import load_votes, majority_labels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,10 +184,10 @@ def test_a_camera_condition_changes_the_frame_as_described() -> None:
         assert image is not None
         return image
 
-    original = grey(evaluate.server_frame(face))
-    dark = grey(evaluate.server_frame(face, CAMERAS["dark35"], rng))
-    washed = grey(evaluate.server_frame(face, CAMERAS["washed"], rng))
-    assert original.shape == dark.shape == washed.shape == (evaluate.VIA_FRAME_HEIGHT, evaluate.VIA_FRAME_WIDTH)
+    original = grey(server_path.server_frame(face))
+    dark = grey(server_path.server_frame(face, CAMERAS["dark35"], rng))
+    washed = grey(server_path.server_frame(face, CAMERAS["washed"], rng))
+    assert original.shape == dark.shape == washed.shape == (server_path.VIA_FRAME_HEIGHT, server_path.VIA_FRAME_WIDTH)
     assert dark.max() <= 0.35 * 255 + 8  # JPEG ringing adds a few levels
     assert washed.min() >= 150 - 8 and np.ptp(washed) <= 0.4 * 255 + 16
 
@@ -233,3 +235,27 @@ def test_yunet_with_a_missing_model_file_exits_2(
     ]
     assert evaluate.main(args) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_scores_the_ferplus_majority_and_the_agreed_faces_when_votes_are_given(
+    tiny_npz: Path, untrained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    votes = write_tiny_votes(tmp_path / "votes.npz", n_train=70, n_val=21)
+    args = ["--data", str(tiny_npz), "--weights", str(untrained_export), "--out", str(tmp_path / "out")]
+    assert evaluate.main([*args, "--votes", str(votes)]) == 0
+    stdout = capsys.readouterr().out
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    majority = majority_labels(load_votes(votes, "val"))
+    assert summary["ferplus"]["n"] == (majority >= 0).sum() and list(summary["ferplus"]["recall"]) == list(EMOTIONS)
+    assert summary["agreed"]["n"] == ((majority >= 0) & (majority == np.arange(21) % 7)).sum()
+    assert Path(summary["ferplus"]["confusion_png"]).is_file()
+    assert "FER2013 labels:" in stdout and "FER+ majority (" in stdout
+
+    # Without votes (tiny data is not the default data set): the FER2013 figures alone.
+    assert evaluate.main(args) == 0
+    assert "ferplus" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    # Votes that do not follow the faces' order are refused, not silently misread.
+    wrong = write_tiny_votes(tmp_path / "wrong.npz", n_train=70, n_val=20)
+    assert evaluate.main([*args, "--votes", str(wrong)]) == 2
+    assert "20 vote rows for the 21 faces" in capsys.readouterr().err

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testsupport import run_train
+from testsupport import run_train, write_tiny_votes
 
-from training.ferplus import DEFAULT_VOTES, VOTE_COLUMNS, load_votes, majority_labels, training_targets
+from training.ferplus import DEFAULT_VOTES, load_votes, majority_labels, training_targets
 
 # Columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
 VOTES = np.array(
@@ -71,20 +71,6 @@ def test_the_shared_votes_give_the_documented_publictest_protocol() -> None:
     if DEFAULT_DATA.is_file():
         y = load_split(DEFAULT_DATA, "val").y
         assert (majority[counted] == y[counted]).sum() == 2135  # the faces both label sets agree on
-
-
-def write_tiny_votes(path: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-
-    def votes(n: int) -> np.ndarray:
-        counts = np.zeros((n, len(VOTE_COLUMNS)), np.int8)
-        for row in counts:
-            row[:7] = rng.multinomial(10, np.full(7, 1 / 7))
-        counts[0] = -1  # one face without votes
-        return counts
-
-    np.savez(path, votes_train=votes(n_train), votes_val=votes(n_val), columns=np.array(VOTE_COLUMNS))
-    return path
 
 
 def test_training_on_votes_selects_on_the_ferplus_majority_and_says_so(tiny_npz: Path, tmp_path: Path) -> None:
