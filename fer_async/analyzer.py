@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fer_async.config import MAX_PIXELS
+from fer_async.config import DEFAULT_ALIGN, MAX_PIXELS
 from fer_async.detector import DETECT_WIDTH, FaceDetector
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
@@ -73,6 +73,7 @@ class Analyzer:
         detect_threads: int = 2,
         max_pixels: int = MAX_PIXELS,
         decode_width: int = DETECT_WIDTH,
+        align: bool = DEFAULT_ALIGN,
     ) -> None:
         if detect_threads < 1:
             raise ValueError(f"detect_threads must be at least 1, got {detect_threads}")
@@ -84,6 +85,8 @@ class Analyzer:
         # with `python -m training.decode_scale`: on real clips and photos, crops from the reduced
         # decode got the label of full-size crops for 60 of 60 faces, at less than half the decode.
         self.decode_width = decode_width
+        # Faces with landmarks (YuNet) are cropped upright by them (fer_async.alignment).
+        self.align = align
         self._pool = ThreadPoolExecutor(max_workers=detect_threads, thread_name_prefix="fer-detect")
 
     @property
@@ -110,9 +113,10 @@ class Analyzer:
         else:
             raise TypeError(f"a frame must be bytes or a numpy array, not {type(frame).__name__}")
         decoded_at = time.perf_counter()
-        boxes = self.detector.detect(image)[:MAX_FACES_PER_FRAME]  # detectors return the largest first
+        found = self.detector.detect_faces(image)[:MAX_FACES_PER_FRAME]  # detectors return the largest first
         detected = time.perf_counter()
-        faces = crop_faces(image, boxes)
+        boxes = [face.box for face in found]
+        faces = crop_faces(image, boxes, [face.landmarks for face in found] if self.align else None)
         if scale != (1.0, 1.0):
             boxes = [_to_source(box, scale, width, height) for box in boxes]
         done = time.perf_counter()

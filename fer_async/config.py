@@ -33,6 +33,8 @@ DEFAULT_DETECTOR = "yunet"
 # smoothing that removed every label blip there; 250 ms leaves room for footage not seen, and
 # with the margin shows a smile 0.23 s (YuNet) after its onset, inside the 0.5 s target.
 DEFAULT_SMOOTHING_MS = 250.0
+# Faces cropped upright by YuNet's landmarks (fer_async.alignment) instead of by their box.
+DEFAULT_ALIGN = True
 DEFAULT_LABEL_MARGIN = 0.15
 # Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
 # allocate 1.2 GB. imaging reads the size from the header and refuses before decoding. 4 Mpx
@@ -112,6 +114,7 @@ class Settings:
     flip_tta: bool = True  # +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost
     detector: str = DEFAULT_DETECTOR
     detector_model: Path | None = None
+    align: bool = DEFAULT_ALIGN
     video_dir: Path = DEFAULT_VIDEO_DIR
     smoothing_ms: float = DEFAULT_SMOOTHING_MS
     label_margin: float = DEFAULT_LABEL_MARGIN
@@ -289,6 +292,13 @@ _OPTIONS: dict[str, Option] = {
         "else one download from OpenCV's model zoo, pinned by sha256",
         "PATH",
     ),
+    "align": Option(
+        "--align",
+        _parse_bool,
+        "crop each face upright by its landmarks, eyes and mouth where FER2013 has them (YuNet only; Haar faces "
+        "keep the box crop; --no-align: box crops)",
+        argparse={"action": argparse.BooleanOptionalAction},
+    ),
     "video_dir": Option("--video-dir", Path, "directory of video files served as MJPEG under /video/NAME", "DIR"),
     "smoothing_ms": Option(
         "--smoothing-ms",
@@ -363,7 +373,8 @@ _OPTIONS: dict[str, Option] = {
 
 # The options that say which model and detector to run; the training tools and the bench take
 # them too, under the same names and with the same defaults as the server.
-MODEL_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta", "detector", "detector_model")
+_FACE_OPTIONS = ("detector", "detector_model", "align")  # how faces are found and cut
+MODEL_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta", *_FACE_OPTIONS)
 
 
 def _shown_default(name: str) -> str:

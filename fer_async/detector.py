@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import cv2
 import cv2.data  # the Haar cascade files; a submodule that `import cv2` alone leaves untyped
@@ -39,9 +39,20 @@ HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 YUNET_SQUARE_FROM_HEIGHT = 1.0
 
 
+class DetectedFace(NamedTuple):
+    box: Box
+    # YuNet's five landmarks [5, 2] in the image's pixels (eyes, nose tip, mouth corners; see
+    # fer_async.alignment); None from a detector that has none (Haar).
+    landmarks: np.ndarray | None
+
+
 class FaceDetector(Protocol):
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         """Face boxes (x, y, w, h) in the image's own pixels, clamped to it, largest first."""
+        ...
+
+    def detect_faces(self, image_bgr: np.ndarray) -> list[DetectedFace]:
+        """The same faces in the same order, with their landmarks where the detector finds them."""
         ...
 
 
@@ -56,7 +67,11 @@ def _clamp_box(x: float, y: float, w: float, h: float, width: int, height: int) 
 def _largest_first(boxes: list[Box | None]) -> list[Box]:
     # The cascade's parallel search returns faces in a thread-timing-dependent order; a fixed
     # order keeps results reproducible and puts the nearest faces first.
-    return sorted((b for b in boxes if b is not None), key=lambda b: (-b[2] * b[3], b[0], b[1]))
+    return sorted((b for b in boxes if b is not None), key=_size_order)
+
+
+def _size_order(box: Box) -> tuple[int, int, int]:
+    return (-box[2] * box[3], box[0], box[1])
 
 
 def _shrink(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
@@ -128,6 +143,9 @@ class HaarDetector:
             [_clamp_box(x * scale, y * scale, w * scale, h * scale, width, height) for x, y, w, h in found]
         )
 
+    def detect_faces(self, image_bgr: np.ndarray) -> list[DetectedFace]:
+        return [DetectedFace(box, None) for box in self.detect(image_bgr)]
+
 
 class YuNetDetector:
     """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) from an ONNX file the user supplies."""
@@ -170,6 +188,9 @@ class YuNetDetector:
         return net
 
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
+        return [face.box for face in self.detect_faces(image_bgr)]
+
+    def detect_faces(self, image_bgr: np.ndarray) -> list[DetectedFace]:
         _check_image(image_bgr)
         height, width = image_bgr.shape[:2]
         bgr = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
@@ -178,13 +199,18 @@ class YuNetDetector:
         _, found = self._net((sw, sh)).detect(small)
         if found is None:
             return []
-        boxes = []
-        for x, y, w, h in found[:, :4]:
+        faces = []
+        # Each row: box x, y, w, h, then five landmarks (x, y), then the score.
+        for row in found:
+            x, y, w, h = row[:4]
             side = h * YUNET_SQUARE_FROM_HEIGHT
             cx, cy = x + w / 2, y + h / 2
             left, top = (cx - side / 2) * scale, (cy - side / 2) * scale
-            boxes.append(_clamp_box(left, top, side * scale, side * scale, width, height))
-        return _largest_first(boxes)
+            box = _clamp_box(left, top, side * scale, side * scale, width, height)
+            if box is not None:
+                landmarks = np.asarray(row[4:14], np.float64).reshape(5, 2) * scale
+                faces.append(DetectedFace(box, landmarks))
+        return sorted(faces, key=lambda face: _size_order(face.box))
 
 
 def create_detector(

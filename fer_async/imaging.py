@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from fer_async.alignment import aligned_face
 from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.labels import EMOTIONS, FACE_SIZE, Box, Face
 from fer_async.tracker import TrackedFace
@@ -230,18 +231,29 @@ def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
     return buffer.tobytes()
 
 
-def crop_faces(gray: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
-    """uint8 faces [N, 48, 48] cut from `gray` at `boxes` (clamped to the image).
+def crop_faces(
+    gray: np.ndarray, boxes: Sequence[Box], landmarks: Sequence[np.ndarray | None] | None = None
+) -> np.ndarray:
+    """uint8 faces [N, 48, 48] cut from `gray` at `boxes` (clamped to the image): the one crop of
+    every path (live, videos, file analysis, `training.evaluate --via-detector`).
 
-    `gray` may also be a BGR image: then only the crops are converted, which is cheaper than
-    converting the whole frame. INTER_AREA because faces are nearly always shrunk, and it
-    averages instead of aliasing.
+    With `landmarks` (one [5, 2] array or None per box), a face that has them is aligned
+    instead (`fer_async.alignment`: upright, eyes and mouth where FER2013 has them); a face
+    without (the Haar detector) keeps the box crop. `gray` may also be a BGR image: then only the
+    crops are converted, which is cheaper than converting the whole frame. INTER_AREA because
+    faces are nearly always shrunk, and it averages instead of aliasing.
     """
     if gray.ndim not in (2, 3):
         raise ValueError(f"expected a grey [H, W] or BGR [H, W, 3] image, got shape {list(gray.shape)}")
+    if landmarks is not None and len(landmarks) != len(boxes):
+        raise ValueError(f"{len(landmarks)} landmark sets for {len(boxes)} boxes")
     faces = np.empty((len(boxes), FACE_SIZE, FACE_SIZE), np.uint8)
     height, width = gray.shape[:2]
     for i, (x, y, w, h) in enumerate(boxes):
+        points = landmarks[i] if landmarks is not None else None
+        if points is not None:
+            faces[i] = aligned_face(gray, (x, y, w, h), points)
+            continue
         mx, my = round(w * FACE_MARGIN), round(h * FACE_MARGIN)
         x0, y0 = max(0, x - mx), max(0, y - my)
         x1, y1 = min(width, x + w + mx), min(height, y + h + my)

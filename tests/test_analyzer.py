@@ -12,7 +12,7 @@ import pytest
 from server.helpers import iou
 
 from fer_async.analyzer import MAX_FACES_PER_FRAME, Analyzer
-from fer_async.detector import HaarDetector
+from fer_async.detector import DetectedFace, HaarDetector
 from fer_async.imaging import ImageError, ImageTooLarge, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, Box, FrameResult
 
@@ -42,6 +42,9 @@ class ThreadRecordingDetector:
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         self.threads.add(threading.current_thread().name)
         return self.detector.detect(image_bgr)
+
+    def detect_faces(self, image_bgr: np.ndarray) -> list[DetectedFace]:
+        return [DetectedFace(box, None) for box in self.detect(image_bgr)]
 
 
 @pytest.fixture
@@ -165,6 +168,9 @@ class CrowdDetector:
 
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         return [(i % 10 * 60, i // 10 * 40, 10 + i, 10 + i) for i in reversed(range(100))]
+
+    def detect_faces(self, image_bgr: np.ndarray) -> list[DetectedFace]:
+        return [DetectedFace(box, None) for box in self.detect(image_bgr)]
 
 
 def test_faces_per_frame_are_capped_largest_first(counting: CountingModel, face_jpeg: bytes) -> None:

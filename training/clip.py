@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2
     try:
-        with Analyzer(model, detector) as analyzer:
+        with Analyzer(model, detector, align=args.align) as analyzer:
             frames = read_frames(args.video)
             if args.camera != "original":
                 frames = through_camera(frames, CAMERAS[args.camera])

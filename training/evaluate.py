@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also evaluate each face as the server sees it: upscaled on a grey 320x240 frame, JPEG q80, "
         "through the Analyzer's decode + detector + crop + model",
     )
-    add_model_options(via, ["detector", "detector_model"], defaults=False)  # None: only with --via-detector
+    add_model_options(via, ["detector", "detector_model", "align"], defaults=False)  # None: only with --via-detector
     via.add_argument(
         "--cameras",
         type=_camera_names,
@@ -132,8 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch-size must be at least 1")
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be at least 1")
-    if not args.via_detector and (args.detector is not None or args.detector_model is not None):
-        p.error("--detector and --detector-model only apply with --via-detector")
+    if not args.via_detector and (args.detector, args.detector_model, args.align) != (None, None, None):
+        p.error("--detector, --detector-model and --align only apply with --via-detector")
     if args.votes is None and args.data.resolve() == DEFAULT_DATA.resolve() and DEFAULT_VOTES.is_file():
         args.votes = DEFAULT_VOTES
     model_option_defaults(args)  # the server's detector (YuNet, Haar when its file cannot be had)
@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_precision is not None:
         summary["comparison"] = compare_precision(args, split, model, probs)
     if detector is not None:
-        summary["via_detector"] = evaluate_via_detector(args, split, model, detector, probs, _stem(args, model))
+        summary["via_detector"] = evaluate_via_detector(
+            args, split, model, detector, probs, _stem(args, model), evaluated.majority
+        )
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -114,11 +114,21 @@ def via_detector_summary(path: ServerPath, y: np.ndarray, plain_probs: np.ndarra
     }
 
 
-def condition_summary(path: ServerPath, original: ServerPath, y: np.ndarray) -> dict[str, object]:
-    """One camera condition's figures, and how often it keeps the label the original exposure got."""
+def condition_summary(
+    path: ServerPath, original: ServerPath, y: np.ndarray, majority: np.ndarray | None = None
+) -> dict[str, object]:
+    """One camera condition's figures, and how often it keeps the label the original exposure got;
+    with `majority` (FER+, -1 where not counted) also the FER+ majority accuracy on found faces."""
     detected = path.detected
     both = detected & original.detected
+    crowd: dict[str, object] = {}
+    if majority is not None:
+        counted = detected & (majority >= 0)
+        crowd["ferplus_accuracy_detected"] = _ratio(
+            float((path.predicted[counted] == majority[counted]).sum()), float(counted.sum())
+        )
     return {
+        **crowd,
         "detected": int(detected.sum()),
         "detection_rate": round(float(detected.mean()), 4),
         "accuracy_detected": _ratio(float((path.predicted[detected] == y[detected]).sum()), float(detected.sum())),
@@ -136,11 +146,12 @@ def evaluate_via_detector(
     detector: FaceDetector,
     plain_probs: np.ndarray,
     stem: str,
+    majority: np.ndarray | None = None,
 ) -> dict[str, object]:
     """Mode 2, --via-detector: every face as a server frame, at each camera condition. The "via_detector" object."""
     paths: dict[str, ServerPath] = {}
     started = time.perf_counter()
-    with Analyzer(model, detector) as analyzer:
+    with Analyzer(model, detector, align=args.align) as analyzer:
         for name in args.cameras:
             paths[name] = run_server_path(analyzer, split.x, camera=CAMERAS[name], seed=args.seed)
     original = paths["original"]
@@ -166,12 +177,13 @@ def evaluate_via_detector(
         f"{via['accuracy_with_misses']} counting misses, plain 48x48 on the same faces "
         f"{via['plain_accuracy_detected']}, {via['seconds']} s"
     )
-    conditions = {name: condition_summary(path, original, split.y) for name, path in paths.items()}
+    conditions = {name: condition_summary(path, original, split.y, majority) for name, path in paths.items()}
     via["cameras"] = conditions
-    print(f"{'camera':26s} {'found':>7s} {'acc. found':>10s} {'acc. all':>9s} {'same label':>10s}")
+    print(f"{'camera':26s} {'found':>7s} {'acc. found':>10s} {'acc. all':>9s} {'same label':>10s} {'FER+ found':>10s}")
     for name, figures in conditions.items():
         print(
             f"{name:26s} {figures['detection_rate']!s:>7s} {figures['accuracy_detected']!s:>10s} "
-            f"{figures['accuracy_with_misses']!s:>9s} {figures['same_label_as_original']!s:>10s}"
+            f"{figures['accuracy_with_misses']!s:>9s} {figures['same_label_as_original']!s:>10s} "
+            f"{figures.get('ferplus_accuracy_detected', '-')!s:>10s}"
         )
     return via

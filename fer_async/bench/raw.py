@@ -36,7 +36,7 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     batch = ns.max_batch
     frames_done = errors = offset = 0
     latencies: list[float] = []
-    with Analyzer(model, detector) as analyzer:
+    with Analyzer(model, detector, align=options.align) as analyzer:
 
         def one_batch() -> tuple[float, int]:
             nonlocal offset

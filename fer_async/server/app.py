@@ -102,7 +102,9 @@ async def _analyzer_ctx(app: web.Application) -> AsyncIterator[None]:
         app[MODEL_EXECUTOR], create_detector_for, settings.detector, settings.detector_model
     )
     logger.info("face detector: %s", app[DETECTOR_NAME])
-    analyzer = Analyzer(app[MODEL], detector, detect_threads=DETECT_THREADS, max_pixels=settings.max_pixels)
+    analyzer = Analyzer(
+        app[MODEL], detector, detect_threads=DETECT_THREADS, max_pixels=settings.max_pixels, align=settings.align
+    )
     app[ANALYZER] = analyzer
     yield
     await asyncio.to_thread(analyzer.close)

@@ -259,3 +259,22 @@ def test_scores_the_ferplus_majority_and_the_agreed_faces_when_votes_are_given(
     wrong = write_tiny_votes(tmp_path / "wrong.npz", n_train=70, n_val=20)
     assert evaluate.main([*args, "--votes", str(wrong)]) == 2
     assert "20 vote rows for the 21 faces" in capsys.readouterr().err
+
+
+def test_face_template_finds_the_landmarks_of_real_faces(tmp_path: Path, yunet_model: Path) -> None:
+    from testsupport import detected_photo_faces
+
+    from training import face_template
+
+    faces = detected_photo_faces(REPO / "tests" / "data", yunet_model)
+    np.savez(tmp_path / "faces.npz", x_train=faces, y_train=np.zeros(len(faces), np.uint8))
+    out = tmp_path / "template.json"
+    rc = face_template.main(
+        ["--data", str(tmp_path / "faces.npz"), "--detector-model", str(yunet_model), "--json", str(out)]
+    )
+    assert rc == 0
+    figures = json.loads(out.read_text())
+    assert figures["faces"] >= 3
+    left, right = figures["median"]["eye (image left)"], figures["median"]["eye (image right)"]
+    mouth = figures["median"]["mouth (image left)"]
+    assert 0 < left[0] < 24 < right[0] < 48 and left[1] < mouth[1]  # eyes either side, above the mouth
