@@ -15,6 +15,9 @@ expression, e.g. the smile of ../shared/data/videos/single_face.mp4 around frame
 `--camera NAME` first renders every frame as another exposure would (a `training.cameras`
 condition: lower contrast, darker, washed out) and JPEG-encodes it at quality 80 as the webcam
 page does, to show what the model makes of the same scene from a worse camera.
+`--against DIR` runs the same frames through a second network (DIR/NAME, same runtime,
+precision and TTA; e.g. the shipped `weights/` against a new run's export) and compares the
+largest face's label frame by frame: how often the two agree, and each stretch where they differ.
 Ends with ONE line of JSON for scripts. Exit status 2 with a message when an input is missing.
 """
 
@@ -59,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="render the frames at this exposure first (training.cameras; default: %(default)s)",
     )
     add_model_options(p)  # --weights, --model-name, --runtime, --model-precision, --flip-tta, --detector(-model)
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="also run the frames through the network in DIR and compare the labels frame by frame",
+    )
     args = p.parse_args(argv)
     if args.detector_model is not None and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
@@ -139,8 +148,7 @@ def summarise(
 ) -> dict[str, object]:
     """The figures of `results`; `labels` is `count_labels(results)`, `fps` the clip's frame rate."""
     faces = [face for result in results for face in result.faces]
-    # The Analyzer orders faces largest first; compare the largest face of consecutive frames.
-    largest = [result.faces[0].emotion if result.faces else None for result in results]
+    largest = largest_labels(results)  # compare the largest face of consecutive frames
     pairs = [(a, b) for a, b in pairwise(largest) if a is not None and b is not None]
     changes = sum(1 for a, b in pairs if a != b)
     summary: dict[str, object] = {
@@ -168,6 +176,30 @@ def summarise(
     return summary
 
 
+def largest_labels(results: list[FrameResult]) -> list[str | None]:
+    """The largest face's label in each frame (the Analyzer orders faces largest first), None without faces."""
+    return [result.faces[0].emotion if result.faces else None for result in results]
+
+
+def compare_labels(ours: list[str | None], theirs: list[str | None]) -> dict[str, object]:
+    """Frame-by-frame agreement of two runs over the same frames, and the stretches where they differ."""
+    both = [(a, b) for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
+    stretches: list[dict[str, object]] = []
+    for frame, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        if a is None or b is None or a == b:
+            continue
+        last = stretches[-1] if stretches else None
+        if last is not None and last["last"] == frame - 1 and (last["labels"], last["against"]) == (a, b):
+            last["last"] = frame
+        else:
+            stretches.append({"first": frame, "last": frame, "labels": a, "against": b})
+    return {
+        "frames_compared": len(both),
+        "same_label": round(sum(a == b for a, b in both) / len(both), 4) if both else None,
+        "differences": stretches,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.video.is_file():
@@ -192,12 +224,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2
     try:
+        other = None
+        if args.against is not None:
+            other = FacialExpressionModel(
+                args.against,
+                args.model_name,
+                flip_tta=args.flip_tta,
+                runtime=args.runtime,
+                precision=args.model_precision,
+            )
+        frames = list(read_frames(args.video))
+        if args.camera != "original":
+            frames = list(through_camera(iter(frames), CAMERAS[args.camera]))
         with Analyzer(model, detector, align=args.align) as analyzer:
-            frames = read_frames(args.video)
-            if args.camera != "original":
-                frames = through_camera(frames, CAMERAS[args.camera])
-            results = analyse_clip(analyzer, frames)
-    except ValueError as e:
+            results = analyse_clip(analyzer, iter(frames))
+        against_results = None
+        if other is not None:
+            with Analyzer(other, detector, align=args.align) as analyzer:
+                against_results = analyse_clip(analyzer, iter(frames))
+    except (ValueError, FileNotFoundError) as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2
     labels = count_labels(results)
@@ -227,6 +272,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"largest face in frames {first}..{last}: {len(inside)} faces; {shares or 'none'}")
     if args.expect is not None:
         print(f"expected {args.expect!r}: {summary['expected_share']}")
+    if against_results is not None:
+        comparison = compare_labels(largest_labels(results), largest_labels(against_results))
+        summary["against"] = {"weights": str(args.against), **comparison}
+        print(
+            f"against {args.against}: same label on {comparison['same_label']} "
+            f"of {comparison['frames_compared']} frames"
+        )
+        for stretch in comparison["differences"]:  # type: ignore[attr-defined]
+            print(
+                f"  frames {stretch['first']}..{stretch['last']}: {stretch['labels']} here, {stretch['against']} there"
+            )
     print(json.dumps(summary), flush=True)
     return 0
 

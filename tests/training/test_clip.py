@@ -55,3 +55,28 @@ def test_camera_window_and_changes_per_second(tmp_path: Path, capsys: pytest.Cap
     assert summary["label_changes_per_second"] == pytest.approx(changes * 6 / pairs, abs=1e-3)
     with pytest.raises(SystemExit):
         clip.parse_args([str(video), "--window", "5:2"])
+
+
+def test_compare_labels_lists_each_stretch_where_two_networks_differ() -> None:
+    ours = ["happy", "happy", "sad", "sad", None, "sad", "neutral"]
+    theirs: list[str | None] = ["happy", "neutral", "neutral", "neutral", "sad", "happy", "neutral"]
+    comparison = clip.compare_labels(ours, theirs)
+    assert comparison["frames_compared"] == 6 and comparison["same_label"] == round(2 / 6, 4)
+    assert comparison["differences"] == [
+        {"first": 1, "last": 1, "labels": "happy", "against": "neutral"},
+        {"first": 2, "last": 3, "labels": "sad", "against": "neutral"},
+        {"first": 5, "last": 5, "labels": "sad", "against": "happy"},
+    ]
+
+
+def test_against_runs_the_same_frames_through_a_second_network(
+    tmp_path: Path, untrained_export: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = tmp_path / "demo.mp4"
+    write_clip(video, seconds=1.0, fps=6)
+    assert clip.main([str(video), "--detector", "haar", "--against", str(untrained_export)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    against = summary["against"]
+    assert against["weights"] == str(untrained_export) and against["frames_compared"] == summary["frames_with_faces"]
+    # An untrained network and the shipped one cannot agree on every frame of a smiling face.
+    assert against["same_label"] < 1.0 and against["differences"]
