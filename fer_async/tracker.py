@@ -8,7 +8,10 @@ MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
   least `min_iou`), or, failing that, whose centre is nearest within `max_centre_shift` box
   sides (a face that moved fast between two slow frames). Greedy, best pairs first; a face
   left over starts a new track with the next integer id (1, 2, 3 ... per Tracker).
-* A track not matched for `max_unseen_ms` dies; its id is never reused.
+* A track missed in more than `max_missed_frames` frames in a row dies; its id is never reused.
+  Its age is counted in the frames processed for this stream, not in wall-clock time: a stall
+  (a frozen server, a client that stopped sending) processes no frame, so the same face in
+  the same place keeps its id after the pause instead of coming back as a new one.
 * Smoothing: an exponential moving average whose weight for the new frame is
   ``1 - exp(-dt / tau)``, dt the time since the track's last update and tau `smoothing_ms`.
   Time-based, so a client sending 5 fps is smoothed over the same span as one sending 30 fps.
@@ -35,8 +38,9 @@ from fer_async.labels import EMOTIONS, Box, Face
 # stdlib-only leaf), which explains the choice.
 DEFAULT_SMOOTHING_MS: float = _config.DEFAULT_SMOOTHING_MS
 DEFAULT_SWITCH_MARGIN: float = _config.DEFAULT_LABEL_MARGIN
-# A face the detector misses for a few frames (a turn of the head, motion blur) keeps its id.
-DEFAULT_MAX_UNSEEN_MS = 1000.0
+# A face the detector misses for a while (a turn of the head, motion blur) keeps its id: a
+# second of a 30 fps stream, more at lower rates.
+DEFAULT_MAX_MISSED_FRAMES = 30
 DEFAULT_MIN_IOU = 0.3
 # Centre distance, in units of the larger of the two boxes' sides, still taken as the same face.
 DEFAULT_MAX_CENTRE_SHIFT = 0.5
@@ -99,6 +103,7 @@ class _Track:
     scores: np.ndarray  # smoothed, float64
     shown: int  # index into EMOTIONS
     seen: int = field(default=1)
+    missed: int = field(default=0)  # frames in a row processed without this track's face
 
 
 class Tracker:
@@ -109,7 +114,7 @@ class Tracker:
         *,
         smoothing_ms: float = DEFAULT_SMOOTHING_MS,
         switch_margin: float = DEFAULT_SWITCH_MARGIN,
-        max_unseen_ms: float = DEFAULT_MAX_UNSEEN_MS,
+        max_missed_frames: int = DEFAULT_MAX_MISSED_FRAMES,
         min_iou: float = DEFAULT_MIN_IOU,
         max_centre_shift: float = DEFAULT_MAX_CENTRE_SHIFT,
     ) -> None:
@@ -117,15 +122,15 @@ class Tracker:
             raise ValueError(f"smoothing_ms must be >= 0, got {smoothing_ms}")
         if not (math.isfinite(switch_margin) and 0 <= switch_margin < 1):
             raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin}")
-        if not (math.isfinite(max_unseen_ms) and max_unseen_ms >= 0):
-            raise ValueError(f"max_unseen_ms must be >= 0, got {max_unseen_ms}")
+        if max_missed_frames < 0:
+            raise ValueError(f"max_missed_frames must be >= 0, got {max_missed_frames}")
         if not 0 < min_iou <= 1:
             raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
         if not (math.isfinite(max_centre_shift) and max_centre_shift >= 0):
             raise ValueError(f"max_centre_shift must be >= 0, got {max_centre_shift}")
         self.smoothing_s = smoothing_ms / 1000.0
         self.switch_margin = switch_margin
-        self.max_unseen_s = max_unseen_ms / 1000.0
+        self.max_missed_frames = max_missed_frames
         self.min_iou = min_iou
         self.max_centre_shift = max_centre_shift
         self._tracks: list[_Track] = []
@@ -154,8 +159,11 @@ class Tracker:
         if self._last_now_s is not None and now_s < self._last_now_s:
             self.reset()
         self._last_now_s = now_s
-        self._tracks = [t for t in self._tracks if now_s - t.last_seen_s <= self.max_unseen_s]
         assignment = self._match(faces)
+        matched = set(assignment.values())
+        for live in self._tracks:
+            live.missed = 0 if live in matched else live.missed + 1
+        self._tracks = [t for t in self._tracks if t.missed <= self.max_missed_frames]
         out: list[TrackedFace] = []
         for index, face in enumerate(faces):
             raw = np.asarray(face.scores, dtype=np.float64)
