@@ -190,7 +190,7 @@ async def test_index_page_and_static_files(client: Client) -> None:
     resp = await client.get("/")
     assert resp.status == 200 and resp.content_type == "text/html"
     html = await resp.text()
-    assert '<script src="/static/app.js"' in html and 'id="overlay"' in html and 'id="start"' in html
+    assert '<script type="module" src="/static/app.js">' in html and 'id="overlay"' in html and 'id="start"' in html
     for emotion in EMOTIONS:
         assert f'data-emotion="{emotion}"' in html
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
