@@ -21,7 +21,7 @@ async def test_upload_on_the_page_shows_progress_then_timeline_and_csv(
 ) -> None:
     clip = analyze_clips.face_clip(tmp_path / "upload.mp4", frames=20)
     async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server, errors)
+        page = await open_page(browser, live_server.base_url, errors)
         await page.goto(f"{live_server.base_url}/analyze")
         await page.set_input_files("#file", str(clip))
         await page.click("#send")
@@ -51,7 +51,7 @@ async def test_the_analyse_link_of_a_server_video_runs_it(
 ) -> None:
     analyze_clips.face_clip(tmp_path / "videos" / "on_server.mp4", frames=10)
     async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server, errors)
+        page = await open_page(browser, live_server.base_url, errors)
         await page.goto(f"{live_server.base_url}/videos")
         await page.click("a[href='/analyze?video=on_server.mp4']")
         await page.wait_for_function(
