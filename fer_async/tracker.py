@@ -8,10 +8,11 @@ MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
   least `min_iou`), or, failing that, whose centre is nearest within `max_centre_shift` box
   sides (a face that moved fast between two slow frames). Greedy, best pairs first; a face
   left over starts a new track with the next integer id (1, 2, 3 ... per Tracker).
-* A track missed in more than `max_missed_frames` frames in a row dies; its id is never reused.
-  Its age is counted in the frames processed for this stream, not in wall-clock time: a stall
-  (a frozen server, a client that stopped sending) processes no frame, so the same face in
-  the same place keeps its id after the pause instead of coming back as a new one.
+* A track missed for `max_unseen_ms` dies; its id is never reused. That age counts the frames
+  processed for the stream, not wall-clock time: each frame adds the time since the one before,
+  but at most `MAX_FRAME_STEP_MS`. So a stall (a frozen server, a client that stopped sending:
+  seconds without any frame) ages a track by one such step at most, and the same face in the
+  same place keeps its id after the pause; at any steady rate it is the time the face was missed.
 * Smoothing: an exponential moving average whose weight for the new frame is
   ``1 - exp(-dt / tau)``, dt the time since the track's last update and tau `smoothing_ms`.
   Time-based, so a client sending 5 fps is smoothed over the same span as one sending 30 fps.
@@ -38,9 +39,11 @@ from fer_async.labels import EMOTIONS, Box, Face
 # stdlib-only leaf), which explains the choice.
 DEFAULT_SMOOTHING_MS: float = _config.DEFAULT_SMOOTHING_MS
 DEFAULT_SWITCH_MARGIN: float = _config.DEFAULT_LABEL_MARGIN
-# A face the detector misses for a while (a turn of the head, motion blur) keeps its id: a
-# second of a 30 fps stream, more at lower rates.
-DEFAULT_MAX_MISSED_FRAMES = 30
+# A face the detector misses for a few frames (a turn of the head, motion blur) keeps its id.
+DEFAULT_MAX_UNSEEN_MS = 1000.0
+# The most one frame adds to a missed track's age: the interval of a slow (2 fps) stream. A
+# longer gap between two frames is a stall, not time in which the face was looked for.
+MAX_FRAME_STEP_MS = 500.0
 DEFAULT_MIN_IOU = 0.3
 # Centre distance, in units of the larger of the two boxes' sides, still taken as the same face.
 DEFAULT_MAX_CENTRE_SHIFT = 0.5
@@ -103,7 +106,7 @@ class _Track:
     scores: np.ndarray  # smoothed, float64
     shown: int  # index into EMOTIONS
     seen: int = field(default=1)
-    missed: int = field(default=0)  # frames in a row processed without this track's face
+    unseen_s: float = field(default=0.0)  # age since last matched, over the frames processed since
 
 
 class Tracker:
@@ -114,7 +117,7 @@ class Tracker:
         *,
         smoothing_ms: float = DEFAULT_SMOOTHING_MS,
         switch_margin: float = DEFAULT_SWITCH_MARGIN,
-        max_missed_frames: int = DEFAULT_MAX_MISSED_FRAMES,
+        max_unseen_ms: float = DEFAULT_MAX_UNSEEN_MS,
         min_iou: float = DEFAULT_MIN_IOU,
         max_centre_shift: float = DEFAULT_MAX_CENTRE_SHIFT,
     ) -> None:
@@ -122,15 +125,15 @@ class Tracker:
             raise ValueError(f"smoothing_ms must be >= 0, got {smoothing_ms}")
         if not (math.isfinite(switch_margin) and 0 <= switch_margin < 1):
             raise ValueError(f"switch_margin must be in [0, 1), got {switch_margin}")
-        if max_missed_frames < 0:
-            raise ValueError(f"max_missed_frames must be >= 0, got {max_missed_frames}")
+        if not (math.isfinite(max_unseen_ms) and max_unseen_ms >= 0):
+            raise ValueError(f"max_unseen_ms must be >= 0, got {max_unseen_ms}")
         if not 0 < min_iou <= 1:
             raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
         if not (math.isfinite(max_centre_shift) and max_centre_shift >= 0):
             raise ValueError(f"max_centre_shift must be >= 0, got {max_centre_shift}")
         self.smoothing_s = smoothing_ms / 1000.0
         self.switch_margin = switch_margin
-        self.max_missed_frames = max_missed_frames
+        self.max_unseen_s = max_unseen_ms / 1000.0
         self.min_iou = min_iou
         self.max_centre_shift = max_centre_shift
         self._tracks: list[_Track] = []
@@ -158,12 +161,12 @@ class Tracker:
             raise ValueError(f"now_s must be finite, got {now_s}")
         if self._last_now_s is not None and now_s < self._last_now_s:
             self.reset()
+        step = 0.0 if self._last_now_s is None else min(now_s - self._last_now_s, MAX_FRAME_STEP_MS / 1000.0)
         self._last_now_s = now_s
-        assignment = self._match(faces)
-        matched = set(assignment.values())
         for live in self._tracks:
-            live.missed = 0 if live in matched else live.missed + 1
-        self._tracks = [t for t in self._tracks if t.missed <= self.max_missed_frames]
+            live.unseen_s += step
+        self._tracks = [t for t in self._tracks if t.unseen_s <= self.max_unseen_s]
+        assignment = self._match(faces)
         out: list[TrackedFace] = []
         for index, face in enumerate(faces):
             raw = np.asarray(face.scores, dtype=np.float64)
@@ -216,4 +219,5 @@ class Tracker:
             track.shown = leader
         track.box = box
         track.last_seen_s = now_s
+        track.unseen_s = 0.0
         track.seen += 1

@@ -58,9 +58,10 @@ export function drawTimeline(canvas, track, emotions, duration, scoresKind) {
   const { ticks, decimals } = timeTicks(t0, t1, Math.floor((right - PAD.left) / TICK_SPACING_PX));
   ctx.textAlign = "center";
   for (const t of ticks) {
+    const crisp = Math.round(x(t)) + 0.5; // a 1 px line on one pixel column, not smeared over two
     ctx.beginPath();
-    ctx.moveTo(x(t), bottom);
-    ctx.lineTo(x(t), bottom + TICK_LENGTH);
+    ctx.moveTo(crisp, bottom);
+    ctx.lineTo(crisp, bottom + TICK_LENGTH);
     ctx.stroke();
     // The last label keeps inside the canvas.
     const labelX = Math.min(x(t), right - ctx.measureText(t.toFixed(decimals)).width / 2);

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
 
 import pytest
 
 from fer_async.labels import EMOTIONS, Face
 from fer_async.tracker import (
-    DEFAULT_MAX_MISSED_FRAMES,
+    DEFAULT_MAX_UNSEEN_MS,
     DEFAULT_SMOOTHING_MS,
     DEFAULT_SWITCH_MARGIN,
     TrackedFace,
@@ -35,7 +34,7 @@ def face(x: int, y: int, *, size: int = 100, **named: float) -> Face:
 
 
 def test_defaults_are_sane() -> None:
-    assert DEFAULT_SMOOTHING_MS > 0 and 0 < DEFAULT_SWITCH_MARGIN < 0.5 and DEFAULT_MAX_MISSED_FRAMES > 0
+    assert DEFAULT_SMOOTHING_MS > 0 and 0 < DEFAULT_SWITCH_MARGIN < 0.5 and DEFAULT_MAX_UNSEEN_MS > 0
 
 
 def test_geometry() -> None:
@@ -85,17 +84,15 @@ def test_fast_move_between_slow_frames_is_matched_by_centre() -> None:
     assert far.id == 2
 
 
-def test_track_dies_after_max_missed_frames() -> None:
-    tracker = Tracker(max_missed_frames=3)
+def test_track_dies_after_max_unseen() -> None:
+    tracker = Tracker(max_unseen_ms=500)
     tracker.update([face(100, 100)], 0.0)
-    for i in range(1, 4):
-        assert tracker.update([], i / 30) == ()
-    (back,) = tracker.update([face(100, 100)], 4 / 30)
-    assert back.id == 1  # missed in 3 frames: still the same track
-    for i in range(5, 9):
-        tracker.update([], i / 30)
-    (later,) = tracker.update([face(100, 100)], 9 / 30)
-    assert later.id == 2 and tracker.live_tracks == 1  # missed in 4 frames: a new track, ids never reused
+    assert tracker.update([], 0.4) == ()
+    (back,) = tracker.update([face(100, 100)], 0.45)
+    assert back.id == 1  # unseen 450 ms: still the same track
+    tracker.update([], 0.9)
+    (later,) = tracker.update([face(100, 100)], 1.0)
+    assert later.id == 2 and tracker.live_tracks == 1  # unseen 550 ms: a new track, ids never reused
 
 
 @pytest.mark.parametrize("pause_s", [5.0, 15.0])
@@ -108,10 +105,22 @@ def test_a_pause_does_not_age_a_track(pause_s: float) -> None:
     assert after.id == before.id == 1 and tracker.live_tracks == 1
     # Smoothing stays time-based: after seconds away the new frame's scores count almost fully.
     assert after.scores[HAPPY] == pytest.approx(0.8, abs=1e-3) and after.emotion == "happy"
-    # Frames without the face still count as before.
-    for i in range(DEFAULT_MAX_MISSED_FRAMES + 1):
-        tracker.update([], 2.0 + pause_s + i / 30)
-    assert tracker.live_tracks == 0
+
+
+def test_a_pause_ages_a_missed_track_by_one_step_at_most() -> None:
+    tracker = Tracker(max_unseen_ms=1000)
+    tracker.update([face(100, 100)], 0.0)
+    tracker.update([], 0.1)
+    tracker.update([], 20.0)  # after a stall: aged 0.1 s + MAX_FRAME_STEP_MS (0.5 s), not 20 s
+    (same,) = tracker.update([face(100, 100)], 20.1)
+    assert same.id == 1
+    # Missed at a steady rate, a track dies after max_unseen_ms as before.
+    t = 20.1
+    while t < 21.15:
+        t += 0.05
+        tracker.update([], t)
+    (new,) = tracker.update([face(100, 100)], t + 0.05)
+    assert new.id == 2 and tracker.live_tracks == 1
 
 
 def test_time_based_smoothing_is_rate_independent() -> None:
@@ -185,12 +194,12 @@ def test_time_going_back_resets_tracks() -> None:
         {"smoothing_ms": -1},
         {"smoothing_ms": math.nan},
         {"switch_margin": 1.0},
-        {"max_missed_frames": -1},
+        {"max_unseen_ms": -5},
         {"min_iou": 0},
         {"max_centre_shift": -0.1},
     ],
 )
-def test_bad_options_are_refused(kwargs: dict[str, Any]) -> None:
+def test_bad_options_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Tracker(**kwargs)
 

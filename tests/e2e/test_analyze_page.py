@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import analyze_clips
 import pytest
@@ -44,6 +45,52 @@ async def test_upload_on_the_page_shows_progress_then_timeline_and_csv(
                        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }"""
         )
         assert painted > 1000
+        # Ids read "#1" as on the webcam page; the page says what the chart and the shares show.
+        assert (await page.text_content("#tracks tbody td") or "").startswith("#")
+        assert (await page.text_content(".timeline h3") or "").startswith("face #")
+        assert "smoothed" in " ".join((await page.text_content("#scores-note") or "").split())
+        assert "smoothed" in (await page.get_attribute("canvas[data-face]", "aria-label") or "")
+        await check_time_axis(page)
+
+
+# Ink (alpha) per canvas column in a band of rows, and where the time axis and its ticks are.
+TIME_AXIS_JS = """
+([top, bottom]) => {
+  const c = document.querySelector('canvas[data-face]');
+  const k = c.width / c.clientWidth;
+  const axis = Number(c.dataset.axisY);
+  const rows = [Math.round((axis + top) * k), Math.round((bottom - top) * k)];
+  const d = c.getContext('2d').getImageData(0, rows[0], c.width, rows[1]).data;
+  const columns = new Array(c.clientWidth).fill(0);
+  for (let i = 3; i < d.length; i += 4) columns[Math.floor(((i - 3) / 4) % c.width / k)] += d[i] > 64 ? 1 : 0;
+  const ticks = c.dataset.ticks.split(' ').map((t) => t.split(':').map(Number));
+  return { columns, ticks, height: c.clientHeight - axis };
+}
+"""
+
+
+def ink_runs(columns: list[int], min_gap: int = 8) -> int:
+    """Separate stretches of inked columns, joined across gaps under `min_gap` (one per label)."""
+    runs, last = 0, None
+    for x, ink in enumerate(columns):
+        if ink:
+            if last is None or x - last >= min_gap:
+                runs += 1
+            last = x
+    return runs
+
+
+async def check_time_axis(page: Any) -> None:
+    """More than the two end labels: a tick mark and a label per tick, and a title under them."""
+    marks = await page.evaluate(TIME_AXIS_JS, [1, 4])
+    ticks = marks["ticks"]
+    assert len(ticks) >= 4 and [t for t, _ in ticks] == sorted(t for t, _ in ticks), ticks
+    for _t, x in ticks:
+        assert max(marks["columns"][round(x) - 1 : round(x) + 2]) > 0, (ticks, x)
+    labels = await page.evaluate(TIME_AXIS_JS, [6, 17])
+    assert ink_runs(labels["columns"]) == len(ticks), (ticks, labels["columns"])
+    title = await page.evaluate(TIME_AXIS_JS, [19, labels["height"]])
+    assert ink_runs(title["columns"]) >= 1
 
 
 async def test_the_analyse_link_of_a_server_video_runs_it(
