@@ -1,4 +1,6 @@
-"""The /analyze page in a real Chromium on the real server: upload, progress, then charts and the CSV."""
+"""The /analyze and /videos pages in a real Chromium on the real server: upload, progress, then
+charts (time axis, ids, what the scores are) and the CSV; streams at their own size; the note on
+what the pages read, on every page."""
 
 from __future__ import annotations
 
@@ -93,13 +95,25 @@ async def check_time_axis(page: Any) -> None:
     assert ink_runs(title["columns"]) >= 1
 
 
-async def test_the_analyse_link_of_a_server_video_runs_it(
+ABOUT = ("displays, not the emotion a person feels", "EU AI Act (Art. 5(1)(f))", "medical or safety")
+
+
+async def test_videos_at_their_own_size_and_the_analyse_link_runs_one(
     chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
 ) -> None:
     analyze_clips.face_clip(tmp_path / "videos" / "on_server.mp4", frames=10)
     async with browser_session(chromium, face_clip) as (browser, errors):
         page = await open_page(browser, live_server.base_url, errors)
-        await page.goto(f"{live_server.base_url}/videos")
+        for path in ("/", "/analyze", "/videos"):  # each page says what it reads, and the law on it
+            await page.goto(f"{live_server.base_url}{path}")
+            about = " ".join((await page.text_content("#about") or "").split())
+            assert all(words in about for words in ABOUT) and await page.is_visible("#about"), (path, about)
+        # The stream at its own size at least: the server draws its labels for that size.
+        await page.wait_for_function("() => document.querySelector('.videos img').naturalWidth > 0", polling=100)
+        size = await page.eval_on_selector(
+            ".videos img", "img => ({ natural: [img.naturalWidth, img.naturalHeight], shown: [img.width, img.height] })"
+        )
+        assert size["shown"][0] >= size["natural"][0] and size["shown"][1] >= size["natural"][1], size
         await page.click("a[href='/analyze?video=on_server.mp4']")
         await page.wait_for_function(
             "() => document.querySelector('#job-state').textContent.startsWith('done')", timeout=TIMEOUT_MS

@@ -1,6 +1,5 @@
-"""The pages as a person uses them, in Chromium on the real server: what a screen reader is told
-and when, where keyboard focus goes, the colours, the /videos size, and the note on what the
-pages read (issue 23)."""
+"""The webcam page as a person uses it, in Chromium on the real server: what a screen reader is
+told and when, where keyboard focus goes, and the colours it draws in (issue 23)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import analyze_clips
 import pytest
 from testsupport import eventually
 
@@ -49,7 +47,6 @@ OVERLAY_COLOUR_JS = """
   return { rgb: top ? top[0].split(",").map(Number) : null, emotions: faces.map((f) => f.emotion) };
 }
 """
-ABOUT = ("displays, not the emotion a person feels", "EU AI Act (Art. 5(1)(f))", "medical or safety")
 
 
 def main_face_runs(results: list[dict[str, Any]]) -> int:
@@ -112,23 +109,3 @@ async def test_webcam_page_for_keyboard_and_screen_reader(
         assert await page.text_content("#fps") == NO_VALUE and await page.text_content("#latency") == NO_VALUE
         state = await page.evaluate(STATE_JS)
         assert state["errors"] == 0, state["lastError"]
-
-
-async def test_videos_at_their_own_size_and_every_page_says_what_it_reads(
-    chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
-) -> None:
-    analyze_clips.face_clip(tmp_path / "videos" / "face.mp4", frames=20)
-    async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server.base_url, errors)
-        for path in ("/", "/videos", "/analyze"):
-            await page.goto(f"{live_server.base_url}{path}")
-            about = await page.text_content("#about") or ""
-            assert all(words in " ".join(about.split()) for words in ABOUT), (path, about)
-            assert await page.is_visible("#about"), path
-        await page.goto(f"{live_server.base_url}/videos")
-        await page.wait_for_function("() => document.querySelector('.videos img').naturalWidth > 0", polling=100)
-        size = await page.eval_on_selector(
-            ".videos img", "img => ({ natural: [img.naturalWidth, img.naturalHeight], shown: [img.width, img.height] })"
-        )
-        assert size["shown"][0] >= size["natural"][0] and size["shown"][1] >= size["natural"][1], size
-        await page.close()  # ends the stream
