@@ -16,7 +16,7 @@ import numpy as np
 
 from fer_async.alignment import aligned_face
 from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
-from fer_async.labels import EMOTIONS, FACE_SIZE, Box, Face
+from fer_async.labels import EMOTION_COLOURS, EMOTIONS, FACE_SIZE, Box, Face
 from fer_async.tracker import TrackedFace
 
 logger = logging.getLogger(__name__)
@@ -266,20 +266,21 @@ def crop_faces(
     return faces
 
 
-# BGR colours per emotion, picked to stand out on both light and dark video.
-_COLOURS: dict[str, tuple[int, int, int]] = {
-    "angry": (40, 40, 220),
-    "disgust": (40, 140, 40),
-    "fear": (160, 60, 160),
-    "happy": (0, 200, 255),
-    "sad": (200, 120, 40),
-    "surprise": (200, 200, 0),
-    "neutral": (180, 180, 180),
-}
+# OpenCV draws in BGR; the colours themselves are labels.EMOTION_COLOURS (RGB), shared with the pages.
+_BGR: dict[str, tuple[int, int, int]] = {name: (b, g, r) for name, (r, g, b) in EMOTION_COLOURS.items()}
+# A colour for a label outside EMOTIONS (none today): green, which no emotion uses.
+_UNKNOWN_BGR = (0, 255, 0)
+
+
+def annotation_label(face: Face | TrackedFace) -> str:
+    """The text drawn over a face: "happy 87%", or "#3 happy 87%" for a tracked one (ids read "#3" on every page)."""
+    shown = face.scores[EMOTIONS.index(face.emotion)]  # the smoothed score of a tracked face's steady label
+    label = f"{face.emotion} {shown:.0%}"
+    return f"#{face.id} {label}" if isinstance(face, TrackedFace) else label
 
 
 def draw_annotations(image: np.ndarray, faces: Sequence[Face | TrackedFace]) -> None:
-    """Draw each face's box and an "emotion 87%" label ("3 emotion 87%" when tracked) on `image` (BGR, in place)."""
+    """Draw each face's box and its `annotation_label` on `image` (BGR, in place)."""
     height, width = image.shape[:2]
     # Scale strokes and text with the frame so labels stay legible on 320 px and 1080 p alike.
     unit = max(1.0, min(width, height) / 480)
@@ -287,12 +288,9 @@ def draw_annotations(image: np.ndarray, faces: Sequence[Face | TrackedFace]) -> 
     font, font_scale = cv2.FONT_HERSHEY_SIMPLEX, 0.6 * unit
     for face in faces:
         x, y, w, h = face.box
-        colour = _COLOURS.get(face.emotion, (0, 255, 0))
+        colour = _BGR.get(face.emotion, _UNKNOWN_BGR)
         cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness)
-        shown = face.scores[EMOTIONS.index(face.emotion)]  # the smoothed score of a tracked face's steady label
-        label = f"{face.emotion} {shown:.0%}"
-        if isinstance(face, TrackedFace):
-            label = f"{face.id} {label}"
+        label = annotation_label(face)
         (tw, th), baseline = cv2.getTextSize(label, font, font_scale, thickness)
         pad = thickness + 1
         # Above the box when there is room, otherwise inside its top edge.

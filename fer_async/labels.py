@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 #: The seven FER2013 classes, in the dataset's own label order (0..6).
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+#: The colour each emotion is drawn in, as (red, green, blue): the one table behind the pages'
+#: boxes and charts, the MJPEG overlay and the timeline plots, so they all agree. Picked to
+#: stand out on light and dark video.
+EMOTION_COLOURS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
+    {
+        "angry": (220, 40, 40),
+        "disgust": (40, 140, 40),
+        "fear": (160, 60, 160),
+        "happy": (255, 200, 0),
+        "sad": (40, 120, 200),
+        "surprise": (0, 200, 200),
+        "neutral": (180, 180, 180),
+    }
+)
+
+
+def emotion_colours_css() -> dict[str, str]:
+    """EMOTION_COLOURS as CSS hex colours ("#ffc800"), for the pages."""
+    return {name: "#{:02x}{:02x}{:02x}".format(*rgb) for name, rgb in EMOTION_COLOURS.items()}
+
 
 #: The side of the square grey faces the model takes (FER2013's 48x48).
 FACE_SIZE = 48

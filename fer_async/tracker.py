@@ -8,7 +8,11 @@ MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
   least `min_iou`), or, failing that, whose centre is nearest within `max_centre_shift` box
   sides (a face that moved fast between two slow frames). Greedy, best pairs first; a face
   left over starts a new track with the next integer id (1, 2, 3 ... per Tracker).
-* A track not matched for `max_unseen_ms` dies; its id is never reused.
+* A track missed for `max_unseen_ms` dies; its id is never reused. That age counts the frames
+  processed for the stream, not wall-clock time: each frame adds the time since the one before,
+  but at most `MAX_FRAME_STEP_MS`. So a stall (a frozen server, a client that stopped sending:
+  seconds without any frame) ages a track by one such step at most, and the same face in the
+  same place keeps its id after the pause; at any steady rate it is the time the face was missed.
 * Smoothing: an exponential moving average whose weight for the new frame is
   ``1 - exp(-dt / tau)``, dt the time since the track's last update and tau `smoothing_ms`.
   Time-based, so a client sending 5 fps is smoothed over the same span as one sending 30 fps.
@@ -37,6 +41,9 @@ DEFAULT_SMOOTHING_MS: float = _config.DEFAULT_SMOOTHING_MS
 DEFAULT_SWITCH_MARGIN: float = _config.DEFAULT_LABEL_MARGIN
 # A face the detector misses for a few frames (a turn of the head, motion blur) keeps its id.
 DEFAULT_MAX_UNSEEN_MS = 1000.0
+# The most one frame adds to a missed track's age: the interval of a slow (2 fps) stream. A
+# longer gap between two frames is a stall, not time in which the face was looked for.
+MAX_FRAME_STEP_MS = 500.0
 DEFAULT_MIN_IOU = 0.3
 # Centre distance, in units of the larger of the two boxes' sides, still taken as the same face.
 DEFAULT_MAX_CENTRE_SHIFT = 0.5
@@ -99,6 +106,7 @@ class _Track:
     scores: np.ndarray  # smoothed, float64
     shown: int  # index into EMOTIONS
     seen: int = field(default=1)
+    unseen_s: float = field(default=0.0)  # age since last matched, over the frames processed since
 
 
 class Tracker:
@@ -153,8 +161,11 @@ class Tracker:
             raise ValueError(f"now_s must be finite, got {now_s}")
         if self._last_now_s is not None and now_s < self._last_now_s:
             self.reset()
+        step = 0.0 if self._last_now_s is None else min(now_s - self._last_now_s, MAX_FRAME_STEP_MS / 1000.0)
         self._last_now_s = now_s
-        self._tracks = [t for t in self._tracks if now_s - t.last_seen_s <= self.max_unseen_s]
+        for live in self._tracks:
+            live.unseen_s += step
+        self._tracks = [t for t in self._tracks if t.unseen_s <= self.max_unseen_s]
         assignment = self._match(faces)
         out: list[TrackedFace] = []
         for index, face in enumerate(faces):
@@ -208,4 +219,5 @@ class Tracker:
             track.shown = leader
         track.box = box
         track.last_seen_s = now_s
+        track.unseen_s = 0.0
         track.seen += 1

@@ -15,6 +15,7 @@ from fer_async.imaging import (
     MAX_JPEG_SCANS,
     ImageError,
     ImageTooLarge,
+    annotation_label,
     check_image_header,
     crop_faces,
     decode_image,
@@ -272,7 +273,10 @@ def test_a_tracked_face_is_labelled_with_its_id_and_steady_label(face_jpeg: byte
     happy_leads = (0.01, 0.01, 0.01, 0.49, 0.05, 0.03, 0.40)
     plain, tracked = decode_image(face_jpeg), decode_image(face_jpeg)
     draw_annotations(plain, [Face(box, happy_leads)])  # "happy 49%"
-    draw_annotations(tracked, [TrackedFace(7, box, happy_leads, happy_leads, "happy")])  # "7 happy 49%"
+    draw_annotations(tracked, [TrackedFace(7, box, happy_leads, happy_leads, "happy")])  # "#7 happy 49%"
+    # Ids read "#7" as on the webcam and analysis pages.
+    assert annotation_label(TrackedFace(7, box, happy_leads, happy_leads, "happy")) == "#7 happy 49%"
+    assert annotation_label(Face(box, happy_leads)) == "happy 49%"
 
     def label_width(image: np.ndarray) -> int:
         fill = np.any(image[95:118] != decode_image(face_jpeg)[95:118], axis=2)

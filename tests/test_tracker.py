@@ -95,6 +95,34 @@ def test_track_dies_after_max_unseen() -> None:
     assert later.id == 2 and tracker.live_tracks == 1  # unseen 550 ms: a new track, ids never reused
 
 
+@pytest.mark.parametrize("pause_s", [5.0, 15.0])
+def test_a_pause_does_not_age_a_track(pause_s: float) -> None:
+    """A stalled server or client processes no frame: the face in the same place keeps its id."""
+    tracker = Tracker()
+    for i in range(30):
+        (before,) = tracker.update([face(100, 100, neutral=0.8)], i / 30)
+    (after,) = tracker.update([face(103, 98, happy=0.8)], 1.0 + pause_s)
+    assert after.id == before.id == 1 and tracker.live_tracks == 1
+    # Smoothing stays time-based: after seconds away the new frame's scores count almost fully.
+    assert after.scores[HAPPY] == pytest.approx(0.8, abs=1e-3) and after.emotion == "happy"
+
+
+def test_a_pause_ages_a_missed_track_by_one_step_at_most() -> None:
+    tracker = Tracker(max_unseen_ms=1000)
+    tracker.update([face(100, 100)], 0.0)
+    tracker.update([], 0.1)
+    tracker.update([], 20.0)  # after a stall: aged 0.1 s + MAX_FRAME_STEP_MS (0.5 s), not 20 s
+    (same,) = tracker.update([face(100, 100)], 20.1)
+    assert same.id == 1
+    # Missed at a steady rate, a track dies after max_unseen_ms as before.
+    t = 20.1
+    while t < 21.15:
+        t += 0.05
+        tracker.update([], t)
+    (new,) = tracker.update([face(100, 100)], t + 0.05)
+    assert new.id == 2 and tracker.live_tracks == 1
+
+
 def test_time_based_smoothing_is_rate_independent() -> None:
     """After the same wall time, a 5 fps and a 30 fps client have moved the same way towards a new class."""
 

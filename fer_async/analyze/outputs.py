@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from fer_async.analyze.core import AnalysedFrame, FileSummary
-from fer_async.imaging import _COLOURS, draw_annotations
-from fer_async.labels import EMOTIONS
+from fer_async.imaging import draw_annotations
+from fer_async.labels import EMOTION_COLOURS, EMOTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +165,8 @@ def draw_tracked(image: np.ndarray, frame: AnalysedFrame) -> None:
 
 
 def emotion_colours_rgb() -> dict[str, tuple[float, float, float]]:
-    """The drawing colours (BGR in imaging) as matplotlib RGB fractions, so plot and video match."""
-    return {name: (r / 255, g / 255, b / 255) for name, (b, g, r) in _COLOURS.items()}
+    """The drawing colours (labels.EMOTION_COLOURS) as matplotlib RGB fractions, so plot and video match."""
+    return {name: (r / 255, g / 255, b / 255) for name, (r, g, b) in EMOTION_COLOURS.items()}
 
 
 def plot_timeline(

@@ -221,11 +221,12 @@ def create_app(
     if model is not None:
         app[MODEL] = model
 
-    aiohttp_jinja2.setup(
+    templates = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=jinja2.select_autoescape(["html"]),
     )
+    templates.globals.update(views.template_globals(settings))
 
     # Order matters: each context may use the ones before it, and they close in reverse.
     app.cleanup_ctx.extend([_model_executor_ctx, _model_ctx, _analyzer_ctx, _batcher_ctx, _video_hub_ctx])

@@ -12,7 +12,8 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import BodyPartReader, StreamReader, web
 
-from fer_async.labels import EMOTIONS
+from fer_async.config import Settings
+from fer_async.labels import EMOTIONS, emotion_colours_css
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fer_async.server.keys import (
     BATCHER,
@@ -52,12 +53,21 @@ def _device(request: web.Request) -> str:
     return str(getattr(request.app[MODEL], "device", "CPU"))
 
 
+def template_globals(settings: Settings) -> dict[str, Any]:
+    """What every page's template sees: the emotions with their one colour table (labels.py), for
+    the pages' scripts too, and the smoothing the tracks get (the analysis page says what it charts)."""
+    return {
+        "emotions": EMOTIONS,
+        "emotions_json": json.dumps(list(EMOTIONS)),
+        "emotion_colours_json": json.dumps(emotion_colours_css()),
+        "smoothing_ms": settings.smoothing_ms,
+    }
+
+
 @aiohttp_jinja2.template("index.html")
 async def index(request: web.Request) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     return {
-        "emotions": EMOTIONS,
-        "emotions_json": json.dumps(list(EMOTIONS)),
         "max_frame_bytes": settings.max_frame_bytes,
         "device": _device(request),
         "detector": request.app[DETECTOR_NAME],

@@ -3,11 +3,13 @@
 The server is the real app on the shared harness (`fer_async.bench.harness.serve_in_process`),
 in the same event loop as the async Playwright API: Chromium runs in its own processes, so the loop only
 has to serve it, and the test can read the app's state directly. The model is the session's
-`real_model` (tests/conftest.py), loaded once.
+`real_model` (tests/conftest.py), loaded once. A test that freezes the server (SIGSTOP) gets
+`python -m fer_async` in a process of its own instead (`own_process_server`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from deploy.procs import server_process, wait_until_serving
 
 from fer_async.bench.harness import LiveServer, free_port, serve_in_process
 from fer_async.synthetic import FRAME_HEIGHT, FRAME_WIDTH, astronaut_bgr, compose_frame, write_y4m
@@ -100,3 +103,24 @@ async def restartable_server(real_model: Any, tmp_path: Path) -> AsyncIterator[R
         yield server
     finally:
         await server.stop()
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """`python -m fer_async` on 127.0.0.1:`port`, as a user starts it; `process.pid` can be signalled."""
+
+    process: asyncio.subprocess.Process
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def own_process_server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    port, log = free_port(), tmp_path / "server.log"
+    async with server_process(["--video-dir", str(tmp_path)], log, port) as process:
+        server = ServerProcess(process, port)
+        await wait_until_serving(server.base_url, process, log)
+        yield server

@@ -1,10 +1,13 @@
-"""The /analyze page in a real Chromium on the real server: upload, progress, then charts and the CSV."""
+"""The /analyze and /videos pages in a real Chromium on the real server: upload, progress, then
+charts (time axis, ids, what the scores are) and the CSV; streams at their own size; the note on
+what the pages read, on every page."""
 
 from __future__ import annotations
 
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import analyze_clips
 import pytest
@@ -21,7 +24,7 @@ async def test_upload_on_the_page_shows_progress_then_timeline_and_csv(
 ) -> None:
     clip = analyze_clips.face_clip(tmp_path / "upload.mp4", frames=20)
     async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server, errors)
+        page = await open_page(browser, live_server.base_url, errors)
         await page.goto(f"{live_server.base_url}/analyze")
         await page.set_input_files("#file", str(clip))
         await page.click("#send")
@@ -44,15 +47,73 @@ async def test_upload_on_the_page_shows_progress_then_timeline_and_csv(
                        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }"""
         )
         assert painted > 1000
+        # Ids read "#1" as on the webcam page; the page says what the chart and the shares show.
+        assert (await page.text_content("#tracks tbody td") or "").startswith("#")
+        assert (await page.text_content(".timeline h3") or "").startswith("face #")
+        assert "smoothed" in " ".join((await page.text_content("#scores-note") or "").split())
+        assert "smoothed" in (await page.get_attribute("canvas[data-face]", "aria-label") or "")
+        await check_time_axis(page)
 
 
-async def test_the_analyse_link_of_a_server_video_runs_it(
+# Ink (alpha) per canvas column in a band of rows, and where the time axis and its ticks are.
+TIME_AXIS_JS = """
+([top, bottom]) => {
+  const c = document.querySelector('canvas[data-face]');
+  const k = c.width / c.clientWidth;
+  const axis = Number(c.dataset.axisY);
+  const rows = [Math.round((axis + top) * k), Math.round((bottom - top) * k)];
+  const d = c.getContext('2d').getImageData(0, rows[0], c.width, rows[1]).data;
+  const columns = new Array(c.clientWidth).fill(0);
+  for (let i = 3; i < d.length; i += 4) columns[Math.floor(((i - 3) / 4) % c.width / k)] += d[i] > 64 ? 1 : 0;
+  const ticks = c.dataset.ticks.split(' ').map((t) => t.split(':').map(Number));
+  return { columns, ticks, height: c.clientHeight - axis };
+}
+"""
+
+
+def ink_runs(columns: list[int], min_gap: int = 8) -> int:
+    """Separate stretches of inked columns, joined across gaps under `min_gap` (one per label)."""
+    runs, last = 0, None
+    for x, ink in enumerate(columns):
+        if ink:
+            if last is None or x - last >= min_gap:
+                runs += 1
+            last = x
+    return runs
+
+
+async def check_time_axis(page: Any) -> None:
+    """More than the two end labels: a tick mark and a label per tick, and a title under them."""
+    marks = await page.evaluate(TIME_AXIS_JS, [1, 4])
+    ticks = marks["ticks"]
+    assert len(ticks) >= 4 and [t for t, _ in ticks] == sorted(t for t, _ in ticks), ticks
+    for _t, x in ticks:
+        assert max(marks["columns"][round(x) - 1 : round(x) + 2]) > 0, (ticks, x)
+    labels = await page.evaluate(TIME_AXIS_JS, [6, 17])
+    assert ink_runs(labels["columns"]) == len(ticks), (ticks, labels["columns"])
+    title = await page.evaluate(TIME_AXIS_JS, [19, labels["height"]])
+    assert ink_runs(title["columns"]) >= 1
+
+
+ABOUT = ("displays, not the emotion a person feels", "EU AI Act (Art. 5(1)(f))", "medical or safety")
+
+
+async def test_videos_at_their_own_size_and_the_analyse_link_runs_one(
     chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
 ) -> None:
     analyze_clips.face_clip(tmp_path / "videos" / "on_server.mp4", frames=10)
     async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server, errors)
-        await page.goto(f"{live_server.base_url}/videos")
+        page = await open_page(browser, live_server.base_url, errors)
+        for path in ("/", "/analyze", "/videos"):  # each page says what it reads, and the law on it
+            await page.goto(f"{live_server.base_url}{path}")
+            about = " ".join((await page.text_content("#about") or "").split())
+            assert all(words in about for words in ABOUT) and await page.is_visible("#about"), (path, about)
+        # The stream at its own size at least: the server draws its labels for that size.
+        await page.wait_for_function("() => document.querySelector('.videos img').naturalWidth > 0", polling=100)
+        size = await page.eval_on_selector(
+            ".videos img", "img => ({ natural: [img.naturalWidth, img.naturalHeight], shown: [img.width, img.height] })"
+        )
+        assert size["shown"][0] >= size["natural"][0] and size["shown"][1] >= size["natural"][1], size
         await page.click("a[href='/analyze?video=on_server.mp4']")
         await page.wait_for_function(
             "() => document.querySelector('#job-state').textContent.startsWith('done')", timeout=TIMEOUT_MS

@@ -112,7 +112,7 @@ async def browser_session(chromium: Path, clip: Path) -> AsyncIterator[tuple[Any
     assert not errors, errors
 
 
-async def open_page(browser: Any, server: LiveServer, errors: list[str]) -> Any:
+async def open_page(browser: Any, base_url: str, errors: list[str]) -> Any:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -134,7 +134,7 @@ async def open_page(browser: Any, server: LiveServer, errors: list[str]) -> Any:
             else None
         ),
     )
-    response = await page.goto(f"{server.base_url}/")
+    response = await page.goto(f"{base_url}/")
     assert response is not None and response.status == 200
     assert await page.evaluate("() => window.isSecureContext") is True
     return page
@@ -189,7 +189,7 @@ async def test_webcam_page_draws_labelled_faces(
     chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
 ) -> None:
     async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server, errors)
+        page = await open_page(browser, live_server.base_url, errors)
         assert await page.get_attribute("#overlay", "data-faces") == "0"
         await page.click("#start")
         handle = await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
@@ -219,7 +219,7 @@ async def test_two_pages_get_their_own_results(
 ) -> None:
     """Two browser contexts (two tabs of two users) at once: each is answered on its own socket."""
     async with browser_session(chromium, face_clip) as (browser, errors):
-        pages = [await open_page(browser, live_server, errors) for _ in range(2)]
+        pages = [await open_page(browser, live_server.base_url, errors) for _ in range(2)]
         for page in pages:
             await page.click("#start")
         seen = []
@@ -254,7 +254,7 @@ async def test_two_pages_get_their_own_results(
 
 async def test_placeholder_hides_once_the_camera_runs(chromium: Path, face_clip: Path, live_server: LiveServer) -> None:
     async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server, errors)
+        page = await open_page(browser, live_server.base_url, errors)
         assert await page.is_visible("#placeholder")
         await page.click("#start")
         await page.wait_for_function("() => window.ferState.resultsReceived > 0", polling=100)
@@ -264,7 +264,7 @@ async def test_placeholder_hides_once_the_camera_runs(chromium: Path, face_clip:
 
 async def test_start_placeholder_does_not_wrap(chromium: Path, face_clip: Path, live_server: LiveServer) -> None:
     async with browser_session(chromium, face_clip) as (browser, errors):
-        page = await open_page(browser, live_server, errors)
+        page = await open_page(browser, live_server.base_url, errors)
         # "Click", "Start" and "and allow the camera." sit on one line (each was its own grid row).
         tops = await page.evaluate(
             """() => {
@@ -287,7 +287,7 @@ async def test_page_clears_and_says_retrying_while_the_server_is_down(
     """Server gone: no stale box, bars or fps stay on screen; the status says it retries; it comes back."""
     async with browser_session(chromium, face_clip) as (browser, errors):
         assert restartable_server.live is not None
-        page = await open_page(browser, restartable_server.live, errors)
+        page = await open_page(browser, restartable_server.live.base_url, errors)
         await page.click("#start")
         handle = await page.wait_for_function(FACES_DRAWN_JS, polling=100, timeout=TIMEOUT_MS)
         seen = await handle.json_value()

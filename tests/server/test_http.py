@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
+from html import unescape
 
 import aiohttp
 import cv2
@@ -13,7 +16,7 @@ from testsupport import eventually
 
 from fer_async.config import Settings
 from fer_async.imaging import decode_image, encode_jpeg
-from fer_async.labels import EMOTIONS, Box
+from fer_async.labels import EMOTION_COLOURS, EMOTIONS, Box
 from fer_async.server.keys import PHOTO_UPLOADS
 from fer_async.server.views import PHOTO_UPLOADS_AT_ONCE
 
@@ -190,7 +193,7 @@ async def test_index_page_and_static_files(client: Client) -> None:
     resp = await client.get("/")
     assert resp.status == 200 and resp.content_type == "text/html"
     html = await resp.text()
-    assert '<script src="/static/app.js"' in html and 'id="overlay"' in html and 'id="start"' in html
+    assert '<script type="module" src="/static/app.js">' in html and 'id="overlay"' in html and 'id="start"' in html
     for emotion in EMOTIONS:
         assert f'data-emotion="{emotion}"' in html
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
@@ -199,6 +202,21 @@ async def test_index_page_and_static_files(client: Client) -> None:
         assert resp.status == 200 and content_type in resp.content_type, path
     assert (await client.get("/static/../pyproject.toml")).status in (403, 404)
     assert (await client.get("/nope")).status == 404
+
+
+async def test_every_page_carries_the_colour_table_and_says_what_it_reads(make_client: MakeClient) -> None:
+    client = await make_client(smoothing_ms=0.0)
+    for path in ("/", "/videos", "/analyze"):
+        html = await (await client.get(path)).text()
+        colours = re.search(r"data-emotion-colours='([^']*)'", html)
+        assert colours is not None, path
+        table = json.loads(unescape(colours.group(1)))
+        assert table == {name: "#{:02x}{:02x}{:02x}".format(*EMOTION_COLOURS[name]) for name in EMOTIONS}, path
+        text = " ".join(html.split())
+        assert "not the emotion a person feels" in text and "Art. 5(1)(f)" in text, path
+        assert f'<a href="{path}" aria-current="page">' in html, path
+    # With smoothing off the analysis page says its charts and shares are raw.
+    assert "use <strong>raw</strong> scores" in " ".join((await (await client.get("/analyze")).text()).split())
 
 
 async def test_uploads_read_at_once_are_bounded(client: Client, face_jpeg: bytes) -> None:
