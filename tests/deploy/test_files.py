@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from fer_async.config import Settings
-from fer_async.server.analysis_jobs import UPLOAD_CHUNK
 from fer_async.server.connection import HEARTBEAT_S
+from fer_async.server.jobs import UPLOAD_CHUNK
 from fer_async.server.views import MULTIPART_OVERHEAD
 
 from .procs import REPO_ROOT

@@ -17,9 +17,9 @@ from analyze_clips import face_clip, not_a_video
 from fer_async.analyze import analyze_video, columns
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS
-from fer_async.server.analysis import ANALYSIS_JOBS
-from fer_async.server.analysis_jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.app import create_app
+from fer_async.server.job_routes import ANALYSIS_JOBS
+from fer_async.server.jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.keys import ANALYZER, BATCHER, METRICS
 from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
 
@@ -66,7 +66,7 @@ async def wait_for_job(client: Client, url: str) -> tuple[dict[str, Any], list[i
 
 
 def uploads_left(client: Client) -> list[str]:
-    return sorted(p.name for p in client.app[ANALYSIS_JOBS].workdir.glob("upload-*"))
+    return sorted(p.name for p in client.app[ANALYSIS_JOBS].uploads_dir.glob("upload-*"))
 
 
 async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
@@ -125,7 +125,7 @@ async def test_labels_agree_with_what_the_stream_path_computes(make_analysis_cli
             stream.append((frame_index, tuple(round(v * scale) for v in face.box), face.emotion))
         frame_index += 1
     analyzer = client.app[ANALYZER]
-    rows = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer, smoothing_ms=0)))
+    rows = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer, smoothing_ms=0, label_margin=0)))
     analysed = [(r["frame"], (r["x"], r["y"], r["w"], r["h"]), r["emotion"]) for r in rows if r["face"] is not None]
     assert frame_index == 72
     assert analysed == stream
@@ -141,7 +141,8 @@ async def test_an_upload_over_the_limit_is_413_and_leaves_no_file(
     assert response.status == 413
     assert "larger than 20000 bytes" in (await response.json())["error"]
     assert uploads_left(client) == []
-    assert client.app[ANALYSIS_JOBS].jobs == {}
+    jobs = client.app[ANALYSIS_JOBS]
+    assert jobs.running == {} and list(jobs.results.path.iterdir()) == []
 
 
 async def test_a_file_that_is_not_a_video_fails_with_a_clear_error(
@@ -228,11 +229,11 @@ async def test_the_pages_link_the_analysis(client: Client) -> None:
 
 async def test_shutdown_removes_every_file(make_analysis_client: MakeAnalysisClient, tmp_path: Path) -> None:
     client = await make_analysis_client()
-    workdir = client.app[ANALYSIS_JOBS].workdir
+    jobs = client.app[ANALYSIS_JOBS]
     response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=200)))
     assert response.status == 202
     await client.close()
-    assert not workdir.exists()
+    assert not jobs.uploads_dir.exists() and not jobs.results.path.exists()
 
 
 async def test_a_third_analysis_waits_for_one_of_two_to_end(
