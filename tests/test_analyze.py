@@ -284,3 +284,24 @@ def test_cli_rows_to_stdout_and_the_summary_to_stderr(
     assert lines[0] == ",".join(columns(smoothed=True))
     assert [line.split(",")[1] for line in lines[1:]] == [str(i) for i in range(6)]
     assert "coffee.mp4: 6 frames read, 6 analysed (0 with faces), 6 rows, 0 tracks" in captured.err
+
+
+FORMULA_STEMS = ("=1+1", "+1+1", "-2+3", "@SUM(1)", "\t=1", "\r=1")
+
+
+def test_cli_csv_neutralises_formula_names_and_jsonl_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files named like formulas, given as a user types them (relative names): the file column of the CSV."""
+    monkeypatch.chdir(tmp_path)
+    clip = face_clip(tmp_path / "face.mp4", frames=2)
+    names = [f"{stem}.mp4" for stem in FORMULA_STEMS]
+    for name in names:
+        (tmp_path / name).write_bytes(clip.read_bytes())
+    assert main(["--out", "out/", "--", *names]) == 0  # "--": "-2+3.mp4" is a file, not an option
+    for stem, name in zip(FORMULA_STEMS, names, strict=True):
+        rows = read_csv(tmp_path / "out" / f"{stem}.csv")
+        assert rows and {r["file"] for r in rows} == {"'" + name.replace("\r", " ")}, stem
+        assert {r["emotion"] for r in rows} <= set(EMOTIONS)
+    assert main(["--out", "exact.jsonl", "--", names[0]]) == 0
+    assert {json.loads(line)["file"] for line in (tmp_path / "exact.jsonl").read_text().splitlines()} == {names[0]}

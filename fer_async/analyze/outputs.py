@@ -63,15 +63,18 @@ def output_path(template: str, source: Path, several: bool, default_suffix: str)
 
 
 def csv_cell(value: Any) -> Any:
-    """`value` as a CSV cell: text that a spreadsheet would run as a formula gets a leading `'`.
+    """`value` as a CSV cell: text a spreadsheet would run as a formula gets a leading `'`.
 
     The one place every CSV of rows goes through (`RowWriter`: the CLI's files and the server's
-    downloads). Numbers stay numbers (a negative box coordinate is not text); JSON Lines and
-    the Python API keep the exact values.
+    downloads). Line breaks inside text become spaces, so each row stays one line (Python's csv
+    module leaves a lone CR unquoted, which splits the row for every reader). Numbers stay
+    numbers (a negative box coordinate is not text); JSON Lines and the Python API keep the
+    exact values.
     """
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    if not isinstance(value, str):
+        return value
+    cell = value.replace("\r", " ").replace("\n", " ")
+    return "'" + cell if value.startswith(FORMULA_STARTS) else cell
 
 
 class _Finishing:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,9 @@ from fer_async.server.jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.keys import ANALYZER, BATCHER, METRICS
 from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
 
-from .helpers import CLIP_NAME, Client
+from .helpers import CLIP_NAME, Client, upload_form, wait_for_job
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videos"
-JOB_TIMEOUT_S = 180.0
 
 MakeAnalysisClient = Callable[..., Awaitable[Client]]
 
@@ -42,27 +40,6 @@ def make_analysis_client(aiohttp_client: Any, real_model: Any, base_settings: Se
         return client
 
     return make
-
-
-def upload_form(path: Path, name: str | None = None) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("video", path.read_bytes(), filename=name or path.name, content_type="video/mp4")
-    return form
-
-
-async def wait_for_job(client: Client, url: str) -> tuple[dict[str, Any], list[int]]:
-    """The job once it has ended, and the frames_done values seen on the way."""
-    seen: list[int] = []
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        response = await client.get(url)
-        assert response.status == 200
-        job = await response.json()
-        seen.append(job["frames_done"])
-        if job["state"] not in ("queued", "running"):
-            return job, seen
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.05)
 
 
 def uploads_left(client: Client) -> list[str]:
@@ -256,3 +233,47 @@ async def test_a_third_analysis_waits_for_one_of_two_to_end(
         assert job["state"] in ("stopped", "done")
     response = await client.post("/api/analyses", json={"video": CLIP_NAME})
     assert response.status == 202
+
+
+# The name as the server receives it -> the filename parameter sent. A browser sends a file's name
+# as it is, in quotes, with only '"', CR and LF escaped (%22, %0D, %0A: the server keeps them
+# so); a client may also send RFC 5987's filename*, which is how a raw carriage return arrives.
+FORMULA_NAMES = {
+    "=HYPERLINK(%22x%22)+cmd.mp4": 'filename="=HYPERLINK(%22x%22)+cmd.mp4"',  # =HYPERLINK("x")+cmd.mp4
+    "+1+1.mp4": 'filename="+1+1.mp4"',
+    "-2+3.mp4": 'filename="-2+3.mp4"',
+    "@SUM(1).mp4": 'filename="@SUM(1).mp4"',
+    "\t=1.mp4": 'filename="\t=1.mp4"',
+    "\r=1.mp4": "filename*=UTF-8''%0D%3D1.mp4",
+}
+
+
+def raw_upload(clip: Path, filename_parameter: str) -> tuple[bytes, dict[str, str]]:
+    """The multipart body of the page's upload form, written out byte for byte."""
+    boundary = "----formula-test-boundary"
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="video"; {filename_parameter}\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    )
+    body = head.encode() + clip.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+async def test_upload_names_that_a_spreadsheet_would_run_are_neutralised_in_the_csv(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client()
+    clip = face_clip(tmp_path / "face.mp4", frames=3)
+    for name, parameter in FORMULA_NAMES.items():
+        body, headers = raw_upload(clip, parameter)
+        response = await client.post("/api/analyses", data=body, headers=headers)
+        assert response.status == 202, await response.text()
+        job, _ = await wait_for_job(client, (await response.json())["url"])
+        assert job["state"] == "done" and job["name"] == name  # the JSON keeps the name exactly
+        text = await (await client.get(job["csv_url"])).text()
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        # A leading quote, and each row on one line (a CR inside a cell would split the row).
+        cell = "'" + name.replace("\r", " ")
+        assert len(rows) >= 3 and {row["file"] for row in rows} == {cell}, (name, rows[0]["file"])
+        assert {row["emotion"] for row in rows} <= set(EMOTIONS)
