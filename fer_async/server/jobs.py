@@ -260,6 +260,7 @@ class AnalysisJobs:
         finally:
             if job.upload:
                 await asyncio.to_thread(job.source.unlink, True)
+            await asyncio.to_thread(self.results.clear_stop, job.id)
         # Published only now: whoever sees the job ended also finds its upload gone.
         job.error, job.warning, job.finished_at, job.state = error, warning, time.time(), state
         try:

@@ -119,6 +119,10 @@ class ResultsDir:
     def stop_requested(self, job_id: str) -> bool:
         return self.path.joinpath(f"{job_id}{_STOP}").exists()
 
+    def clear_stop(self, job_id: str) -> None:
+        """The request has been heard (the job has ended); one that comes later goes with the job."""
+        self.path.joinpath(f"{job_id}{_STOP}").unlink(missing_ok=True)
+
     def remove(self, job_id: str) -> None:
         """Every file of the job; its state first, so nobody is sent to rows that are going away."""
         self._state_path(job_id).unlink(missing_ok=True)
