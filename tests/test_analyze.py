@@ -305,3 +305,14 @@ def test_cli_csv_neutralises_formula_names_and_jsonl_keeps_them(
         assert {r["emotion"] for r in rows} <= set(EMOTIONS)
     assert main(["--out", "exact.jsonl", "--", names[0]]) == 0
     assert {json.loads(line)["file"] for line in (tmp_path / "exact.jsonl").read_text().splitlines()} == {names[0]}
+
+
+def test_cli_builds_the_model_as_the_server_does(clips: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """--runtime and --model-precision reach the model (the CLI once dropped --runtime)."""
+    assert main([str(clips["no_face"]), "--runtime", "keras", "--model-precision", "fp32", "--every", "3"]) == 0
+    assert "model: fernet.json (keras, fp32)" in capsys.readouterr().out
+    assert main([str(clips["no_face"]), "--runtime", "onnx", "--every", "3"]) == 0
+    assert "model: fernet.int8.onnx (onnx, int8)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:  # the server's own check of its option
+        main([str(clips["no_face"]), "--smoothing-ms", "-1"])
+    assert usage.value.code == 2 and "--smoothing-ms must be 0..10000" in capsys.readouterr().err

@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     report = sys.stderr if args.out == "-" else sys.stdout
     print(f"detector: {getattr(analyzer.detector, 'name', args.settings.detector)}", file=report)
+    # Which network produced the numbers: --runtime and --model-precision as they took effect.
+    served = [getattr(analyzer.model, name, "?") for name in ("model_file", "runtime", "precision")]
+    print("model: {} ({}, {})".format(*served), file=report)
     with analyzer, _StopOnInterrupt() as stop:
         for info in sources:
             try:

@@ -1,7 +1,7 @@
 """One file through the server's pipeline: decode, detect + classify (the `Analyzer`), track, rows.
 
 Used by the CLI and Python API (`fer_async.analyze`) and by the server's upload jobs
-(`fer_async.server.analysis`). Only *how frames reach the Analyzer* differs between them: the
+(`fer_async.server.jobs`). Only *how frames reach the Analyzer* differs between them: the
 CLI calls `Analyzer.analyze` directly, the server goes through its batcher; both hand
 `FileAnalysis` a `classify` function. Frames are shrunk exactly as the MJPEG stream shrinks
 them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the same labels.
