@@ -40,7 +40,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
@@ -123,7 +123,9 @@ async def create_analysis(request: web.Request) -> web.Response:
         if isinstance(received, web.Response):
             return received
         try:
-            job = await jobs.start(Path(part.filename or "upload").name, received, upload=True)
+            # The file's own name, without any folders a client put before it (/ or \\).
+            name = PureWindowsPath(part.filename or "upload").name
+            job = await jobs.start(name, received, upload=True)
         except BaseException as exc:
             await asyncio.to_thread(received.unlink, True)
             if isinstance(exc, JobsBusy):  # others started while this one uploaded
@@ -161,7 +163,7 @@ async def analysis_csv(request: web.Request) -> web.StreamResponse:
         rows,
         headers={
             "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download)}",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download, safe='')}",
         },
     )
 

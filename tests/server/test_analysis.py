@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from analyze_clips import face_clip, not_a_video
+from testsupport import FORMULA_NAMES, raw_upload
 
 from fer_async.analyze import analyze_video, columns
 from fer_async.config import Settings
@@ -233,31 +234,6 @@ async def test_a_third_analysis_waits_for_one_of_two_to_end(
         assert job["state"] in ("stopped", "done")
     response = await client.post("/api/analyses", json={"video": CLIP_NAME})
     assert response.status == 202
-
-
-# The name as the server receives it -> the filename parameter sent. A browser sends a file's name
-# as it is, in quotes, with only '"', CR and LF escaped (%22, %0D, %0A: the server keeps them
-# so); a client may also send RFC 5987's filename*, which is how a raw carriage return arrives.
-FORMULA_NAMES = {
-    "=HYPERLINK(%22x%22)+cmd.mp4": 'filename="=HYPERLINK(%22x%22)+cmd.mp4"',  # =HYPERLINK("x")+cmd.mp4
-    "+1+1.mp4": 'filename="+1+1.mp4"',
-    "-2+3.mp4": 'filename="-2+3.mp4"',
-    "@SUM(1).mp4": 'filename="@SUM(1).mp4"',
-    "\t=1.mp4": 'filename="\t=1.mp4"',
-    "\r=1.mp4": "filename*=UTF-8''%0D%3D1.mp4",
-}
-
-
-def raw_upload(clip: Path, filename_parameter: str) -> tuple[bytes, dict[str, str]]:
-    """The multipart body of the page's upload form, written out byte for byte."""
-    boundary = "----formula-test-boundary"
-    head = (
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="video"; {filename_parameter}\r\n'
-        "Content-Type: video/mp4\r\n\r\n"
-    )
-    body = head.encode() + clip.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 async def test_upload_names_that_a_spreadsheet_would_run_are_neutralised_in_the_csv(
