@@ -77,6 +77,7 @@ def load_analyzer(
     runtime: str | None = None,
     flip_tta: bool | None = None,
     precision: str | None = None,
+    align: bool | None = None,
 ) -> Analyzer:
     """The server's Analyzer: its model and detector built as the server builds them, from its `Settings`.
 
@@ -96,6 +97,7 @@ def load_analyzer(
         "runtime": runtime,
         "flip_tta": flip_tta,
         "model_precision": precision,
+        "align": align,
     }
     return load(Settings().replace(**{name: value for name, value in given.items() if value is not None}))
 
