@@ -116,6 +116,7 @@ class Settings:
     detector_model: Path | None = None
     align: bool = DEFAULT_ALIGN
     video_dir: Path = DEFAULT_VIDEO_DIR
+    results_dir: Path | None = None  # None: a temporary directory of this server and its --workers
     smoothing_ms: float = DEFAULT_SMOOTHING_MS
     label_margin: float = DEFAULT_LABEL_MARGIN
     max_batch: int = 16
@@ -300,6 +301,7 @@ _OPTIONS: dict[str, Option] = {
         argparse={"action": argparse.BooleanOptionalAction},
     ),
     "video_dir": Option("--video-dir", Path, "directory of video files served as MJPEG under /video/NAME", "DIR"),
+    "results_dir": Option("--results-dir", Path, "analysis jobs' state and rows; replicas share one", "DIR"),
     "smoothing_ms": Option(
         "--smoothing-ms",
         float,
@@ -417,14 +419,14 @@ def add_model_options(
     *,
     defaults: bool = True,
 ) -> None:
-    """Add the server's `names` options (of MODEL_OPTIONS) to a tool's parser, dest = field name.
+    """Add the server's `names` options (MODEL_OPTIONS, or any other) to a tool's parser, dest = field name.
 
     With `defaults` an option left out is the server's default; without, it is None (for tools
     that must tell "not given" apart), and `model_option_defaults` fills it in later.
     """
     for name in names:
-        if name not in MODEL_OPTIONS:
-            raise ValueError(f"{name!r} is not one of {MODEL_OPTIONS}")
+        if name not in _OPTIONS:
+            raise ValueError(f"{name!r} is not a server option")
         _add_option(parser, name, _default(name) if defaults else None, f" (default: {_shown_default(name)})")
 
 

@@ -20,6 +20,9 @@ MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
 * Hysteresis: the shown label changes only when another class leads the shown one by at least
   `switch_margin` in the smoothed scores, so two nearly equal classes do not flicker.
 
+Every consumer builds its Tracker with `tracker_for(settings)`, so the live view, the video
+channels, the CLI and the jobs show the same labels for the same frames.
+
 Pure Python + numpy (and the defaults from fer_async.config); no I/O. Not thread-safe: one Tracker belongs to one task.
 """
 
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fer_async import config as _config
+from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, Box, Face
 
 # Chosen by measurement on the real clips; declared with the server options (config stays a
@@ -221,3 +225,16 @@ class Tracker:
         track.last_seen_s = now_s
         track.unseen_s = 0.0
         track.seen += 1
+
+
+# The settings a Tracker is built from; `python -m fer_async.analyze` takes them as the server does.
+TRACKER_OPTIONS = ("smoothing_ms", "label_margin")
+
+
+def tracker_for(settings: Settings) -> Tracker:
+    """A new Tracker with the settings' --smoothing-ms and --label-margin: the one way every consumer builds one.
+
+    The two options stay independent: `--smoothing-ms 0` turns the moving average off and
+    keeps the hysteresis (`--label-margin 0` turns that off too).
+    """
+    return Tracker(smoothing_ms=settings.smoothing_ms, switch_margin=settings.label_margin)

@@ -184,6 +184,8 @@ def supervise(settings: Settings) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     shared_dir = Path(tempfile.mkdtemp(prefix="fer-workers-"))
+    if settings.results_dir is None:  # one directory of analysis results that every worker reads
+        settings = settings.replace(results_dir=shared_dir / "analyses")
     supervisor = _Supervisor(settings, shared_dir)
     logger.info("starting %d workers on %s (SO_REUSEPORT)", settings.workers, settings.url)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,16 +28,21 @@ from analyze_clips import (
 )
 
 from fer_async.analyze import (
+    Ending,
+    FileAnalysis,
     IncompleteVideoWarning,
     InputError,
     analyze_video,
     columns,
+    open_source,
 )
 from fer_async.analyze.__main__ import main
+from fer_async.analyze.core import analyzer_classify
 from fer_async.analyzer import Analyzer
+from fer_async.config import Settings
 from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS
-from fer_async.tracker import iou
+from fer_async.tracker import iou, tracker_for
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 
@@ -86,8 +92,8 @@ def test_rows_one_per_face_per_frame_with_every_column(analyzer: Analyzer, clips
     assert first["x"] + first["w"] <= CLIP_SIZE[0]
 
 
-def test_smoothing_off_gives_raw_scores_and_their_label(analyzer: Analyzer, clips: dict[str, Path]) -> None:
-    rows = list(analyze_video(clips["face"], analyzer=analyzer, smoothing_ms=0, every=5))
+def test_smoothing_and_margin_off_give_raw_scores_and_their_label(analyzer: Analyzer, clips: dict[str, Path]) -> None:
+    rows = list(analyze_video(clips["face"], analyzer=analyzer, smoothing_ms=0, label_margin=0, every=5))
     assert sorted({r["frame"] for r in rows}) == [0, 5, 10]
     assert list(rows[0]) == list(columns(smoothed=False))
     for row in rows:
@@ -210,11 +216,44 @@ def test_real_clip_single_face(analyzer: Analyzer) -> None:
     assert labels[40:56].count("happy") > 12
 
 
-def test_real_clip_no_face_mp4_is_reported_incomplete(analyzer: Analyzer) -> None:
-    """no_face.mp4 decodes 95 of the 98 frames its header announces (SOURCES.md)."""
-    with pytest.warns(IncompleteVideoWarning, match="stopped at frame 95 of the 98"):
-        rows = list(analyze_video(shared_clip("no_face.mp4"), analyzer=analyzer, every=5))
+def test_real_clip_no_face_mp4_decodes_to_its_end_and_is_complete(
+    analyzer: Analyzer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """no_face.mp4 decodes 95 of the 98 frames its header estimates: 0.13 s short, a normal MP4."""
+    clip = shared_clip("no_face.mp4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IncompleteVideoWarning)
+        rows = list(analyze_video(clip, analyzer=analyzer, every=5))
     assert [r["frame"] for r in rows] == list(range(0, 95, 5))
+    assert main([str(clip), "--out", f"{tmp_path}/", "--every", "5"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no_face.csv"]
+    assert "analyze: error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("announced", "ending"),
+    [(12, Ending.DONE), (13, Ending.DONE), (16, Ending.DONE), (17, Ending.CUT_SHORT), (40, Ending.CUT_SHORT)],
+)
+def test_a_shortfall_is_cut_short_only_when_large_in_time_and_share(
+    analyzer: Analyzer, clips: dict[str, Path], announced: int, ending: Ending
+) -> None:
+    """12 frames at 10 fps decode; a header announcing more is an estimate until 0.5 s (and 2 %) are missing."""
+    info = dataclasses.replace(open_source(clips["face"]), frame_count=announced)
+    analysis = FileAnalysis(info, analyzer_classify(analyzer), tracker_for(Settings()), every=4)
+    assert analysis.run(lambda frame: None) is ending
+    assert analysis.frames_read == 12
+
+
+def test_a_truncated_file_is_cut_short_through_the_api_and_the_cli(
+    analyzer: Analyzer, clips: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info = open_source(clips["truncated"])
+    analysis = FileAnalysis(info, analyzer_classify(analyzer), tracker_for(Settings()))
+    assert analysis.run(lambda frame: None) is Ending.CUT_SHORT
+    assert 0 < analysis.frames_read <= 15 and info.frame_count == 20  # half the bytes: about half the frames
+    assert main([str(clips["truncated"]), "--out", f"{tmp_path}/"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.incomplete.csv"]
+    assert "truncated or corrupt; the rows up to there are kept" in capsys.readouterr().err
 
 
 def test_real_mov_clip_has_a_row_per_frame(analyzer: Analyzer) -> None:
@@ -245,3 +284,35 @@ def test_cli_rows_to_stdout_and_the_summary_to_stderr(
     assert lines[0] == ",".join(columns(smoothed=True))
     assert [line.split(",")[1] for line in lines[1:]] == [str(i) for i in range(6)]
     assert "coffee.mp4: 6 frames read, 6 analysed (0 with faces), 6 rows, 0 tracks" in captured.err
+
+
+FORMULA_STEMS = ("=1+1", "+1+1", "-2+3", "@SUM(1)", "\t=1", "\r=1")
+
+
+def test_cli_csv_neutralises_formula_names_and_jsonl_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files named like formulas, given as a user types them (relative names): the file column of the CSV."""
+    monkeypatch.chdir(tmp_path)
+    clip = face_clip(tmp_path / "face.mp4", frames=2)
+    names = [f"{stem}.mp4" for stem in FORMULA_STEMS]
+    for name in names:
+        (tmp_path / name).write_bytes(clip.read_bytes())
+    assert main(["--out", "out/", "--", *names]) == 0  # "--": "-2+3.mp4" is a file, not an option
+    for stem, name in zip(FORMULA_STEMS, names, strict=True):
+        rows = read_csv(tmp_path / "out" / f"{stem}.csv")
+        assert rows and {r["file"] for r in rows} == {"'" + name.replace("\r", " ")}, stem
+        assert {r["emotion"] for r in rows} <= set(EMOTIONS)
+    assert main(["--out", "exact.jsonl", "--", names[0]]) == 0
+    assert {json.loads(line)["file"] for line in (tmp_path / "exact.jsonl").read_text().splitlines()} == {names[0]}
+
+
+def test_cli_builds_the_model_as_the_server_does(clips: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """--runtime and --model-precision reach the model (the CLI once dropped --runtime)."""
+    assert main([str(clips["no_face"]), "--runtime", "keras", "--model-precision", "fp32", "--every", "3"]) == 0
+    assert "model: fernet.json (keras, fp32)" in capsys.readouterr().out
+    assert main([str(clips["no_face"]), "--runtime", "onnx", "--every", "3"]) == 0
+    assert "model: fernet.int8.onnx (onnx, int8)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:  # the server's own check of its option
+        main([str(clips["no_face"]), "--smoothing-ms", "-1"])
+    assert usage.value.code == 2 and "--smoothing-ms must be 0..10000" in capsys.readouterr().err

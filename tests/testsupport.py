@@ -137,3 +137,28 @@ def write_tiny_votes(path: Path, n_train: int, n_val: int, seed: int = 0) -> Pat
 
     np.savez(path, votes_train=votes(n_train), votes_val=votes(n_val), columns=np.array(VOTE_COLUMNS))
     return path
+
+
+# The name as the server receives it -> the filename parameter sent. A browser sends a file's name
+# as it is, in quotes, with only '"', CR and LF escaped (%22, %0D, %0A: the server keeps them
+# so); a client may also send RFC 5987's filename*, which is how a raw carriage return arrives.
+FORMULA_NAMES = {
+    "=HYPERLINK(%22x%22)+cmd.mp4": 'filename="=HYPERLINK(%22x%22)+cmd.mp4"',  # =HYPERLINK("x")+cmd.mp4
+    "+1+1.mp4": 'filename="+1+1.mp4"',
+    "-2+3.mp4": 'filename="-2+3.mp4"',
+    "@SUM(1).mp4": 'filename="@SUM(1).mp4"',
+    "\t=1.mp4": 'filename="\t=1.mp4"',
+    "\r=1.mp4": "filename*=UTF-8''%0D%3D1.mp4",
+}
+
+
+def raw_upload(clip: Path, filename_parameter: str) -> tuple[bytes, dict[str, str]]:
+    """The multipart body of the page's upload form, written out byte for byte."""
+    boundary = "----formula-test-boundary"
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="video"; {filename_parameter}\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    )
+    body = head.encode() + clip.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}

@@ -13,12 +13,13 @@ From Python (rows as dicts, ready for pandas)::
 The frames go through the server's own `Analyzer` (detect, crop, one model call per 16
 frames) and a `Tracker` per file, shrunk as the MJPEG stream shrinks them, so a clip gets the
 labels the server shows for it. See `core.columns` for the row keys.
+Model, detector and tracker are built from `Settings` as the server builds them
+(`fer_async.loading`, `tracker.tracker_for`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from fer_async.analyze.core import (
     ANALYSIS_MAX_WIDTH,
     AnalysedFrame,
+    Ending,
     FileAnalysis,
     FileSummary,
     InputError,
@@ -36,7 +38,8 @@ from fer_async.analyze.core import (
     frame_rows,
     open_source,
 )
-from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
+from fer_async.config import Settings
+from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN, tracker_for
 
 if TYPE_CHECKING:
     from fer_async.analyzer import Analyzer
@@ -45,6 +48,7 @@ __all__ = [
     "ANALYSIS_MAX_WIDTH",
     "DEFAULT_SMOOTHING_MS",
     "AnalysedFrame",
+    "Ending",
     "FileAnalysis",
     "FileSummary",
     "IncompleteVideoWarning",
@@ -61,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 
 class IncompleteVideoWarning(UserWarning):
-    """Decoding stopped before the end the file's header announces (truncated or corrupt)."""
+    """Decoding stopped well before the end the file's header announces, or failed (truncated or corrupt)."""
 
 
 def load_analyzer(
@@ -70,32 +74,32 @@ def load_analyzer(
     detector_model: str | Path | None = None,
     weights: str | Path | None = None,
     model_name: str | None = None,
+    runtime: str | None = None,
     flip_tta: bool | None = None,
     precision: str | None = None,
+    align: bool | None = None,
 ) -> Analyzer:
-    """The server's Analyzer with the server's defaults (`Settings`: weights, detector, flip TTA, precision).
+    """The server's Analyzer: its model and detector built as the server builds them, from its `Settings`.
 
-    The detector is resolved as the server resolves it (YuNet from its file, cache or one
-    pinned download, else Haar); `analyzer.detector.name` says which runs. Loading imports
-    TensorFlow (seconds). Close it (`with load_analyzer() as a:` or `.close()`) to stop its
-    detection threads.
+    Each argument left out is the server's default (`python -m fer_async --help`); `precision`
+    is --model-precision. The detector is resolved as the server resolves it (YuNet from its
+    file, cache or one pinned download, else Haar); `analyzer.detector.name` says which runs.
+    Close it (`with load_analyzer() as a:` or `.close()`) to stop its detection threads.
+    Raises `config.SettingsError` (a ValueError) for a value the server would refuse.
     """
-    from fer_async.analyzer import Analyzer
-    from fer_async.config import Settings
-    from fer_async.detector import create_detector_for
+    from fer_async.loading import load_analyzer as load
 
-    defaults = Settings()
-    found_detector, _ = create_detector_for(detector or defaults.detector, detector_model)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fer_async.model import FacialExpressionModel  # TensorFlow: only once the cheap checks passed
-
-    model = FacialExpressionModel(
-        Path(weights) if weights is not None else defaults.weights,
-        model_name or defaults.model_name,
-        flip_tta=defaults.flip_tta if flip_tta is None else flip_tta,
-        precision=precision or defaults.model_precision,
-    )
-    return Analyzer(model, found_detector)
+    given = {
+        "detector": detector,
+        "detector_model": None if detector_model is None else Path(detector_model),
+        "weights": None if weights is None else Path(weights),
+        "model_name": model_name,
+        "runtime": runtime,
+        "flip_tta": flip_tta,
+        "model_precision": precision,
+        "align": align,
+    }
+    return load(Settings().replace(**{name: value for name, value in given.items() if value is not None}))
 
 
 def analyze_video(
@@ -110,43 +114,33 @@ def analyze_video(
     """Rows of `path` (a video or a JPEG/PNG image), one per face per analysed frame, as they come.
 
     Keys (`columns(smoothing_ms > 0)`): file, frame, time_s, face (track id, None on a frame
-    without faces), x, y, w, h (the file's own pixels), emotion (the label shown: smoothed, with
-    hysteresis, when smoothing is on), one raw probability per emotion, and with smoothing on
-    `smoothed_<emotion>` per emotion. `smoothing_ms` and `label_margin` are the server's
-    --smoothing-ms and --label-margin (smoothing 0: raw scores, label = their argmax). Every
-    `every`-th frame is analysed. `max_width` shrinks
-    frames before detection as the server's video stream does (None: full size).
+    without faces), x, y, w, h (the file's own pixels), emotion (the label shown, after the
+    hysteresis), one raw probability per emotion, and with smoothing on `smoothed_<emotion>`
+    per emotion. `smoothing_ms` and `label_margin` are the server's --smoothing-ms and
+    --label-margin (both 0: raw scores, label = their argmax). Every `every`-th frame is
+    analysed. `max_width` shrinks frames before detection as the server's video stream does
+    (None: full size).
 
     Raises InputError (one line) for a missing file, a non-video, a video without frames. A
-    video that stops decoding before the frame count its header announces yields what decodes
-    and then warns with IncompleteVideoWarning. Without `analyzer` one is loaded (and closed)
-    for this call.
+    video cut short (a decoding error, or decoding ending well before the end its header
+    announces) yields what decodes and then warns with IncompleteVideoWarning. Without
+    `analyzer` one is loaded (and closed) for this call.
     """
     info = open_source(path)
+    tracker = tracker_for(Settings(smoothing_ms=smoothing_ms, label_margin=label_margin))
     own = analyzer is None
     active = load_analyzer() if analyzer is None else analyzer
     try:
-        analysis = FileAnalysis(
-            info,
-            analyzer_classify(active),
-            every=every,
-            smoothing_ms=smoothing_ms,
-            label_margin=label_margin,
-            max_width=max_width,
-        )
+        analysis = FileAnalysis(info, analyzer_classify(active), tracker, every=every, max_width=max_width)
         name = str(info.path)
         for frame in analysis:
             if frame.analysed:
                 yield from frame_rows(name, frame, analysis.smoothed)
-        if analysis.frames_read == 0:
-            raise InputError(f"{info.path}: the video has no frames")
-        if analysis.stopped_early:
-            warnings.warn(
-                f"{info.path}: decoding stopped at frame {analysis.frames_read} of the "
-                f"{info.frame_count} its header announces (truncated or corrupt)",
-                IncompleteVideoWarning,
-                stacklevel=2,
-            )
+        ending = analysis.ending
+        if ending is Ending.NO_FRAMES:
+            raise InputError(f"{info.path}: {analysis.describe_ending(ending)}")
+        if ending is Ending.CUT_SHORT:
+            warnings.warn(f"{info.path}: {analysis.describe_ending(ending)}", IncompleteVideoWarning, stacklevel=2)
     finally:
         if own:
             active.close()

@@ -7,9 +7,11 @@ With several inputs, --out/--annotate/--plot take a directory (ending in /) or a
 `--out -` writes CSV to stdout (then the summary goes to stderr).
 
 Outputs are written under a temporary name and renamed when the file was analysed to its end.
-Interrupted (Ctrl-C) or cut short (a truncated or corrupt video), they are kept as
-NAME.incomplete.EXT with every row up to that point. Exit status: 0 all files complete; 1 some
-input could not be analysed (or only partly); 2 usage error; 130 interrupted.
+Interrupted (Ctrl-C) or cut short (a decoding error, or decoding that ends well before the end
+the header announces: truncated or corrupt), they are kept as NAME.incomplete.EXT with every row
+up to that point. Model, detector and tracker options are the server's, with its defaults.
+Exit status: 0 all files complete; 1 some input could not be analysed (or only partly); 2 usage
+error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from fer_async.analyze import load_analyzer
 from fer_async.analyze.core import (
     ANALYSIS_MAX_WIDTH,
+    AnalysedFrame,
+    Ending,
     FileAnalysis,
     FileSummary,
     InputError,
@@ -42,10 +45,18 @@ from fer_async.analyze.outputs import (
     output_path,
     plot_timeline,
 )
-from fer_async.config import Settings, add_model_options
+from fer_async.config import MODEL_OPTIONS, Settings, SettingsError, add_model_options
+from fer_async.loading import load_analyzer
+from fer_async.tracker import TRACKER_OPTIONS, tracker_for
 
 PROG = "python -m fer_async.analyze"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_STATUS = {
+    Ending.DONE: 0,
+    Ending.STOPPED: EXIT_INTERRUPTED,
+    Ending.CUT_SHORT: EXIT_FAILED,
+    Ending.NO_FRAMES: EXIT_FAILED,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,22 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="timeline PNG per input (needs matplotlib): FILE.png, DIR/ or a {stem} template",
     )
     p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default: 1)")
-    server = Settings()  # the defaults below are the server's, so a file gets the labels the server shows
-    p.add_argument(
-        "--smoothing-ms",
-        type=float,
-        default=server.smoothing_ms,
-        metavar="MS",
-        help="per-track smoothing time constant; 0 = raw scores and their argmax (default: %(default)s)",
-    )
-    p.add_argument(
-        "--label-margin",
-        type=float,
-        default=server.label_margin,
-        metavar="P",
-        help="a track's label changes only when another class leads by this much (default: %(default)s)",
-    )
-    add_model_options(p)  # --weights --model-name --model-precision --flip-tta --detector(-model), as the server
+    # --smoothing-ms --label-margin --weights --model-name --runtime --model-precision --flip-tta
+    # --detector(-model): the server's own options and defaults, so a file gets the server's labels.
+    add_model_options(p, TRACKER_OPTIONS + MODEL_OPTIONS)
     p.add_argument(
         "--max-width",
         type=int,
@@ -90,12 +88,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.every < 1:
         p.error("--every must be at least 1")
-    if args.smoothing_ms < 0:
-        p.error("--smoothing-ms must be >= 0")
-    if not 0 <= args.label_margin < 1:
-        p.error("--label-margin must be in [0, 1)")
     if args.max_width != 0 and args.max_width < 16:
         p.error("--max-width must be 0 or at least 16")
+    try:  # the server's checks of its own options
+        args.settings = Settings().replace(**{name: getattr(args, name) for name in TRACKER_OPTIONS + MODEL_OPTIONS})
+    except SettingsError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -144,9 +142,8 @@ def _analyse_file(
     analysis = FileAnalysis(
         info,
         analyzer_classify(analyzer),
+        tracker_for(args.settings),
         every=args.every,
-        smoothing_ms=args.smoothing_ms,
-        label_margin=args.label_margin,
         max_width=args.max_width or None,
         keep_images=args.annotate is not None,
     )
@@ -166,31 +163,34 @@ def _analyse_file(
     summary = FileSummary(keep_timeline=args.plot is not None)
     name = str(info.path)
     started = time.perf_counter()
+    ending: Ending | None = None
     failure: str | None = None
     with _progress(info) as bar:
+
+        def on_frame(frame: AnalysedFrame) -> None:
+            rows = frame_rows(name, frame, analysis.smoothed) if frame.analysed else []
+            if rows_out is not None:
+                rows_out.write(rows)
+            if video_out is not None:
+                video_out.write(frame)
+            summary.add(frame, len(rows))
+            bar.update(1)
+
         try:
-            for frame in analysis:
-                rows = frame_rows(name, frame, analysis.smoothed) if frame.analysed else []
-                if rows_out is not None:
-                    rows_out.write(rows)
-                if video_out is not None:
-                    video_out.write(frame)
-                summary.add(frame, len(rows))
-                bar.update(1)
-                if stop.requested:
-                    break
-        except KeyboardInterrupt:
+            ending = analysis.run(on_frame, lambda: stop.requested)
+        except KeyboardInterrupt:  # the second Ctrl-C
             stop.requested = True
+            ending = Ending.STOPPED
         except Exception as exc:  # a bug or a decoder crash: keep what was written, say so
             failure = f"{info.path}: analysis failed at frame {analysis.frames_read}: {exc!r}"
     elapsed = time.perf_counter() - started
-    if analysis.frames_read == 0 and failure is None and not stop.requested:
+    if ending is Ending.NO_FRAMES:
         for writer in (rows_out, video_out):
             if writer is not None:
                 writer.discard()
-        _error(f"{info.path}: the video has no frames")
-        return EXIT_FAILED
-    complete = failure is None and not stop.requested and not analysis.stopped_early
+        _error(f"{info.path}: {analysis.describe_ending(ending)}")
+        return EXIT_STATUS[ending]
+    complete = ending is Ending.DONE
     written = [w.finish(complete) for w in (rows_out, video_out) if w is not None]
     if args.plot is not None and summary.frames_analysed:
         target = output_path(args.plot, info.path, several, "_timeline.png")
@@ -212,20 +212,14 @@ def _analyse_file(
         if path is not None:
             print(f"  wrote {path}", file=report)
     report.flush()
-    if failure is not None:
-        _error(failure)
+    if ending is None:
+        _error(failure or f"{info.path}: analysis failed")
         return EXIT_FAILED
-    if stop.requested:
+    if ending is Ending.STOPPED:
         _error(f"{info.path}: interrupted at frame {analysis.frames_read}; rows so far kept as *.incomplete.*")
-        return EXIT_INTERRUPTED
-    if analysis.stopped_early:
-        _error(
-            f"{info.path}: decoding stopped at frame {analysis.frames_read} of the {info.frame_count} its header "
-            f"announces ({analysis.frames_read / info.fps:.2f} s of {info.duration_s:.2f} s): truncated or corrupt; "
-            "the rows up to there are kept as *.incomplete.*"
-        )
-        return EXIT_FAILED
-    return 0
+    elif ending is Ending.CUT_SHORT:
+        _error(f"{info.path}: {analysis.describe_ending(ending)}; the rows up to there are kept as *.incomplete.*")
+    return EXIT_STATUS[ending]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,19 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     if not sources:
         return status
     try:
-        analyzer = load_analyzer(
-            detector=args.detector,
-            detector_model=args.detector_model,
-            weights=args.weights,
-            model_name=args.model_name,
-            flip_tta=args.flip_tta,
-            precision=args.model_precision,
-        )
+        analyzer = load_analyzer(args.settings)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _error(str(exc))
         return EXIT_USAGE
     report = sys.stderr if args.out == "-" else sys.stdout
-    print(f"detector: {getattr(analyzer.detector, 'name', args.detector)}", file=report)
+    print(f"detector: {getattr(analyzer.detector, 'name', args.settings.detector)}", file=report)
+    # Which network produced the numbers: --runtime and --model-precision as they took effect.
+    served = [getattr(analyzer.model, name, "?") for name in ("model_file", "runtime", "precision")]
+    print("model: {} ({}, {})".format(*served), file=report)
     with analyzer, _StopOnInterrupt() as stop:
         for info in sources:
             try:

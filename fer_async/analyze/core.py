@@ -1,7 +1,7 @@
 """One file through the server's pipeline: decode, detect + classify (the `Analyzer`), track, rows.
 
 Used by the CLI and Python API (`fer_async.analyze`) and by the server's upload jobs
-(`fer_async.server.analysis`). Only *how frames reach the Analyzer* differs between them: the
+(`fer_async.server.jobs`). Only *how frames reach the Analyzer* differs between them: the
 CLI calls `Analyzer.analyze` directly, the server goes through its batcher; both hand
 `FileAnalysis` a `classify` function. Frames are shrunk exactly as the MJPEG stream shrinks
 them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the same labels.
@@ -13,6 +13,7 @@ counters (and, when asked for, a compact timeline) grow with the file.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import math
 from array import array
@@ -27,7 +28,7 @@ import numpy as np
 
 from fer_async.imaging import ImageError, decode_image
 from fer_async.labels import EMOTIONS, Box, FrameResult
-from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN, TrackedFace, Tracker
+from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VIDEO_MAX_WIDTH, shrink_to_width
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,21 @@ MAX_BUFFERED_FRAMES = 64
 BASE_COLUMNS: tuple[str, ...] = ("file", "frame", "time_s", "face", "x", "y", "w", "h", "emotion")
 SMOOTHED_PREFIX = "smoothed_"
 
+# A container's frame count is an estimate (no_face.mp4 announces 98 frames and has 95). Decoding
+# that ends short of it by at least this much time AND this share of the file is called cut short.
+CUT_SHORT_MIN_S = 0.5
+CUT_SHORT_MIN_SHARE = 0.02
+
 Classify = Callable[[list[np.ndarray]], Sequence[FrameResult]]
+
+
+class Ending(enum.StrEnum):
+    """How the analysis of one file ended: decided here once; the CLI, the API and the jobs only map it."""
+
+    DONE = "done"  # decoded to its end
+    STOPPED = "stopped"  # asked to stop (Ctrl-C, the page's Stop, DELETE /api/analyses/{id})
+    CUT_SHORT = "cut_short"  # a decoding error, or decoding ended well before the header's end
+    NO_FRAMES = "no_frames"  # not one frame decoded
 
 
 class InputError(ValueError):
@@ -133,24 +148,24 @@ def _scaled(box: Box, scale: float) -> Box:
 
 @dataclass
 class FileAnalysis:
-    """Iterate to analyse `info.path`; afterwards `frames_read`, `stopped_early` say how it ended.
+    """Analyse `info.path` with `run` (or iterate it); `ending` and `describe_ending` say how it ended.
 
     `classify` gets a list of BGR frames (shrunk to `max_width`) and returns one FrameResult
-    each, in order. Every `every`-th frame is analysed (frame 0 first). The Tracker gets each
-    analysed frame's time, index / fps; `smoothing_ms` and `label_margin` mean what the
-    server's --smoothing-ms and --label-margin mean (smoothing 0: raw scores, their argmax).
+    each, in order. Every `every`-th frame is analysed (frame 0 first). `tracker` (build it with
+    `tracker.tracker_for(settings)`, as every other consumer does) gets each analysed frame's
+    time, index / fps.
     """
 
     info: SourceInfo
     classify: Classify
+    tracker: Tracker
     every: int = 1
-    smoothing_ms: float = DEFAULT_SMOOTHING_MS
-    label_margin: float = DEFAULT_SWITCH_MARGIN
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
     frames_read: int = field(default=0, init=False)
     frames_analysed: int = field(default=0, init=False)
+    decode_failed: bool = field(default=False, init=False)
     _last_faces: tuple[TrackedFace, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -158,18 +173,47 @@ class FileAnalysis:
             raise ValueError(f"every must be at least 1, got {self.every}")
         if self.frames_per_call < 1:
             raise ValueError(f"frames_per_call must be at least 1, got {self.frames_per_call}")
-        # Smoothing off means the raw model output throughout: no hysteresis either.
-        margin = self.label_margin if self.smoothing_ms > 0 else 0.0
-        self.tracker = Tracker(smoothing_ms=self.smoothing_ms, switch_margin=margin)
 
     @property
     def smoothed(self) -> bool:
-        return self.smoothing_ms > 0
+        """Whether the tracker smooths scores (then the rows carry `smoothed_<emotion>` columns)."""
+        return self.tracker.smoothing_s > 0
+
+    def run(self, on_frame: Callable[[AnalysedFrame], None], should_stop: Callable[[], bool] = lambda: False) -> Ending:
+        """Analyse the file, each frame to `on_frame`, until its end or until `should_stop()` after a frame."""
+        for frame in self:
+            on_frame(frame)
+            if should_stop():
+                return Ending.STOPPED
+        return self.ending
 
     @property
-    def stopped_early(self) -> bool:
-        """Decoding ended before the frame count the header announces (truncated or corrupt)."""
-        return self.info.frame_count > 0 and self.frames_read < self.info.frame_count
+    def ending(self) -> Ending:
+        """How a decode that went as far as it could ended (`run` adds STOPPED)."""
+        if self.frames_read == 0:
+            return Ending.NO_FRAMES
+        if self.decode_failed:
+            return Ending.CUT_SHORT
+        missing = self.info.frame_count - self.frames_read
+        if missing <= 0 or self.info.kind != "video":
+            return Ending.DONE
+        large = missing / self.info.fps >= CUT_SHORT_MIN_S and missing / self.info.frame_count >= CUT_SHORT_MIN_SHARE
+        return Ending.CUT_SHORT if large else Ending.DONE
+
+    def describe_ending(self, ending: Ending) -> str:
+        """The ending in one line without the file's name, for the CLI, the API's warning and the jobs."""
+        if ending is Ending.NO_FRAMES:
+            return "the video has no frames"
+        if ending is Ending.STOPPED:
+            return f"stopped at frame {self.frames_read}"
+        if ending is Ending.CUT_SHORT:
+            if self.decode_failed:
+                return f"a frame could not be decoded after frame {self.frames_read}: corrupt"
+            return (
+                f"decoding stopped at frame {self.frames_read} of the {self.info.frame_count} its header announces "
+                f"({self.frames_read / self.info.fps:.2f} s of {self.info.duration_s:.2f} s): truncated or corrupt"
+            )
+        return f"{self.frames_read} frames"
 
     def _frames(self) -> Iterator[tuple[int, np.ndarray | None]]:
         """(index, frame) for every frame; None for frames neither analysed nor kept."""
@@ -183,12 +227,14 @@ class FileAnalysis:
             while True:
                 wanted = self.keep_images or index % self.every == 0
                 # grab() without retrieve() skips the colour conversion of frames nobody looks at.
-                ok = capture.grab()
+                if not capture.grab():
+                    return  # the end, or an error: `ending` judges from how far it got
                 frame = None
-                if ok and wanted:
+                if wanted:
                     ok, frame = capture.retrieve()
-                if not ok or (wanted and frame is None):
-                    return
+                    if not ok or frame is None:  # a frame that was read but cannot be decoded
+                        self.decode_failed = True
+                        return
                 self.frames_read = index + 1
                 yield index, frame
                 index += 1

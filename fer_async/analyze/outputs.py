@@ -29,6 +29,9 @@ ROW_FORMATS = (".csv", ".jsonl")
 INCOMPLETE = ".incomplete"
 STEM_FIELD = "{stem}"
 PLOT_MAX_TRACKS = 6  # more panels than this are unreadable; the longest tracks are shown
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"):
+# a file named `=HYPERLINK(...)+cmd.mp4` would do that in the file column.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class OutputError(ValueError):
@@ -57,6 +60,21 @@ def output_path(template: str, source: Path, several: bool, default_suffix: str)
     if several:
         raise OutputError(f"{template}: with several inputs, give a directory (ending in /) or a name with {{stem}}")
     return Path(template)
+
+
+def csv_cell(value: Any) -> Any:
+    """`value` as a CSV cell: text a spreadsheet would run as a formula gets a leading `'`.
+
+    The one place every CSV of rows goes through (`RowWriter`: the CLI's files and the server's
+    downloads). Line breaks inside text become spaces, so each row stays one line (Python's csv
+    module leaves a lone CR unquoted, which splits the row for every reader). Numbers stay
+    numbers (a negative box coordinate is not text); JSON Lines and the Python API keep the
+    exact values.
+    """
+    if not isinstance(value, str):
+        return value
+    cell = value.replace("\r", " ").replace("\n", " ")
+    return "'" + cell if value.startswith(FORMULA_STARTS) else cell
 
 
 class _Finishing:
@@ -104,7 +122,7 @@ class RowWriter(_Finishing):
             if self.jsonl:
                 self.file.write(json.dumps({k: row[k] for k in self.columns}) + "\n")
             else:
-                self._csv.writerow(row)
+                self._csv.writerow({k: csv_cell(v) for k, v in row.items()})
         # Flushed per frame: an interrupted run (Ctrl-C, a kill) leaves only whole rows behind.
         self.file.flush()
 

@@ -13,15 +13,15 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import WSCloseCode, web
 
-from fer_async.analyzer import Analyzer, Predictor, Prepared
+from fer_async.analyzer import Predictor, Prepared
 from fer_async.batcher import Batcher, BatchStats
 from fer_async.config import REPO_ROOT, Settings
-from fer_async.detector import create_detector_for
 from fer_async.labels import FrameResult
+from fer_async.loading import load_detector, load_model, new_analyzer
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline, PreparedBatcher
 from fer_async.remote import ExecutorUnavailable, RemotePredictor
-from fer_async.server import analysis, mjpeg, views, ws
+from fer_async.server import job_routes, mjpeg, views, ws
 from fer_async.server.connection import Connections
 from fer_async.server.keys import (
     ANALYZER,
@@ -37,35 +37,18 @@ from fer_async.server.keys import (
 )
 from fer_async.server.video_hub import VideoHub
 from fer_async.server.worker import WORKER, WorkerInfo, worker_ctx
-from fer_async.tracker import Tracker
+from fer_async.tracker import tracker_for
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 STATIC_DIR = REPO_ROOT / "static"
-# Frame decoding and face detection, each frame as it arrives; two matches the two cores we deploy on,
-# and OpenCV releases the GIL so they really run side by side.
-DETECT_THREADS = 2
 # Drawing boxes and encoding JPEGs for the MJPEG streams, off the loop and off the model thread.
 VIDEO_THREADS = 1
 # Upper bound on closing all sockets at shutdown (each close is also bounded by connection.CLOSE_TIMEOUT_S).
 SHUTDOWN_CLOSE_TIMEOUT_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _load_model(settings: Settings) -> Predictor:
-    # Imported here, in the model thread: loading (TensorFlow's import, with --runtime keras,
-    # takes seconds) must not block the event loop.
-    from fer_async.model import FacialExpressionModel
-
-    return FacialExpressionModel(
-        settings.weights,
-        settings.model_name,
-        flip_tta=settings.flip_tta,
-        runtime=settings.runtime,
-        precision=settings.model_precision,
-    )
 
 
 async def _model_executor_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -90,7 +73,7 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     if MODEL not in app:  # not injected by a test
         loop = asyncio.get_running_loop()
         # FacialExpressionModel warms up (traces, allocates) in its constructor: all in the thread.
-        app[MODEL] = await loop.run_in_executor(app[MODEL_EXECUTOR], _load_model, settings)
+        app[MODEL] = await loop.run_in_executor(app[MODEL_EXECUTOR], load_model, settings)
     yield
 
 
@@ -98,13 +81,9 @@ async def _analyzer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     loop = asyncio.get_running_loop()
     # Blocking (file reads, at most one bounded download of YuNet's file): off the loop.
-    detector, app[DETECTOR_NAME] = await loop.run_in_executor(
-        app[MODEL_EXECUTOR], create_detector_for, settings.detector, settings.detector_model
-    )
+    detector, app[DETECTOR_NAME] = await loop.run_in_executor(app[MODEL_EXECUTOR], load_detector, settings)
     logger.info("face detector: %s", app[DETECTOR_NAME])
-    analyzer = Analyzer(
-        app[MODEL], detector, detect_threads=DETECT_THREADS, max_pixels=settings.max_pixels, align=settings.align
-    )
+    analyzer = new_analyzer(settings, app[MODEL], detector)
     app[ANALYZER] = analyzer
     yield
     await asyncio.to_thread(analyzer.close)
@@ -152,16 +131,12 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
-    hub = VideoHub(app[BATCHER], app[METRICS], executor, tracker_factory=tracker_factory(app[SETTINGS]))
+    trackers = functools.partial(tracker_for, app[SETTINGS])  # one per video channel
+    hub = VideoHub(app[BATCHER], app[METRICS], executor, tracker_factory=trackers)
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()
     await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-
-
-def tracker_factory(settings: Settings) -> Callable[[], Tracker]:
-    """Trackers with the settings' options: one per WebSocket connection and one per video channel."""
-    return functools.partial(Tracker, smoothing_ms=settings.smoothing_ms, switch_margin=settings.label_margin)
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -232,7 +207,7 @@ def create_app(
     app.cleanup_ctx.extend([_model_executor_ctx, _model_ctx, _analyzer_ctx, _batcher_ctx, _video_hub_ctx])
     if several:
         app.cleanup_ctx.append(worker_ctx)
-    analysis.setup(app, settings.max_video_bytes)  # video analysis jobs (after the batcher's context, which they use)
+    job_routes.setup(app, settings.max_video_bytes)  # video analysis jobs (after the batcher's context, which they use)
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(_security_headers)
 

@@ -30,7 +30,7 @@ from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.server import protocol
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
-from fer_async.tracker import Tracker
+from fer_async.tracker import tracker_for
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Connection:
         self.evicting = False  # the worker is closing the socket because the client stopped reading
         self.dropped = 0
         # Touched only by the worker, which analyses this connection's frames one at a time, in order.
-        self.tracker = Tracker(smoothing_ms=settings.smoothing_ms, switch_margin=settings.label_margin)
+        self.tracker = tracker_for(settings)
 
     @classmethod
     async def serve(

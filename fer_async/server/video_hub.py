@@ -61,7 +61,7 @@ class VideoHub:
         metrics: Metrics,
         executor: Executor,
         *,
-        tracker_factory: Callable[[], Tracker] = Tracker,
+        tracker_factory: Callable[[], Tracker],  # tracker.tracker_for with the server's settings
     ) -> None:
         self._batcher = batcher
         self._tracker_factory = tracker_factory

@@ -68,9 +68,13 @@ async def healthz(session: aiohttp.ClientSession, base: str) -> dict[str, Any] |
 
 
 @asynccontextmanager
-async def server_process(args: list[str], log: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m fer_async --host 127.0.0.1 --port PORT ARGS`, logging to `log`; killed if still running at the end."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+async def server_process(
+    args: list[str], log: Path, port: int, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m fer_async --host 127.0.0.1 --port PORT ARGS`, logging to `log`; killed if still running at the end.
+
+    `env`: variables added to this process's environment."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), *args],

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from fer_async.config import Settings
-from fer_async.server.analysis_jobs import UPLOAD_CHUNK
 from fer_async.server.connection import HEARTBEAT_S
+from fer_async.server.jobs import UPLOAD_CHUNK
 from fer_async.server.views import MULTIPART_OVERHEAD
 
 from .procs import REPO_ROOT
@@ -47,3 +48,16 @@ def test_container_and_kubernetes_probe_the_health_endpoint() -> None:
     assert "containerPort: 8080" in deployment and '{name: FER_PORT, value: "8080"}' in deployment
     hpa = (DEPLOY / "k8s" / "hpa.yaml").read_text()
     assert "name: cpu" in hpa and "kind: Deployment, name: fer-async" in hpa
+
+
+def test_kubernetes_pods_share_one_read_write_many_results_volume() -> None:
+    """Analysis jobs are answered by every pod only if they all mount the same directory (ReadWriteMany)."""
+    k8s = DEPLOY / "k8s"
+    claim = (k8s / "results-pvc.yaml").read_text()
+    assert "accessModes: [ReadWriteMany]" in claim and "name: fer-async-results" in claim
+    assert "- results-pvc.yaml" in (k8s / "kustomization.yaml").read_text()
+    deployment = (k8s / "deployment.yaml").read_text()
+    (path,) = re.findall(r"\{name: FER_RESULTS_DIR, value: (\S+)\}", deployment)
+    assert f"{{name: results, mountPath: {path}}}" in deployment
+    assert "persistentVolumeClaim: {claimName: fer-async-results}" in deployment
+    assert Settings.from_args([], env={"FER_RESULTS_DIR": path}).results_dir == Path(path)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from analyze_clips import face_clip
 from testsupport import eventually, serve_on_a_taken_port
 
 from fer_async.bench.harness import free_port
@@ -175,3 +179,67 @@ async def test_port_in_use_stops_the_workers_before_they_load_a_model() -> None:
     assert code == 1, text
     assert f"cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
     assert "worker 0 started" not in text, text  # refused by the supervisor, before any worker
+
+
+async def test_every_worker_answers_for_every_analysis_job(tmp_path: Path) -> None:
+    """`--workers 2`, default results directory: polls, downloads and a stop reach a job from either worker."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    temporary = tmp_path / "tmp"  # where the server makes its directories: empty again once it has stopped
+    temporary.mkdir()
+    clips = [face_clip(tmp_path / "short.mp4", frames=30), face_clip(tmp_path / "long.mp4", frames=600)]
+    async with server_process(["--workers", "2"], log, port, env={"TMPDIR": str(temporary)}) as proc:
+        await wait_until_serving(base, proc, log)
+        await eventually(lambda: tail(log, 100_000).count("listening (pid") == 2, 120, "both workers listening")
+
+        async def fresh(method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+            """One request on a new connection, which the kernel hands to either worker."""
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.request(method, base + path, **kwargs) as response,
+            ):
+                return response.status, await response.read()
+
+        async def upload(clip: Path) -> str:
+            form = aiohttp.FormData()
+            form.add_field("video", await asyncio.to_thread(clip.read_bytes), filename=clip.name)
+            status, body = await fresh("POST", "/api/analyses", data=form)
+            assert status == 202, body
+            return str(json.loads(body)["url"])
+
+        async def follow(url: str, until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            for _ in range(3000):
+                status, body = await fresh("GET", url)
+                assert status == 200, body  # every poll finds the job, whichever worker answers
+                job: dict[str, Any] = json.loads(body)
+                if until(job):
+                    return job
+                await asyncio.sleep(0.05)
+            pytest.fail(f"{url} never got there: {job}")
+
+        short = await upload(clips[0])
+        job = await follow(short, lambda job: job["state"] not in ("queued", "running"))
+        assert job["state"] == "done" and job["frames_done"] == 30, job
+        downloads = {await fresh("GET", job["csv_url"]) for _ in range(CONNECTIONS // 2)}
+        assert len(downloads) == 1 and next(iter(downloads))[0] == 200
+        text = tail(log, 1_000_000)
+        for worker in ("w0", "w1"):  # both workers' access logs have the job's requests
+            assert f" {worker} aiohttp.access: " in text and any(
+                f" {worker} aiohttp.access: " in line and job["csv_url"] in line for line in text.splitlines()
+            ), worker
+
+        # A stop request lands on whichever worker; the one running the job stops it.
+        long = await upload(clips[1])
+        await follow(long, lambda job: job["frames_done"] >= 4)
+        for _ in range(4):  # several requests: some land on the worker that does not run it
+            status, body = await fresh("DELETE", long)
+            assert status == 200, body
+        job = await follow(long, lambda job: job["state"] not in ("queued", "running"))
+        assert job["state"] == "stopped" and job["frames_done"] < 600, job
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S) == 0, tail(log)
+    # Results and uploads removed with the server (onnxruntime leaves its own 51-byte .ses file there).
+    assert [p.name for p in temporary.iterdir() if p.name != ".ses"] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from fer_async.synthetic import compose_frame, drifting_face_frames, jpeg, write_video
 
 REPLY_TIMEOUT_S = 60.0  # generous: the CPU may be shared with a training run
+JOB_TIMEOUT_S = 180.0
 CLIP_NAME = "clip.avi"
 CLIP_SIZE = (320, 240)
 CLIP_FRAMES = 12
@@ -63,6 +65,27 @@ def write_clip(path: Path) -> Path:
     width, height = CLIP_SIZE
     frames = drifting_face_frames(CLIP_FRAMES, width=width, height=height, side=200, start=(40, 20), step=(4, 0))
     return write_video(path, frames, CLIP_FPS)
+
+
+def upload_form(path: Path, name: str | None = None) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("video", path.read_bytes(), filename=name or path.name, content_type="video/mp4")
+    return form
+
+
+async def wait_for_job(client: Client, url: str) -> tuple[dict[str, Any], list[int]]:
+    """The job once it has ended, and the frames_done values seen on the way."""
+    seen: list[int] = []
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        response = await client.get(url)
+        assert response.status == 200
+        job = await response.json()
+        seen.append(job["frames_done"])
+        if job["state"] not in ("queued", "running"):
+            return job, seen
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
 
 
 Client = TestClient[web.Request, web.Application]

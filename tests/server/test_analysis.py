@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,20 +12,20 @@ from typing import Any
 import aiohttp
 import pytest
 from analyze_clips import face_clip, not_a_video
+from testsupport import FORMULA_NAMES, raw_upload
 
 from fer_async.analyze import analyze_video, columns
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS
-from fer_async.server.analysis import ANALYSIS_JOBS
-from fer_async.server.analysis_jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.app import create_app
+from fer_async.server.job_routes import ANALYSIS_JOBS
+from fer_async.server.jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.keys import ANALYZER, BATCHER, METRICS
 from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
 
-from .helpers import CLIP_NAME, Client
+from .helpers import CLIP_NAME, Client, upload_form, wait_for_job
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videos"
-JOB_TIMEOUT_S = 180.0
 
 MakeAnalysisClient = Callable[..., Awaitable[Client]]
 
@@ -44,29 +43,8 @@ def make_analysis_client(aiohttp_client: Any, real_model: Any, base_settings: Se
     return make
 
 
-def upload_form(path: Path, name: str | None = None) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("video", path.read_bytes(), filename=name or path.name, content_type="video/mp4")
-    return form
-
-
-async def wait_for_job(client: Client, url: str) -> tuple[dict[str, Any], list[int]]:
-    """The job once it has ended, and the frames_done values seen on the way."""
-    seen: list[int] = []
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        response = await client.get(url)
-        assert response.status == 200
-        job = await response.json()
-        seen.append(job["frames_done"])
-        if job["state"] not in ("queued", "running"):
-            return job, seen
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.05)
-
-
 def uploads_left(client: Client) -> list[str]:
-    return sorted(p.name for p in client.app[ANALYSIS_JOBS].workdir.glob("upload-*"))
+    return sorted(p.name for p in client.app[ANALYSIS_JOBS].uploads_dir.glob("upload-*"))
 
 
 async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
@@ -125,7 +103,7 @@ async def test_labels_agree_with_what_the_stream_path_computes(make_analysis_cli
             stream.append((frame_index, tuple(round(v * scale) for v in face.box), face.emotion))
         frame_index += 1
     analyzer = client.app[ANALYZER]
-    rows = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer, smoothing_ms=0)))
+    rows = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer, smoothing_ms=0, label_margin=0)))
     analysed = [(r["frame"], (r["x"], r["y"], r["w"], r["h"]), r["emotion"]) for r in rows if r["face"] is not None]
     assert frame_index == 72
     assert analysed == stream
@@ -141,7 +119,8 @@ async def test_an_upload_over_the_limit_is_413_and_leaves_no_file(
     assert response.status == 413
     assert "larger than 20000 bytes" in (await response.json())["error"]
     assert uploads_left(client) == []
-    assert client.app[ANALYSIS_JOBS].jobs == {}
+    jobs = client.app[ANALYSIS_JOBS]
+    assert jobs.running == {} and list(jobs.results.path.iterdir()) == []
 
 
 async def test_a_file_that_is_not_a_video_fails_with_a_clear_error(
@@ -228,11 +207,11 @@ async def test_the_pages_link_the_analysis(client: Client) -> None:
 
 async def test_shutdown_removes_every_file(make_analysis_client: MakeAnalysisClient, tmp_path: Path) -> None:
     client = await make_analysis_client()
-    workdir = client.app[ANALYSIS_JOBS].workdir
+    jobs = client.app[ANALYSIS_JOBS]
     response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=200)))
     assert response.status == 202
     await client.close()
-    assert not workdir.exists()
+    assert not jobs.uploads_dir.exists() and not jobs.results.path.exists()
 
 
 async def test_a_third_analysis_waits_for_one_of_two_to_end(
@@ -255,3 +234,22 @@ async def test_a_third_analysis_waits_for_one_of_two_to_end(
         assert job["state"] in ("stopped", "done")
     response = await client.post("/api/analyses", json={"video": CLIP_NAME})
     assert response.status == 202
+
+
+async def test_upload_names_that_a_spreadsheet_would_run_are_neutralised_in_the_csv(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    client = await make_analysis_client()
+    clip = face_clip(tmp_path / "face.mp4", frames=3)
+    for name, parameter in FORMULA_NAMES.items():
+        body, headers = raw_upload(clip, parameter)
+        response = await client.post("/api/analyses", data=body, headers=headers)
+        assert response.status == 202, await response.text()
+        job, _ = await wait_for_job(client, (await response.json())["url"])
+        assert job["state"] == "done" and job["name"] == name  # the JSON keeps the name exactly
+        text = await (await client.get(job["csv_url"])).text()
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        # A leading quote, and each row on one line (a CR inside a cell would split the row).
+        cell = "'" + name.replace("\r", " ")
+        assert len(rows) >= 3 and {row["file"] for row in rows} == {cell}, (name, rows[0]["file"])
+        assert {row["emotion"] for row in rows} <= set(EMOTIONS)

@@ -6,15 +6,18 @@
     GET  /api/analyses/{id}/csv        the rows (as `python -m fer_async.analyze --out`)
     DELETE /api/analyses/{id}          stop a running job (its rows so far stay downloadable)
 
-A job runs the CLI's own `FileAnalysis` (decode, Tracker, rows) in a worker thread, and its
-frames go through the SAME batcher as the webcam frames, so it is one code path with the live
-view and the CLI. Live clients are protected three ways:
+A job runs the CLI's own `FileAnalysis` (decode, Tracker, rows) in a worker thread
+(`fer_async.server.jobs`), and its frames go through the SAME batcher as the webcam frames, so
+it is one code path with the live view and the CLI. Its state and rows are kept in the results
+directory (`--results-dir`, `fer_async.server.results_dir`), so every worker and every replica
+sharing that directory answers for it, and a stop request reaches it wherever it lands. Live
+clients are protected three ways:
 
 * A job has at most JOB_FRAMES_IN_FLIGHT frames in the batcher at a time. The batcher is FIFO,
   so a live frame never waits behind more than that many frames per running job, never behind
   a whole file; a job's frames fill the batches' spare room, which is why it still runs fast.
-* At most MAX_RUNNING_JOBS jobs run at once (more get 503 before their upload is read), so
-  jobs together hold a bounded share of every batch and of the queue.
+* At most MAX_RUNNING_JOBS jobs run at once in each server process (more get 503 before their
+  upload is read), so jobs together hold a bounded share of every batch and of the queue.
 * While anyone watches live (a WebSocket client or an MJPEG viewer), a job rests after each
   of its chunks as long as the chunk took (LIVE_REST), so it takes at most about half of the
   time and CPU it would take alone; with nobody live it runs at full speed.
@@ -23,26 +26,30 @@ view and the CLI. Live clients are protected three ways:
   Decoding, tracking and CSV writing happen on the job's thread, never on the event loop or
   the model thread.
 
-Uploads are streamed to a temporary file in a private directory (size-limited: 413 past the
-limit, the partial file removed at once); the file is removed when its job ends, whatever the
-outcome, and the whole directory when the server stops. Results expire after RESULT_TTL_S.
+Uploads are streamed to a temporary file in this process's private directory (size-limited:
+413 past the limit, the partial file removed at once); the file is removed when its job ends,
+whatever the outcome, and the whole directory when the server stops. Results expire after
+RESULT_TTL_S; a results directory the server made itself goes when it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp_jinja2
 from aiohttp import BodyPartReader, web
 
-from fer_async.server.analysis_jobs import UPLOAD_CHUNK, AnalysisJobs, Job, JobsBusy
+from fer_async.server.jobs import UPLOAD_CHUNK, AnalysisJobs, JobsBusy
 from fer_async.server.keys import BATCHER, METRICS, SETTINGS, VIDEO_HUB, WEBSOCKETS
+from fer_async.server.results_dir import RUNNING_STATES, ResultsDir
 from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
 
 logger = logging.getLogger(__name__)
@@ -56,11 +63,8 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _job_or_404(request: web.Request) -> Job:
-    job = request.app[ANALYSIS_JOBS].jobs.get(request.match_info["id"])
-    if job is None:
-        raise web.HTTPNotFound(text='{"error": "no such analysis"}', content_type="application/json")
-    return job
+def _no_such_analysis() -> web.HTTPNotFound:
+    return web.HTTPNotFound(text='{"error": "no such analysis"}', content_type="application/json")
 
 
 async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | web.Response:
@@ -107,7 +111,7 @@ async def create_analysis(request: web.Request) -> web.Response:
         path = safe_video_path(request.app[SETTINGS].video_dir, name)
         if path is None:
             return _error(404, "no such video")
-        job = jobs.start(name, path, upload=False)
+        job = await jobs.start(name, path, upload=False)
     elif request.content_type.startswith("multipart/"):
         if request.content_length is not None and request.content_length > jobs.max_upload_bytes + UPLOAD_CHUNK:
             return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
@@ -119,7 +123,9 @@ async def create_analysis(request: web.Request) -> web.Response:
         if isinstance(received, web.Response):
             return received
         try:
-            job = jobs.start(Path(part.filename or "upload").name, received, upload=True)
+            # The file's own name, without any folders a client put before it (/ or \\).
+            name = PureWindowsPath(part.filename or "upload").name
+            job = await jobs.start(name, received, upload=True)
         except BaseException as exc:
             await asyncio.to_thread(received.unlink, True)
             if isinstance(exc, JobsBusy):  # others started while this one uploaded
@@ -127,29 +133,37 @@ async def create_analysis(request: web.Request) -> web.Response:
             raise
     else:
         return _error(415, "upload the video as multipart form field 'video', or POST JSON {\"video\": NAME}")
-    return web.json_response(job.to_json(), status=202, headers={"Location": job.to_json()["url"]})
+    return web.json_response(job, status=202, headers={"Location": job["url"]})
 
 
 async def analysis_status(request: web.Request) -> web.Response:
-    return web.json_response(_job_or_404(request).to_json())
+    job = await request.app[ANALYSIS_JOBS].status(request.match_info["id"])
+    if job is None:
+        raise _no_such_analysis()
+    return web.json_response(job)
 
 
 async def stop_analysis(request: web.Request) -> web.Response:
-    job = _job_or_404(request)
-    job.stop.set()
-    return web.json_response({"id": job.id, "state": job.state})
+    state = await request.app[ANALYSIS_JOBS].stop(request.match_info["id"])
+    if state is None:
+        raise _no_such_analysis()
+    return web.json_response({"id": state["id"], "state": state["state"]})
 
 
 async def analysis_csv(request: web.Request) -> web.StreamResponse:
-    job = _job_or_404(request)
-    if job.running or not job.csv_path.is_file():
-        return _error(409 if job.running else 404, "no CSV yet" if job.running else "this analysis has no rows")
-    download = f"{Path(job.name).stem}{'.incomplete' if '.incomplete' in job.csv_path.name else ''}.csv"
+    found = await request.app[ANALYSIS_JOBS].rows(request.match_info["id"])
+    if found is None:
+        raise _no_such_analysis()
+    state, rows = found
+    if rows is None:
+        running = state["state"] in RUNNING_STATES
+        return _error(409 if running else 404, "no CSV yet" if running else "this analysis has no rows")
+    download = f"{Path(state['name']).stem}{'.incomplete' if '.incomplete' in rows.name else ''}.csv"
     return web.FileResponse(
-        job.csv_path,
+        rows,
         headers={
             "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download)}",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(download, safe='')}",
         },
     )
 
@@ -165,19 +179,35 @@ async def analyze_page(request: web.Request) -> dict[str, Any]:
 
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-    workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="fer-analysis-"))
+    settings = app[SETTINGS]
+    made = settings.results_dir is None  # ours alone (no --workers): removed with the server
+    if settings.results_dir is None:
+        results_path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="fer-analyses-"))
+    else:
+        results_path = settings.results_dir
+        await asyncio.to_thread(results_path.mkdir, parents=True, exist_ok=True)
+    uploads = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="fer-uploads-"))
     connections, hub = app[WEBSOCKETS], app[VIDEO_HUB]
     jobs = AnalysisJobs(
-        app[SETTINGS],
+        settings,
         app[BATCHER],
         app[METRICS],
-        workdir,
+        ResultsDir(results_path),
+        uploads,
         app[MAX_UPLOAD_BYTES],
         live_consumers=lambda: len(connections) + hub.viewers,
     )
     app[ANALYSIS_JOBS] = jobs
+    await asyncio.to_thread(jobs.results.sweep)  # what expired while no process was running
+    heartbeat = asyncio.create_task(jobs.keep_alive(), name="analysis heartbeat")
     yield
     await jobs.aclose()
+    heartbeat.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await heartbeat
+    await asyncio.to_thread(shutil.rmtree, uploads, True)
+    if made:
+        await asyncio.to_thread(shutil.rmtree, results_path, True)
 
 
 def setup(app: web.Application, max_upload_bytes: int) -> None:

@@ -1,0 +1,343 @@
+"""The video analysis jobs this process runs: one thread per job, frames through the shared batcher.
+
+How a job shares the server with live clients is described in `fer_async.server.job_routes`.
+A job's state and rows live in the results directory (`fer_async.server.results_dir`), so any
+process answers for any job; only the running itself (its thread, its stop flag) is this
+process's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer_async.analyze.core import (
+    AnalysedFrame,
+    Ending,
+    FileAnalysis,
+    FileSummary,
+    InputError,
+    columns,
+    frame_rows,
+    open_source,
+)
+from fer_async.analyze.outputs import RowWriter
+from fer_async.config import Settings
+from fer_async.labels import EMOTIONS, FrameResult
+from fer_async.metrics import Metrics
+from fer_async.pipeline import FramePipeline
+from fer_async.server.outcomes import Reason, submit
+from fer_async.server.results_dir import HEARTBEAT_S, RUNNING_STATES, ResultsDir, ended_at, new_job_id
+from fer_async.tracker import tracker_for
+
+logger = logging.getLogger(__name__)
+
+JOB_FRAMES_IN_FLIGHT = 2
+MAX_RUNNING_JOBS = 2  # per server process: each has its own model and batcher
+OVERLOAD_BACKOFF_S = 0.05
+# While live clients are connected, a job rests this many times as long as its last chunk took.
+LIVE_REST = 1.0
+CHART_POINTS = 400  # per track: enough for a chart a few hundred pixels wide
+CHART_TRACKS = 6
+UPLOAD_CHUNK = 256 * 1024
+BATCH_RESULT_TIMEOUT_S = 300.0  # a chunk's frames not answered in this long: the server is gone
+PROGRESS_EVERY_S = 0.25  # how often a running job's state is rewritten as frames go by
+SWEEP_EVERY_S = 60.0  # expired results go even when no new job starts
+
+# What a job's state says for each ending of its FileAnalysis.
+JOB_STATES = {Ending.DONE: "done", Ending.CUT_SHORT: "done", Ending.STOPPED: "stopped", Ending.NO_FRAMES: "failed"}
+
+
+class JobsBusy(RuntimeError):
+    pass
+
+
+@dataclass(eq=False)
+class Job:
+    """A job this process runs; `state()` is what it publishes to the results directory."""
+
+    id: str
+    name: str
+    source: Path
+    upload: bool  # `source` is our temporary copy, removed when the job ends
+    state: str = "queued"  # queued → running → done | failed | stopped
+    frames_total: int = 0
+    frames_done: int = 0
+    fps: float = 0.0
+    error: str | None = None
+    warning: str | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    rows_file: str | None = None
+    summary: FileSummary = field(default_factory=lambda: FileSummary(keep_timeline=True))
+    stop: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None
+    # Held while the job's thread adds a frame and while a snapshot is published, so states
+    # are written in order and progress never goes back.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    published: float = 0.0  # time.monotonic() of the last write of its state
+
+    def snapshot(self) -> dict[str, Any]:
+        ended = self.state not in RUNNING_STATES
+        duration = self.frames_done / self.fps if self.fps > 0 else 0.0
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
+            "video_fps": round(self.fps, 3),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "rows": self.summary.rows,
+            "error": self.error,
+            "warning": self.warning,
+            "rows_file": self.rows_file,
+            "tracks": self.summary.to_json(),
+            "timeline": timeline_json(self.summary, duration) if ended else None,
+        }
+
+
+def public_json(state: dict[str, Any], has_rows: bool) -> dict[str, Any]:
+    """What GET /api/analyses/{id} answers for a state read from the results directory."""
+    ended = ended_at(state)
+    elapsed = (ended or time.time()) - float(state["started_at"])
+    payload = {
+        key: state.get(key)
+        for key in ("id", "name", "state", "frames_done", "frames_total", "video_fps", "rows", "error", "warning")
+    }
+    payload |= {
+        "elapsed_s": round(elapsed, 2),
+        "frames_per_s": round(state["frames_done"] / elapsed, 2) if elapsed > 0 else None,
+        "url": f"/api/analyses/{state['id']}",
+        "csv_url": f"/api/analyses/{state['id']}/csv" if has_rows else None,
+        "tracks": state.get("tracks", []),
+    }
+    if ended is not None:
+        payload["timeline"] = state.get("timeline") or timeline_json(FileSummary(), 0.0)
+    return payload
+
+
+def timeline_json(summary: FileSummary, duration_s: float) -> dict[str, Any]:
+    """The longest tracks' (smoothed) probabilities over time, thinned to CHART_POINTS each."""
+    tracks = []
+    for track_id, stats in summary.main_tracks(CHART_TRACKS):
+        step = max(1, -(-len(stats.times) // CHART_POINTS))
+        tracks.append(
+            {
+                "face": track_id,
+                "times": [round(t, 3) for t in stats.times[::step]],
+                "scores": {
+                    name: [round(p, 3) for p in values[::step]]
+                    for name, values in zip(EMOTIONS, stats.scores, strict=True)
+                },
+            }
+        )
+    # The charts span the whole file, so a face's time in view reads against the file's length.
+    return {"emotions": list(EMOTIONS), "duration_s": round(duration_s, 3), "tracks": tracks}
+
+
+class AnalysisJobs:
+    """The jobs this process runs, and every process's jobs read from the results directory."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        batcher: FramePipeline,
+        metrics: Metrics,
+        results: ResultsDir,
+        uploads_dir: Path,
+        max_upload_bytes: int,
+        live_consumers: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.settings = settings
+        self.live_consumers = live_consumers
+        self.batcher = batcher
+        self.metrics = metrics
+        self.results = results
+        self.uploads_dir = uploads_dir  # this process's own: uploads never go to a shared volume
+        self.max_upload_bytes = max_upload_bytes
+        self.running: dict[str, Job] = {}
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+
+    def check_capacity(self) -> None:
+        if self._closed:
+            raise JobsBusy("the server is shutting down")
+        if len(self.running) >= MAX_RUNNING_JOBS:
+            raise JobsBusy(f"{MAX_RUNNING_JOBS} analyses are already running; try again when one is done")
+
+    def new_upload_path(self, suffix: str) -> Path:
+        handle, name = tempfile.mkstemp(dir=self.uploads_dir, prefix="upload-", suffix=suffix)
+        os.close(handle)
+        return Path(name)
+
+    async def start(self, name: str, source: Path, *, upload: bool) -> dict[str, Any]:
+        """Start a job on `source`; its first state, as GET would answer it."""
+        self.check_capacity()
+        job = Job(new_job_id(), name, source, upload)
+        self.running[job.id] = job  # counted before the first await: capacity holds
+        try:
+            await asyncio.to_thread(self.results.sweep)
+            await asyncio.to_thread(self._publish, job)
+        except BaseException:
+            del self.running[job.id]
+            raise
+        job.task = asyncio.create_task(self._run(job), name=f"analysis {job.id}")
+        return public_json(job.snapshot(), has_rows=False)
+
+    async def status(self, job_id: str) -> dict[str, Any] | None:
+        state = await asyncio.to_thread(self.results.read_state, job_id)
+        if state is None:
+            return None
+        has_rows = await asyncio.to_thread(self.results.rows_path, state) is not None
+        return public_json(state, has_rows)
+
+    async def rows(self, job_id: str) -> tuple[dict[str, Any], Path | None] | None:
+        """The job's state and its rows file (None while it runs or when it has none); None if unknown."""
+        state = await asyncio.to_thread(self.results.read_state, job_id)
+        if state is None:
+            return None
+        return state, await asyncio.to_thread(self.results.rows_path, state)
+
+    async def stop(self, job_id: str) -> dict[str, Any] | None:
+        """Ask the job to stop, wherever it runs; its state, None if unknown."""
+        own = self.running.get(job_id)
+        if own is not None:
+            own.stop.set()
+        state = await asyncio.to_thread(self.results.read_state, job_id)
+        if state is not None and own is None and state["state"] in RUNNING_STATES:
+            await asyncio.to_thread(self.results.request_stop, job_id)  # another process runs it
+        return state
+
+    async def keep_alive(self) -> None:
+        """Rewrite the state of running jobs that sit waiting (so nobody takes them for lost); sweep now and then."""
+        swept = time.monotonic()
+        while True:
+            await asyncio.sleep(HEARTBEAT_S / 2)
+            try:
+                for job in list(self.running.values()):
+                    if time.monotonic() - job.published >= HEARTBEAT_S / 2:
+                        await asyncio.to_thread(self._publish, job)
+                if time.monotonic() - swept >= SWEEP_EVERY_S:
+                    swept = time.monotonic()
+                    await asyncio.to_thread(self.results.sweep)
+            except OSError as exc:  # a full disk or a volume gone: said, and tried again next beat
+                logger.warning("cannot write to the results directory: %s", exc)
+
+    async def aclose(self) -> None:
+        """Stop every job and wait for their threads; their last states are written. Idempotent."""
+        self._closed = True
+        for job in self.running.values():
+            job.stop.set()
+        tasks = [job.task for job in self.running.values() if job.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def _publish(self, job: Job, *, at_most_every: float = 0.0) -> None:
+        with job.lock:
+            if time.monotonic() - job.published < at_most_every:
+                return
+            job.published = time.monotonic()
+            self.results.write_state(job.snapshot())
+
+    async def _run(self, job: Job) -> None:
+        try:
+            state, error, warning = await asyncio.to_thread(self._analyse, job)
+        except Exception as exc:
+            logger.exception("analysis %s of %s failed", job.id, job.name)
+            state, error, warning = "failed", f"analysis failed: {type(exc).__name__}", None
+        finally:
+            if job.upload:
+                await asyncio.to_thread(job.source.unlink, True)
+            await asyncio.to_thread(self.results.clear_stop, job.id)
+        # Published only now: whoever sees the job ended also finds its upload gone.
+        job.error, job.warning, job.finished_at, job.state = error, warning, time.time(), state
+        try:
+            await asyncio.to_thread(self._publish, job)
+        except OSError:
+            logger.exception("cannot write the final state of analysis %s", job.id)
+        finally:
+            del self.running[job.id]
+
+    def _classifier(self, job: Job) -> Callable[[list[np.ndarray]], list[FrameResult]]:
+        def classify(frames: list[np.ndarray]) -> list[FrameResult]:
+            """Runs on the job's thread: submits the frames to the shared batcher and waits."""
+            started = time.monotonic()
+            future = asyncio.run_coroutine_threadsafe(self._submit_all(frames), self._loop)
+            results = future.result(timeout=BATCH_RESULT_TIMEOUT_S)
+            if self.live_consumers() > 0:  # an int read from this thread: a snapshot is enough
+                job.stop.wait(LIVE_REST * (time.monotonic() - started))
+            return results
+
+        return classify
+
+    async def _submit_all(self, frames: list[np.ndarray]) -> list[FrameResult]:
+        return list(await asyncio.gather(*(self._submit(frame) for frame in frames)))
+
+    async def _submit(self, frame: np.ndarray) -> FrameResult:
+        while True:
+            outcome = await submit(self.batcher, self.metrics, "analysis", frame)
+            if isinstance(outcome, FrameResult):
+                return outcome
+            if outcome.reason is not Reason.BUSY:
+                raise RuntimeError(outcome.message)  # shutdown, or the batch failed: the job fails
+            await asyncio.sleep(OVERLOAD_BACKOFF_S)  # a full queue: the live clients come first
+
+    def _analyse(self, job: Job) -> tuple[str, str | None, str | None]:
+        """The job's thread: the CLI's FileAnalysis with the batcher as classifier, rows to CSV.
+
+        Returns the job's final (state, error, warning), for `_run` to publish.
+        """
+        try:
+            info = open_source(job.source)
+        except InputError as exc:
+            return "failed", _without_path(str(exc), job.source), None
+        job.frames_total, job.fps, job.state = info.frame_count, info.fps, "running"
+        self._publish(job)
+        analysis = FileAnalysis(
+            info, self._classifier(job), tracker_for(self.settings), frames_per_call=JOB_FRAMES_IN_FLIGHT
+        )
+        writer = RowWriter(self.results.rows_target(job.id), columns(analysis.smoothed))
+
+        def on_frame(frame: AnalysedFrame) -> None:
+            rows = frame_rows(job.name, frame, analysis.smoothed)
+            writer.write(rows)
+            with job.lock:
+                job.summary.add(frame, len(rows))
+                job.frames_done = analysis.frames_read
+            self._publish(job, at_most_every=PROGRESS_EVERY_S)
+
+        def should_stop() -> bool:
+            return job.stop.is_set() or self.results.stop_requested(job.id)
+
+        ending = None
+        try:
+            ending = analysis.run(on_frame, should_stop)
+        finally:
+            if analysis.frames_read == 0:
+                writer.discard()
+            else:
+                finished = writer.finish(ending is Ending.DONE)
+                job.rows_file = finished.name if finished is not None else None
+        if ending is Ending.NO_FRAMES:
+            return JOB_STATES[ending], analysis.describe_ending(ending), None
+        if ending is Ending.CUT_SHORT:
+            warning = f"{analysis.describe_ending(ending)}; the rows up to there are in the CSV"
+            return JOB_STATES[ending], None, warning
+        return JOB_STATES[ending], None, None
+
+
+def _without_path(message: str, path: Path) -> str:
+    """Error messages name the file; an upload's temporary path means nothing to its sender."""
+    return message.replace(f"{path}: ", "")

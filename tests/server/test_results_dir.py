@@ -1,0 +1,158 @@
+"""The results directory: jobs answered by every server that shares it, whole files only, expiry, lost jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from analyze_clips import face_clip
+
+from fer_async.server.job_routes import ANALYSIS_JOBS
+from fer_async.server.results_dir import (
+    LOST_AFTER_S,
+    LOST_MESSAGE,
+    MAX_KEPT_JOBS,
+    RESULT_TTL_S,
+    ResultsDir,
+    new_job_id,
+)
+
+from .helpers import MakeClient, upload_form, wait_for_job
+
+
+async def test_two_servers_sharing_the_directory_answer_for_each_others_jobs(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    shared = tmp_path / "results"
+    first, second = await make_client(results_dir=shared), await make_client(results_dir=shared)
+    clip = face_clip(tmp_path / "long.mp4", frames=300)
+    started = await first.post("/api/analyses", data=upload_form(clip))
+    assert started.status == 202
+    url = (await started.json())["url"]
+    while True:  # the second server follows the first one's job as it runs
+        seen = await (await second.get(url)).json()
+        if seen["frames_done"] >= 4:
+            break
+        assert seen["state"] in ("queued", "running"), seen
+        await asyncio.sleep(0.05)
+    assert (await second.get(url + "/csv")).status == 409  # no rows while it runs
+    stopped = await second.delete(url)  # a stop request that lands on the other server
+    assert stopped.status == 200
+    job, _ = await wait_for_job(second, url)
+    assert job["state"] == "stopped" and 4 <= job["frames_done"] < 300
+    assert job == await (await first.get(url)).json() | {"elapsed_s": job["elapsed_s"]}
+    downloads = [await (await client.get(job["csv_url"])).read() for client in (first, second, first)]
+    assert len(set(downloads)) == 1 and downloads[0].count(b"\n") > 4
+    assert first.app[ANALYSIS_JOBS].running == {}
+    for client in (first, second):
+        for bad in ("AAAAAAAAAAAA", "..%2F..%2Fetc", "x" * 13):
+            assert (await client.get(f"/api/analyses/{bad}")).status == 404
+            assert (await client.delete(f"/api/analyses/{bad}")).status == 404
+    assert sorted(p.name for p in shared.iterdir()) == sorted([f"{job['id']}.json", f"{job['id']}.incomplete.csv"])
+
+
+def state(job_id: str, *, at: float, running: bool = False, rows: str | None = None) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "name": "clip.mp4",
+        "state": "running" if running else "done",
+        "frames_done": 10,
+        "frames_total": 10,
+        "video_fps": 10.0,
+        "started_at": at - 1,
+        "finished_at": None if running else at,
+        "updated_at": at,
+        "rows": 10,
+        "error": None,
+        "warning": None,
+        "rows_file": rows,
+        "tracks": [],
+        "timeline": None,
+    }
+
+
+def put(results: ResultsDir, record: dict[str, Any]) -> None:
+    """A state as another process wrote it, `updated_at` included (write_state stamps the present)."""
+    (results.path / f"{record['id']}.json").write_text(json.dumps(record))
+
+
+def test_a_running_job_whose_process_is_gone_reads_as_failed(tmp_path: Path) -> None:
+    results = ResultsDir(tmp_path)
+    alive, lost = new_job_id(), new_job_id()
+    now = time.time()
+    put(results, state(alive, at=now - LOST_AFTER_S / 2, running=True))
+    put(results, state(lost, at=now - LOST_AFTER_S - 1, running=True))
+    assert (results.read_state(alive) or {})["state"] == "running"
+    read = results.read_state(lost) or {}
+    assert read["state"] == "failed" and read["error"] == LOST_MESSAGE
+
+
+def test_sweep_removes_expired_jobs_and_leftovers_but_nothing_else(tmp_path: Path) -> None:
+    results = ResultsDir(tmp_path)
+    now = time.time()
+    ids = [new_job_id() for _ in range(MAX_KEPT_JOBS + 3)]
+    expired = ids[0]
+    put(results, state(expired, at=now - RESULT_TTL_S - 10, rows=f"{expired}.csv"))
+    (tmp_path / f"{expired}.csv").write_text("rows\n")
+    (tmp_path / f"{expired}.stop").touch()
+    for number, job_id in enumerate(ids[1:]):  # MAX_KEPT_JOBS + 2 recent ones: the two oldest go
+        put(results, state(job_id, at=now - 100 + number, rows=f"{job_id}.incomplete.csv"))
+        (tmp_path / f"{job_id}.incomplete.csv").write_text("rows\n")
+    running = new_job_id()
+    put(results, state(running, at=now, running=True))
+    (tmp_path / f".{running}.part123.csv").write_text("rows so far\n")
+    leftovers = [f".{new_job_id()}.part99.csv", ".tmp-abc123.json", f"{new_job_id()}.stop"]
+    strangers = ["notes.txt", "ABCDEFGHIJKL.txt", "keep"]
+    for name in leftovers + strangers:
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (now - LOST_AFTER_S - 5, now - LOST_AFTER_S - 5))
+    results.sweep()
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert results.read_state(expired) is None and not {n for n in kept if expired in n}
+    assert results.read_state(ids[1]) is None and results.read_state(ids[2]) is None
+    assert all(results.read_state(job_id) is not None for job_id in ids[3:])
+    assert len([n for n in kept if n.endswith(".incomplete.csv")]) == MAX_KEPT_JOBS
+    assert {f"{running}.json", f".{running}.part123.csv"} <= kept  # a running job is never swept
+    assert not set(leftovers) & kept
+    assert set(strangers) <= kept  # a --results-dir that holds other files keeps them
+
+
+def test_a_reader_never_sees_half_a_state(tmp_path: Path) -> None:
+    results = ResultsDir(tmp_path)
+    job_id = new_job_id()
+    big = state(job_id, at=time.time(), running=True) | {"tracks": [{"face": n, "shares": {}} for n in range(500)]}
+    results.write_state(big)
+    done = threading.Event()
+    problems: list[str] = []
+
+    def read_all_the_time() -> None:
+        while not done.is_set():
+            read = results.read_state(job_id)
+            if read is None or len(read["tracks"]) != 500:
+                problems.append(repr(read)[:80])
+
+    reader = threading.Thread(target=read_all_the_time)
+    reader.start()
+    try:
+        for frames in range(100):
+            results.write_state(big | {"frames_done": frames})
+    finally:
+        done.set()
+        reader.join()
+    assert problems == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{job_id}.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("job_id", ["../etc/passwd", "a/b", "", "AAAAAAAAAAA", "AAAAAAAAAAAA.json"])
+def test_only_job_ids_reach_file_names(tmp_path: Path, job_id: str) -> None:
+    results = ResultsDir(tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    assert results.read_state(job_id) is None
+    results.request_stop(job_id)
+    assert list((tmp_path / "results").iterdir()) == []
