@@ -41,6 +41,7 @@ from fer_async.config import (
     RUNTIMES,
 )
 from fer_async.labels import EMOTIONS, FACE_SIZE
+from fer_async.predictor import served
 
 logger = logging.getLogger(__name__)
 
@@ -212,10 +213,11 @@ def onnxruntime_available() -> bool:
 class FacialExpressionModel:
     """Classifies 48x48 grey faces with the network of `<name>.json` + `<name>.weights.h5`.
 
-    `predict` runs the whole batch in one call of the runtime. With `flip_tta` (the default)
-    each face is also classified mirrored, in the same call, and the two probability vectors
-    are averaged: it doubles the model's share of the work, which is small next to face
-    detection, and gains about 1.5 points of accuracy on PublicTest (see weights/fernet.md).
+    `predict` runs the whole batch in one call of the runtime. With `flip_tta` (the default,
+    `fer_async.predictor.FlipTTA`) each face is also classified mirrored, in the same call, and
+    the two probability vectors are averaged: it doubles the model's share of the work, which is
+    small next to face detection, and gains about 1.5 points of accuracy on PublicTest (see
+    weights/fernet.md).
     """
 
     def __init__(
@@ -245,10 +247,11 @@ class FacialExpressionModel:
             self.runtime, loaded = self._load(runtime, onnx_threads)
         else:
             self.runtime, self.precision = "onnx", "int8"
-        self._forward, self.device, self.description = loaded
+        forward, self.device, self.description = loaded
+        self._predictor = served(lambda faces: forward(np.ascontiguousarray(faces)[..., None]), flip_tta=flip_tta)
         # The file that serves (named by /healthz): NAME.int8.onnx, NAME.onnx, or NAME.json on Keras.
-        served = {"keras": self.json_path, "onnx": self.int8_path if self.precision == "int8" else self.onnx_path}
-        self.model_file: str = served[self.runtime].name
+        files = {"keras": self.json_path, "onnx": self.int8_path if self.precision == "int8" else self.onnx_path}
+        self.model_file: str = files[self.runtime].name
         self.predict(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))  # trace + allocate before traffic
         logger.info(
             "loaded %s on %s%s in %.0f ms",
@@ -307,27 +310,9 @@ class FacialExpressionModel:
         """Whether each face is also classified mirrored (fixed at construction)."""
         return self._flip_tta
 
-    @staticmethod
-    def _validate(faces: np.ndarray) -> np.ndarray:
-        if not isinstance(faces, np.ndarray):
-            raise ValueError(f"faces must be a numpy array, got {type(faces).__name__}")
-        if faces.dtype != np.uint8:
-            raise ValueError(f"faces must be uint8 grey levels 0..255, got dtype {faces.dtype}")
-        if faces.ndim == 4 and faces.shape[-1] == 1:
-            faces = faces[..., 0]
-        if faces.ndim != 3 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE):
-            raise ValueError(f"faces must have shape [N, 48, 48] or [N, 48, 48, 1], got {list(faces.shape)}")
-        if faces.shape[0] == 0:
-            raise ValueError("faces is an empty batch")
-        return faces
-
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Probabilities `[N, 7]` (float32, FER2013 order) for uint8 faces `[N, 48, 48(, 1)]`."""
-        faces = self._validate(faces)
-        n = len(faces)
-        batch = np.concatenate([faces, faces[:, :, ::-1]]) if self._flip_tta else np.ascontiguousarray(faces)
-        probs = self._forward(batch[..., None])
-        return (probs[:n] + probs[n:]) / 2.0 if self._flip_tta else probs
+        return self._predictor.predict(faces)
 
     def predict_emotion(self, face: np.ndarray) -> str:
         """The most likely emotion of one uint8 face `[48, 48]` or `[48, 48, 1]`."""

@@ -13,14 +13,15 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import WSCloseCode, web
 
-from fer_async.analyzer import Analyzer, Predictor, Prepared
+from fer_async.analyzer import Analyzer, Prepared
 from fer_async.batcher import Batcher, BatchStats
 from fer_async.config import REPO_ROOT, Settings
 from fer_async.detector import create_detector_for
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline, PreparedBatcher
-from fer_async.remote import ExecutorUnavailable, RemotePredictor
+from fer_async.predictor import ExecutorUnavailable, Predictor
+from fer_async.remote import RemotePredictor
 from fer_async.server import analysis, mjpeg, views, ws
 from fer_async.server.connection import Connections
 from fer_async.server.keys import (

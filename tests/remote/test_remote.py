@@ -25,7 +25,8 @@ from fer_async.config import Settings
 from fer_async.detector import create_detector
 from fer_async.imaging import crop_faces, decode_image
 from fer_async.model import FacialExpressionModel
-from fer_async.remote import ExecutorUnavailable, RemotePredictor
+from fer_async.predictor import ExecutorUnavailable
+from fer_async.remote import RemotePredictor
 from fer_async.server.app import create_app
 
 from .oipserver import MISDECLARED_MODEL, MLServer, free_port
@@ -95,7 +96,7 @@ async def test_the_server_merges_concurrent_requests_into_batches(mlserver: MLSe
             calls_before = mlserver.metric("fernet_batch_rows_count")
             rows_before = mlserver.metric("fernet_batch_rows_sum")
             groups = [real_faces[i * rows_each : (i + 1) * rows_each] for i in range(requests)]
-            results = await asyncio.gather(*(remote.predict_async(g) for g in groups))
+            results = await asyncio.gather(*(remote.infer_async(g) for g in groups))
             calls = mlserver.metric("fernet_batch_rows_count") - calls_before
             rows = mlserver.metric("fernet_batch_rows_sum") - rows_before
             assert rows == requests * rows_each  # every face reached the model once
@@ -116,7 +117,7 @@ async def test_a_model_the_server_does_not_serve_leaves_the_executor_degraded(
     try:
         assert remote.problem is not None and "'no-such-model' not ready" in remote.problem
         with pytest.raises(ExecutorUnavailable, match="not ready"):
-            await remote.predict_async(real_faces[:2])
+            await remote.infer_async(real_faces[:2])
     finally:
         await remote.aclose()
 
