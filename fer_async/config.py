@@ -360,7 +360,7 @@ _OPTIONS: dict[str, Option] = {
     "executor_timeout_s": Option(
         "--executor-timeout",
         float,
-        "seconds a batch may take on the --executor server before its frames get 'analysis failed'",
+        "seconds a batch may take on the --executor server before its frames get 'inference server unavailable'",
         "SECONDS",
     ),
     "workers": Option(

@@ -85,6 +85,7 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         await remote.start()
         app[MODEL] = remote
+        app[METRICS].watch_executor(lambda: remote.problem is None)
         yield
         await remote.aclose()
         return

@@ -2,7 +2,8 @@
 
 Same probabilities as the in-process model on real faces, batching seen by the server, the
 whole app classifying through it, and the faults: the server hung (SIGSTOP) and killed
-(SIGKILL) while clients send frames, then back.
+(SIGKILL) while clients send frames, then back; stopped while photos are posted (503 with
+Retry-After, `fer_executor_up` 0), then back.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ FAULT_TIMEOUT_S = 2.0  # the app's --executor-timeout in the fault test
 # A frame's reply may also wait for decoding, detection and a loaded machine besides the deadline.
 REPLY_SLACK_S = 8.0
 GENEROUS_TIMEOUT_S = 60.0  # parity and batching: the machine may be loaded, speed is not tested
+UNAVAILABLE = "inference server unavailable"  # the error of a frame refused during an outage
 
 Client = TestClient[web.Request, web.Application]
 
@@ -207,6 +209,50 @@ async def _health(client: Client) -> dict[str, Any]:
     return dict(await (await client.get("/healthz")).json())
 
 
+async def _executor_up(client: Client) -> str:
+    """The `fer_executor_up` line of /metrics."""
+    text = await (await client.get("/metrics")).text()
+    (line,) = [line for line in text.splitlines() if line.startswith("fer_executor_up ")]
+    return line
+
+
+async def test_an_executor_outage_is_503_with_retry_after_and_the_gauge_follows(
+    aiohttp_client: Any, own_mlserver: MLServer, face_jpeg: bytes
+) -> None:
+    server = own_mlserver
+    client: Client = await aiohttp_client(create_app(_settings(server.url, FAULT_TIMEOUT_S)))
+
+    async def photo() -> aiohttp.ClientResponse:
+        return await client.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
+
+    served = await photo()
+    assert served.status == 200, await served.text()
+    assert len((await served.json())["faces"]) == 1  # the face reached the inference server
+    assert await _executor_up(client) == "fer_executor_up 1.0"
+
+    await asyncio.to_thread(server.stop)  # SIGTERM: its port closes, connections are refused
+    for _attempt in range(3):  # every photo of the outage is refused the same way, at once
+        refused = await photo()
+        assert refused.status == 503, await refused.text()
+        assert refused.headers["Retry-After"] == "1"
+        assert await refused.json() == {"error": "inference server unavailable", "reason": "executor_unavailable"}
+    health = await _health(client)
+    assert health["status"] == "degraded" and server.url in health["reason"], health
+    assert await _executor_up(client) == "fer_executor_up 0.0"
+    errors = await (await client.get("/metrics")).text()
+    assert 'fer_frame_errors_total{reason="executor_unavailable"} 3.0' in errors
+
+    await asyncio.to_thread(server.start)  # back on the same port
+    await asyncio.to_thread(server.wait_ready)
+    deadline = time.monotonic() + 30  # the probe notices within RETRY_INTERVAL_S; a loaded machine is slower
+    while (answer := await photo()).status != 200:
+        assert answer.status == 503 and time.monotonic() < deadline, await answer.text()
+        await asyncio.sleep(0.2)
+    assert len((await answer.json())["faces"]) == 1
+    assert await _executor_up(client) == "fer_executor_up 1.0"
+    assert (await _health(client))["status"] == "ok"
+
+
 async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
     aiohttp_client: Any, own_mlserver: MLServer, face_jpeg: bytes
 ) -> None:
@@ -222,7 +268,7 @@ async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
         # Hung server: the sockets stay open, nothing answers. The deadline fails the frames.
         frozen = time.monotonic()
         await asyncio.to_thread(server.freeze)
-        await load.until("analysis failed", frozen, FAULT_TIMEOUT_S + REPLY_SLACK_S)
+        await load.until(UNAVAILABLE, frozen, FAULT_TIMEOUT_S + REPLY_SLACK_S)
         health = await _health(client)
         assert health["status"] == "degraded" and "deadline" in health["reason"], health
         await asyncio.to_thread(server.thaw)
@@ -233,7 +279,7 @@ async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
         # Killed server: connections refused. Frames fail at once, health says why.
         killed = time.monotonic()
         await asyncio.to_thread(server.kill)
-        await load.until("analysis failed", killed, REPLY_SLACK_S)
+        await load.until(UNAVAILABLE, killed, REPLY_SLACK_S)
         health = await _health(client)
         assert health["status"] == "degraded" and server.url in health["reason"], health
 
@@ -248,8 +294,8 @@ async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
         load.stop.set()
         await asyncio.gather(*loaders)
 
-    assert all(r.kind in ("result", "analysis failed") for r in load.replies), {r.kind for r in load.replies}
+    assert all(r.kind in ("result", UNAVAILABLE) for r in load.replies), {r.kind for r in load.replies}
     slowest = max(r.received - r.sent for r in load.replies)
     assert slowest <= FAULT_TIMEOUT_S + REPLY_SLACK_S
     failed = sum(r.kind != "result" for r in load.replies)
-    print(f"\n{len(load.replies)} frames answered, {failed} with 'analysis failed', slowest reply {slowest:.2f} s")
+    print(f"\n{len(load.replies)} frames answered, {failed} with {UNAVAILABLE!r}, slowest reply {slowest:.2f} s")

@@ -176,6 +176,7 @@ async def test_metrics_expose_counters_histograms_and_gauges(client: Client, fac
         "fer_connected_clients 0.0",
     ]:
         assert needle in text, needle
+    assert "fer_executor_up" not in text  # in-process: no inference server to be down
 
 
 async def test_two_apps_have_separate_metrics(make_client: MakeClient, face_jpeg: bytes) -> None:
