@@ -174,6 +174,8 @@ def _server_args(ns: argparse.Namespace, *, clients: int = 0) -> list[str]:
         args += ["--model-precision", ns.model_precision]
     if ns.flip_tta is not None:
         args.append("--flip-tta" if ns.flip_tta else "--no-flip-tta")
+    if ns.device is not None:
+        args += ["--device", ns.device]
     if ns.detector is not None:
         args += ["--detector", ns.detector]
     if ns.detector_model is not None:

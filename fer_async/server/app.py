@@ -60,13 +60,7 @@ def _load_model(settings: Settings) -> Predictor:
     # takes seconds) must not block the event loop.
     from fer_async.model import FacialExpressionModel
 
-    return FacialExpressionModel(
-        settings.weights,
-        settings.model_name,
-        flip_tta=settings.flip_tta,
-        runtime=settings.runtime,
-        precision=settings.model_precision,
-    )
+    return FacialExpressionModel.from_options(settings)
 
 
 async def _model_executor_ctx(app: web.Application) -> AsyncIterator[None]:

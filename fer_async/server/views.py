@@ -93,6 +93,9 @@ async def healthz(request: web.Request) -> web.Response:
             "model_file": getattr(request.app[MODEL], "model_file", None),
             "precision": getattr(request.app[MODEL], "precision", None),
             "device": _device(request),
+            # onnxruntime's execution providers in use, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"];
+            # null on Keras and with --executor.
+            "providers": getattr(request.app[MODEL], "providers", None),
             "detector": request.app[DETECTOR_NAME],
             "runtime": str(getattr(request.app[MODEL], "runtime", "keras")),
             "clients": len(request.app[WEBSOCKETS]),

@@ -150,6 +150,8 @@ async def test_healthz(client: Client) -> None:
     assert body["status"] == "ok"
     assert body["model"] == "fernet"
     assert body["device"] in ("CPU", "GPU") and body["runtime"] == "onnx"  # the shipped export is current
+    assert body["providers"] in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert (body["device"] == "GPU") == ("CUDAExecutionProvider" in body["providers"])
     assert (body["model_file"], body["precision"]) == ("fernet.int8.onnx", "int8")  # the default, current
     assert body["clients"] == 0
     ws = await client.ws_connect("/ws")
