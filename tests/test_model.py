@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport import CountingModel
 
 from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
@@ -80,22 +81,10 @@ def test_flip_tta_averages_face_and_mirror(model: FacialExpressionModel, tta_mod
     np.testing.assert_allclose(tta_model.predict(x), expected, atol=1e-5)
 
 
-class _Counting:
-    """The plain network, counting its calls and the rows each call got."""
-
-    def __init__(self, network: FacialExpressionModel) -> None:
-        self.network = network
-        self.calls: list[int] = []
-
-    def predict(self, faces: np.ndarray) -> np.ndarray:
-        self.calls.append(len(faces))
-        return self.network.predict(faces)
-
-
 def test_flip_tta_wraps_any_predictor_in_one_call(
     model: FacialExpressionModel, tta_model: FacialExpressionModel
 ) -> None:
-    counting = _Counting(model)
+    counting = CountingModel(model)
     x = faces(5)
     wrapped = FlipTTA(counting).predict(x[..., None])  # the channel axis is optional here too
     assert counting.calls == [10]  # faces and mirrors in ONE call: the batch stays whole

@@ -183,6 +183,17 @@ def _server_args(ns: argparse.Namespace, *, clients: int = 0) -> list[str]:
     return [*args, *ns.server_arg]
 
 
+async def _served_by(session: aiohttp.ClientSession, base_url: str) -> dict[str, Any]:
+    """What runs the server's network and detector, from its /healthz (empty when it has none)."""
+    try:
+        async with session.get(f"{base_url}/healthz") as response:
+            health = await response.json()
+    except (aiohttp.ClientError, ValueError) as exc:
+        logger.info("no /healthz from %s: %s", base_url, exc)
+        return {}
+    return {key: health.get(key) for key in ("device", "providers", "model_file", "detector")}
+
+
 async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> list[dict[str, Any]]:
     counts: list[int] = ns.sweep or [ns.clients]
     server: ServerProcess | InProcessServer | None = None
@@ -205,6 +216,9 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
         async with aiohttp.ClientSession(connector=connector) as session:
             hello = await wait_for_hello(session, url, origin)
             logger.info("server hello: %s", json.dumps(hello)[:300])
+            served_by = await _served_by(session, base_url)
+            if served_by:
+                emit("server: " + ", ".join(f"{key} {value}" for key, value in served_by.items()))
             for count in counts:
                 cfg = RunConfig(
                     url=url,
@@ -219,6 +233,8 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
                     rss_interval_s=ns.rss_interval,
                 )
                 row = await run_load(session, cfg)
+                if served_by:
+                    row["server"] = served_by
                 rows.append(row)
                 emit(format_table([row]).splitlines()[-1] if len(rows) > 1 else format_table([row]))
                 if "profile" in row:
