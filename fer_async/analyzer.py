@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +21,7 @@ from fer_async.config import DEFAULT_ALIGN, MAX_PIXELS
 from fer_async.detector import DETECT_WIDTH, FaceDetector
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
+from fer_async.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ def _to_source(box: Box, scale: tuple[float, float], width: int, height: int) ->
     x0, y0 = min(width - 1, round(x * sx)), min(height - 1, round(y * sy))
     x1, y1 = min(width, max(x0 + 1, round((x + w) * sx))), min(height, max(y0 + 1, round((y + h) * sy)))
     return (x0, y0, x1 - x0, y1 - y0)
-
-
-class Predictor(Protocol):
-    def predict(self, faces: np.ndarray) -> np.ndarray:
-        """Probabilities [N, 7] in EMOTIONS order for uint8 faces [N, 48, 48]."""
-        ...
 
 
 @dataclass(frozen=True)

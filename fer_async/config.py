@@ -1,7 +1,6 @@
 """Server settings: one frozen dataclass, built from argv with `FER_*` environment fallbacks.
 
-Precedence: command line > environment variable > default. Every option is documented in
-`python -m fer_async --help`, together with its environment variable and default.
+Precedence: command line > environment variable > default; `python -m fer_async --help` shows all.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ DEFAULT_DETECTOR = "yunet"
 # smoothing that removed every label blip there; 250 ms leaves room for footage not seen, and
 # with the margin shows a smile 0.23 s (YuNet) after its onset, inside the 0.5 s target.
 DEFAULT_SMOOTHING_MS = 250.0
-# Faces cropped upright by YuNet's landmarks (fer_async.alignment) instead of by their box.
-DEFAULT_ALIGN = True
+DEFAULT_ALIGN = True  # faces turned upright by YuNet's landmarks (fer_async.alignment)
 DEFAULT_LABEL_MARGIN = 0.15
 # Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
 # allocate 1.2 GB. imaging reads the size from the header and refuses before decoding. 4 Mpx
@@ -53,6 +51,7 @@ RUNTIMES = ("auto", "onnx", "keras")
 # about 3x the faces per CPU second on this VNNI CPU.
 MODEL_PRECISIONS = ("fp32", "int8")
 DEFAULT_MODEL_PRECISION = "int8"
+DEVICES = ("auto", "cpu", "cuda")  # where the network runs (fer_async.onnx_session)
 
 ENV_PREFIX = "FER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -112,6 +111,7 @@ class Settings:
     runtime: str = "auto"
     model_precision: str = DEFAULT_MODEL_PRECISION
     flip_tta: bool = True  # +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost
+    device: str = "auto"
     detector: str = DEFAULT_DETECTOR
     detector_model: Path | None = None
     align: bool = DEFAULT_ALIGN
@@ -163,22 +163,16 @@ class Settings:
             problems.append("--workers > 1 needs a fixed --port: each worker binds it (SO_REUSEPORT)")
         if self.max_wait_ms < 0:
             problems.append(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
-        if self.runtime not in RUNTIMES:
-            problems.append(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        if self.model_precision not in MODEL_PRECISIONS:
-            problems.append(
-                f"--model-precision must be one of {', '.join(MODEL_PRECISIONS)}, got {self.model_precision!r}"
-            )
-        if self.detector not in DETECTOR_KINDS:
-            problems.append(f"--detector must be one of {', '.join(DETECTOR_KINDS)}, got {self.detector!r}")
+        for name, option in _OPTIONS.items():  # every choice, as argparse checks it: after the option's type
+            choices, value = option.argparse.get("choices"), option.argparse.get("type", str)(getattr(self, name))
+            if choices is not None and value not in choices:
+                problems.append(f"{option.flag} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not 0 <= self.smoothing_ms <= 10_000:
             problems.append(f"--smoothing-ms must be 0..10000, got {self.smoothing_ms}")
         if not 0 <= self.label_margin < 1:
             problems.append(f"--label-margin must be in [0, 1), got {self.label_margin}")
         if (self.cert is None) != (self.key is None):
             problems.append("--cert and --key must be given together")
-        if self.log_level.lower() not in LOG_LEVELS:
-            problems.append(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.executor is not None and not self.executor.startswith(("http://", "https://")):
             problems.append(f"--executor must be an http:// or https:// URL, got {self.executor!r}")
         if self.executor_timeout_s <= 0:
@@ -280,6 +274,12 @@ _OPTIONS: dict[str, Option] = {
         "also classify each face mirrored and average, in the same model call (--no-flip-tta: off)",
         argparse={"action": argparse.BooleanOptionalAction},
     ),
+    "device": Option(
+        "--device",
+        str,
+        "where the network runs: cuda (onnxruntime-gpu, the [gpu] extra), cpu, or auto (cuda when usable, else cpu)",
+        argparse={"choices": DEVICES},
+    ),
     "detector": Option(
         "--detector",
         str,
@@ -362,7 +362,7 @@ _OPTIONS: dict[str, Option] = {
     "executor_timeout_s": Option(
         "--executor-timeout",
         float,
-        "seconds a batch may take on the --executor server before its frames get 'analysis failed'",
+        "seconds a batch may take on the --executor server before its frames get 'inference server unavailable'",
         "SECONDS",
     ),
     "workers": Option(
@@ -376,7 +376,7 @@ _OPTIONS: dict[str, Option] = {
 # The options that say which model and detector to run; the training tools and the bench take
 # them too, under the same names and with the same defaults as the server.
 _FACE_OPTIONS = ("detector", "detector_model", "align")  # how faces are found and cut
-MODEL_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta", *_FACE_OPTIONS)
+MODEL_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta", "device", *_FACE_OPTIONS)
 
 
 def _shown_default(name: str) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
-from fer_async.analyzer import Analyzer, Predictor
+from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
 from fer_async.detector import FaceDetector, create_detector_for
+from fer_async.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -23,19 +24,13 @@ DETECT_THREADS = 2
 
 
 def load_model(settings: Settings) -> Predictor:
-    """The network the settings name (weights, model name, runtime, precision, flip TTA), loaded and warmed up."""
+    """The network the settings name (weights, name, runtime, precision, device, flip TTA), loaded and warmed up."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only matters with --runtime keras
     # Imported here: with --runtime keras this imports TensorFlow (seconds), which a caller that
     # fails its cheap checks first should never pay.
     from fer_async.model import FacialExpressionModel
 
-    return FacialExpressionModel(
-        settings.weights,
-        settings.model_name,
-        flip_tta=settings.flip_tta,
-        runtime=settings.runtime,
-        precision=settings.model_precision,
-    )
+    return FacialExpressionModel.from_options(settings)
 
 
 def load_detector(settings: Settings) -> tuple[FaceDetector, str]:

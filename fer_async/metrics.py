@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,18 @@ class Metrics:
             self.frames.labels(source)
             self.faces.labels(source)
             self.frames_dropped.labels(source)
+
+    def watch_executor(self, is_up: Callable[[], bool]) -> None:
+        """Publish `fer_executor_up` (1 up, 0 down), read from `is_up` at each scrape.
+
+        Only a server with `--executor` has the gauge: without one there is nothing to be down.
+        """
+        up = Gauge(
+            "fer_executor_up",
+            "1 while the --executor inference server serves the model, else 0",
+            registry=self.registry,
+        )
+        up.set_function(lambda: float(is_up()))
 
     def observe_batch(self, size: int, queue_wait_s: float, run_s: float) -> None:
         self.batch_size.observe(size)

@@ -24,12 +24,10 @@ import hashlib
 import logging
 import os
 import re
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,10 +35,14 @@ from fer_async.config import (
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_PRECISION,
     DEFAULT_WEIGHTS_DIR,
+    DEVICES,
     MODEL_PRECISIONS,
     RUNTIMES,
 )
 from fer_async.labels import EMOTIONS, FACE_SIZE
+from fer_async.native_stderr import without_stderr_lines
+from fer_async.onnx_session import CPU, CUDA, create_session, onnxruntime_available, providers_for
+from fer_async.predictor import served
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,20 @@ INT8_SUFFIX = ".int8.onnx"
 ONNX_THREADS = 1
 
 Forward = Callable[[np.ndarray], np.ndarray]  # uint8 [N, 48, 48, 1] -> float32 [N, 7]
+
+
+class Loaded(NamedTuple):
+    """A network ready to run: its forward function and where it runs."""
+
+    forward: Forward
+    device: str  # "CPU" or "GPU"
+    description: str
+    providers: list[str] | None  # onnxruntime's execution providers in use; None on Keras
+
+
+class OnnxOptions(NamedTuple):
+    threads: int
+    providers: list[str]  # to ask onnxruntime for (onnx_session.providers_for)
 
 
 class StaleExportError(ValueError):
@@ -111,29 +127,10 @@ def _nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
-@contextlib.contextmanager
-def _without_stderr_lines(pattern: re.Pattern[str]) -> Iterator[None]:
-    """Capture file descriptor 2 (C++ code writes there directly) and re-emit all but `pattern`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if not pattern.search(line.decode())]
-            if kept:
-                os.write(2, b"".join(kept))
-
-
 def _tensorflow() -> Any:
     """`import tensorflow` plus its device probe, without the CUDA noise of a CPU-only machine."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING chatter
-    quiet = contextlib.nullcontext() if _nvidia_driver_present() else _without_stderr_lines(_NO_GPU_NOISE)
+    quiet = contextlib.nullcontext() if _nvidia_driver_present() else without_stderr_lines(_NO_GPU_NOISE)
     with quiet:
         import tensorflow as tf
 
@@ -153,10 +150,17 @@ def load_keras_model(json_path: Path, weights_path: Path) -> Any:
     return model
 
 
-def _keras_forward(json_path: Path, weights_path: Path) -> tuple[Forward, str, str]:
+def _keras_forward(json_path: Path, weights_path: Path, device: str) -> Loaded:
     tf = _tensorflow()
+    if device == "cpu":
+        try:
+            tf.config.set_visible_devices([], "GPU")  # before the model is built: nothing lands on a GPU
+        except RuntimeError:  # a model of this process already initialised the GPU
+            logger.warning("--device cpu: TensorFlow already uses a GPU in this process; the network may run there")
+    elif device == "cuda" and not tf.config.list_physical_devices("GPU"):
+        logger.warning("--device cuda: TensorFlow sees no GPU; the network runs on the CPU")
     model = load_keras_model(json_path, weights_path)
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    where = "GPU" if tf.config.get_visible_devices("GPU") else "CPU"
 
     def call(faces: Any) -> Any:
         return model(tf.cast(faces, tf.float32), training=False)  # the model rescales 0..255 itself
@@ -167,28 +171,16 @@ def _keras_forward(json_path: Path, weights_path: Path) -> tuple[Forward, str, s
     def run(faces: np.ndarray) -> np.ndarray:
         return np.asarray(forward(tf.convert_to_tensor(faces)), dtype=np.float32)
 
-    return run, device, f"{json_path.name} on Keras ({model.count_params():,} parameters)"
+    return Loaded(run, where, f"{json_path.name} on Keras ({model.count_params():,} parameters)", None)
 
 
 # --- onnxruntime ---------------------------------------------------------------------------------
 
 
-def _onnx_session(onnx_path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Idle model threads must not spin on the cores that decode and detect the next frames.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-
 def _onnx_forward(
-    onnx_path: Path, json_path: Path, weights_path: Path, threads: int, command: str = EXPORT_COMMAND
-) -> tuple[Forward, str, str]:
-    session = _onnx_session(onnx_path, threads)
+    onnx_path: Path, json_path: Path, weights_path: Path, onnx: OnnxOptions, command: str = EXPORT_COMMAND
+) -> Loaded:
+    session = create_session(onnx_path, onnx.threads, onnx.providers)
     stale = onnx_staleness(session.get_modelmeta().custom_metadata_map, json_path, weights_path)
     if stale is not None:
         raise StaleExportError(f"{onnx_path} is stale ({stale}); re-export it with `{command}`")
@@ -198,24 +190,22 @@ def _onnx_forward(
     def run(faces: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(None, {input_name: faces})[0], dtype=np.float32)
 
-    return run, "CPU", f"{onnx_path.name} on onnxruntime ({threads} intra-op thread{'s' * (threads != 1)})"
-
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    in_use = list(session.get_providers())
+    threads = onnx.threads
+    where = "GPU" if CUDA in in_use else "CPU"
+    return Loaded(
+        run, where, f"{onnx_path.name} on onnxruntime ({threads} intra-op thread{'s' * (threads != 1)})", in_use
+    )
 
 
 class FacialExpressionModel:
     """Classifies 48x48 grey faces with the network of `<name>.json` + `<name>.weights.h5`.
 
-    `predict` runs the whole batch in one call of the runtime. With `flip_tta` (the default)
-    each face is also classified mirrored, in the same call, and the two probability vectors
-    are averaged: it doubles the model's share of the work, which is small next to face
-    detection, and gains about 1.5 points of accuracy on PublicTest (see weights/fernet.md).
+    `predict` runs the whole batch in one call of the runtime. With `flip_tta` (the default,
+    `fer_async.predictor.FlipTTA`) each face is also classified mirrored, in the same call, and
+    the two probability vectors are averaged: it doubles the model's share of the work, which is
+    small next to face detection, and gains about 1.5 points of accuracy on PublicTest (see
+    weights/fernet.md).
     """
 
     def __init__(
@@ -227,7 +217,10 @@ class FacialExpressionModel:
         runtime: str = "auto",
         onnx_threads: int = ONNX_THREADS,
         precision: str = DEFAULT_MODEL_PRECISION,
+        device: str = "auto",
     ) -> None:
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if precision not in MODEL_PRECISIONS:
@@ -240,15 +233,18 @@ class FacialExpressionModel:
         self._flip_tta = flip_tta
         started = time.perf_counter()
         self.precision = "fp32"
-        loaded = self._load_int8(runtime, onnx_threads) if precision == "int8" else None
+        self._device = device
+        self._onnx = OnnxOptions(onnx_threads, self._onnx_providers(runtime, device))
+        loaded = self._load_int8(runtime) if precision == "int8" else None
         if loaded is None:
-            self.runtime, loaded = self._load(runtime, onnx_threads)
+            self.runtime, loaded = self._load(runtime)
         else:
             self.runtime, self.precision = "onnx", "int8"
-        self._forward, self.device, self.description = loaded
+        forward, self.device, self.description, self.providers = loaded
+        self._predictor = served(lambda faces: forward(np.ascontiguousarray(faces)[..., None]), flip_tta=flip_tta)
         # The file that serves (named by /healthz): NAME.int8.onnx, NAME.onnx, or NAME.json on Keras.
-        served = {"keras": self.json_path, "onnx": self.int8_path if self.precision == "int8" else self.onnx_path}
-        self.model_file: str = served[self.runtime].name
+        files = {"keras": self.json_path, "onnx": self.int8_path if self.precision == "int8" else self.onnx_path}
+        self.model_file: str = files[self.runtime].name
         self.predict(np.zeros((1, FACE_SIZE, FACE_SIZE), np.uint8))  # trace + allocate before traffic
         logger.info(
             "loaded %s on %s%s in %.0f ms",
@@ -258,10 +254,34 @@ class FacialExpressionModel:
             (time.perf_counter() - started) * 1000,
         )
 
-    def _load_int8(self, runtime: str, onnx_threads: int) -> tuple[Forward, str, str] | None:
+    @classmethod
+    def from_options(cls, options: Any) -> FacialExpressionModel:
+        """The network `options` name: the server's Settings, or a tool's namespace with config.NETWORK_OPTIONS."""
+        return cls(
+            options.weights,
+            options.model_name,
+            flip_tta=options.flip_tta,
+            runtime=options.runtime,
+            precision=options.model_precision,
+            device=options.device,
+        )
+
+    def _onnx_providers(self, runtime: str, device: str) -> list[str]:
+        """onnxruntime's providers for `device`, probed on a file of this network (CPU when none is there)."""
+        probe = next((f for f in (self.onnx_path, self.int8_path) if f.is_file()), None)
+        if runtime == "keras" or probe is None or not onnxruntime_available():
+            return [CPU]
+        return providers_for(device, probe)
+
+    def _load_int8(self, runtime: str) -> Loaded | None:
         """The int8 network, or None (and one log line saying why) to serve the fp32 one."""
         if runtime == "keras":
             logger.info("--runtime keras serves the fp32 network (%s is for onnxruntime)", self.int8_path.name)
+            return None
+        if CUDA in self._onnx.providers and self.onnx_path.is_file():
+            # Through CUDA's provider the int8 file is the fp32 convolutions plus (de)quantizing
+            # around them: int8 kernels on a GPU need TensorRT. The int8 file is a CPU speed-up.
+            logger.info("%s is for the CPU: serving the fp32 network on CUDA", self.int8_path.name)
             return None
         if not self.int8_path.is_file():
             problem = f"{self.int8_path} is missing (make it with `{INT8_EXPORT_COMMAND}`)"
@@ -269,18 +289,16 @@ class FacialExpressionModel:
             problem = f"{self.int8_path.name} needs the onnxruntime package"
         else:
             try:
-                return _onnx_forward(
-                    self.int8_path, self.json_path, self.weights_path, onnx_threads, INT8_EXPORT_COMMAND
-                )
+                return _onnx_forward(self.int8_path, self.json_path, self.weights_path, self._onnx, INT8_EXPORT_COMMAND)
             except StaleExportError as exc:
                 problem = str(exc)
         logger.warning("%s: serving the fp32 network instead", problem)
         return None
 
-    def _load(self, runtime: str, onnx_threads: int) -> tuple[str, tuple[Forward, str, str]]:
+    def _load(self, runtime: str) -> tuple[str, Loaded]:
         if runtime == "keras":
             try:
-                return "keras", _keras_forward(self.json_path, self.weights_path)
+                return "keras", _keras_forward(self.json_path, self.weights_path, self._device)
             except ImportError as exc:
                 raise ValueError(f"--runtime keras needs TensorFlow: pip install -e '.[train]' ({exc})") from exc
         if runtime == "onnx":
@@ -288,14 +306,14 @@ class FacialExpressionModel:
                 raise FileNotFoundError(f"model file not found: {self.onnx_path} (export it with `{EXPORT_COMMAND}`)")
             if not onnxruntime_available():
                 raise ValueError("--runtime onnx needs the onnxruntime package (pip install onnxruntime)")
-            return "onnx", _onnx_forward(self.onnx_path, self.json_path, self.weights_path, onnx_threads)
+            return "onnx", _onnx_forward(self.onnx_path, self.json_path, self.weights_path, self._onnx)
         if self.onnx_path.is_file() and onnxruntime_available():
             try:
-                return "onnx", _onnx_forward(self.onnx_path, self.json_path, self.weights_path, onnx_threads)
+                return "onnx", _onnx_forward(self.onnx_path, self.json_path, self.weights_path, self._onnx)
             except StaleExportError as exc:
                 logger.warning("%s: using the Keras runtime instead", exc)
         try:
-            return "keras", _keras_forward(self.json_path, self.weights_path)
+            return "keras", _keras_forward(self.json_path, self.weights_path, self._device)
         except ImportError as exc:
             raise ValueError(
                 f"no runtime for {self.json_path.name}: {self.onnx_path.name} is missing or stale and TensorFlow is "
@@ -307,27 +325,9 @@ class FacialExpressionModel:
         """Whether each face is also classified mirrored (fixed at construction)."""
         return self._flip_tta
 
-    @staticmethod
-    def _validate(faces: np.ndarray) -> np.ndarray:
-        if not isinstance(faces, np.ndarray):
-            raise ValueError(f"faces must be a numpy array, got {type(faces).__name__}")
-        if faces.dtype != np.uint8:
-            raise ValueError(f"faces must be uint8 grey levels 0..255, got dtype {faces.dtype}")
-        if faces.ndim == 4 and faces.shape[-1] == 1:
-            faces = faces[..., 0]
-        if faces.ndim != 3 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE):
-            raise ValueError(f"faces must have shape [N, 48, 48] or [N, 48, 48, 1], got {list(faces.shape)}")
-        if faces.shape[0] == 0:
-            raise ValueError("faces is an empty batch")
-        return faces
-
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Probabilities `[N, 7]` (float32, FER2013 order) for uint8 faces `[N, 48, 48(, 1)]`."""
-        faces = self._validate(faces)
-        n = len(faces)
-        batch = np.concatenate([faces, faces[:, :, ::-1]]) if self._flip_tta else np.ascontiguousarray(faces)
-        probs = self._forward(batch[..., None])
-        return (probs[:n] + probs[n:]) / 2.0 if self._flip_tta else probs
+        return self._predictor.predict(faces)
 
     def predict_emotion(self, face: np.ndarray) -> str:
         """The most likely emotion of one uint8 face `[48, 48]` or `[48, 48, 1]`."""

@@ -18,6 +18,9 @@ Faults are bounded and visible: every batch has a deadline (`timeout_s`); a fail
 the executor degraded (with the reason, shown by `/healthz`) and later batches fail at once
 instead of each waiting for a dead server; a probe polls the server's readiness and brings the
 executor back as soon as the model answers again.
+
+The request and response bodies are `fer_async.oip`'s; the check of the faces and flip TTA are
+`fer_async.predictor`'s, shared with the in-process model.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import numpy as np
 
-from fer_async.labels import EMOTIONS, FACE_SIZE
+from fer_async.oip import ExecutorMisconfigured, ModelSignature, decode_response, encode_request, parse_metadata
+from fer_async.predictor import ExecutorUnavailable, served, validate_faces
 
 logger = logging.getLogger(__name__)
 
@@ -52,100 +56,6 @@ RETRY_INTERVAL_S = 0.5
 # loop itself (a loop that is shutting down or blocked); the deadline proper is enforced there.
 THREAD_WAIT_MARGIN_S = 1.0
 _ERROR_BODY_LIMIT = 300
-_INTEGER_TYPES = ("UINT8", "UINT16", "INT16", "INT32", "INT64")
-_FLOAT_TYPES = ("FP16", "FP32", "FP64")
-
-
-class ExecutorUnavailable(RuntimeError):
-    """The inference server could not classify this batch (down, timed out, refused it)."""
-
-
-class ExecutorMisconfigured(ExecutorUnavailable, ValueError):
-    """The server answers, but its model does not take 48x48 faces or give 7 probabilities.
-
-    A ValueError too: at start-up it is a configuration error, which `python -m fer_async`
-    reports as "cannot start" (exit 1) instead of serving frames it can never analyse.
-    """
-
-
-@dataclass(frozen=True)
-class ModelSignature:
-    """What the served model takes and gives, read from its metadata (`GET /v2/models/NAME`)."""
-
-    input_name: str
-    input_datatype: str
-    face_shape: tuple[int, ...]  # per face, without the batch dimension: (48, 48) or (48, 48, 1)
-    output_name: str
-
-
-def parse_metadata(metadata: Any) -> ModelSignature:
-    """The model's signature, or ExecutorMisconfigured saying why it cannot serve faces."""
-    if not isinstance(metadata, dict):
-        raise ExecutorMisconfigured("model metadata is not a JSON object")
-    inputs, outputs = metadata.get("inputs") or [], metadata.get("outputs") or []
-    if len(inputs) != 1:
-        raise ExecutorMisconfigured(f"the model must declare exactly one input, it declares {len(inputs)}")
-    spec = inputs[0]
-    shape = tuple(spec.get("shape") or ())
-    if shape[1:] not in ((FACE_SIZE, FACE_SIZE), (FACE_SIZE, FACE_SIZE, 1)):
-        raise ExecutorMisconfigured(f"input {spec.get('name')!r} has shape {list(shape)}, expected [-1, 48, 48(, 1)]")
-    if spec.get("datatype") not in _INTEGER_TYPES + _FLOAT_TYPES:
-        raise ExecutorMisconfigured(f"input {spec.get('name')!r} has datatype {spec.get('datatype')}, expected UINT8")
-    probs = [o for o in outputs if tuple(o.get("shape") or ())[-1:] == (len(EMOTIONS),)]
-    if len(probs) != 1:
-        raise ExecutorMisconfigured(f"the model must have one output of shape [-1, {len(EMOTIONS)}], found {outputs}")
-    return ModelSignature(str(spec["name"]), str(spec["datatype"]), shape[1:], str(probs[0]["name"]))
-
-
-def _text_table(template: str) -> np.ndarray:
-    """Row v = the JSON text of the number v, padded on the left with spaces, then a comma.
-
-    JSON allows whitespace before a number, so `table[faces].tobytes()` is the body of a JSON
-    array written by one numpy gather: ~100x faster than `json.dumps(faces.tolist())`.
-    """
-    texts = [template.format(v) for v in range(256)]
-    width = max(map(len, texts))
-    return np.frombuffer("".join(t.rjust(width) + "," for t in texts).encode(), np.uint8).reshape(256, width + 1)
-
-
-_INTEGER_TEXT = _text_table("{}")
-_FLOAT_TEXT = _text_table("{}.0")  # some servers refuse an integer literal for a float tensor
-
-
-def encode_request(signature: ModelSignature, faces: np.ndarray) -> bytes:
-    """The JSON body of an infer request for uint8 faces [n, 48, 48]."""
-    table = _INTEGER_TEXT if signature.input_datatype in _INTEGER_TYPES else _FLOAT_TEXT
-    header = {
-        "name": signature.input_name,
-        "shape": [len(faces), *signature.face_shape],
-        "datatype": signature.input_datatype,
-    }
-    head = json.dumps({"inputs": [header]})[:-3]  # cut "}]}" to append the data field
-    tail = json.dumps({"outputs": [{"name": signature.output_name}]})[1:]
-    data = np.take(table, faces.reshape(-1), axis=0).tobytes()[:-1]  # without the last comma
-    return b"".join([head.encode(), b', "data": [', data, b"]}], ", tail.encode()])
-
-
-def decode_response(signature: ModelSignature, body: Any, rows: int) -> np.ndarray:
-    """Probabilities [rows, 7] from an infer response, or ExecutorMisconfigured."""
-    outputs = body.get("outputs") if isinstance(body, dict) else None
-    named = [o for o in outputs or [] if isinstance(o, dict) and o.get("name") == signature.output_name]
-    if not named:
-        raise ExecutorMisconfigured(f"the response has no output {signature.output_name!r}")
-    probs = np.asarray(named[0].get("data"), dtype=np.float32)
-    if probs.size != rows * len(EMOTIONS):
-        raise ExecutorMisconfigured(f"the response has {probs.size} values for {rows} faces")
-    return probs.reshape(rows, len(EMOTIONS))
-
-
-def validate_faces(faces: np.ndarray) -> np.ndarray:
-    if not isinstance(faces, np.ndarray) or faces.dtype != np.uint8:
-        raise ValueError("faces must be a uint8 numpy array")
-    if faces.ndim == 4 and faces.shape[-1] == 1:
-        faces = faces[..., 0]
-    if faces.ndim != 3 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE) or not len(faces):
-        raise ValueError(f"faces must have shape [N > 0, 48, 48] or [N, 48, 48, 1], got {list(faces.shape)}")
-    return faces
 
 
 def _describe(exc: BaseException) -> str:
@@ -166,11 +76,7 @@ class RemoteStats:
 
 
 class RemotePredictor:
-    """Classifies faces on an Open Inference Protocol server; `start()` on the loop, then `predict`.
-
-    `flip_tta` mirrors each face client-side and sends both in the same request, as the
-    in-process model does in its one call, so both executors give the same probabilities.
-    """
+    """Classifies faces on an Open Inference Protocol server; `start()` on the loop, then `predict`."""
 
     def __init__(
         self,
@@ -203,6 +109,7 @@ class RemotePredictor:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wake_probe = asyncio.Event()
         self._probe_task: asyncio.Task[None] | None = None
+        self._predictor = served(self._infer_from_thread, flip_tta=flip_tta)
 
     @property
     def problem(self) -> str | None:
@@ -236,7 +143,15 @@ class RemotePredictor:
             await self._session.close()
 
     def predict(self, faces: np.ndarray) -> np.ndarray:
-        """Probabilities [N, 7] for uint8 faces [N, 48, 48]; call from a thread, not the loop."""
+        """Probabilities [N, 7] for uint8 faces [N, 48, 48]; call from a thread, not the loop.
+
+        With `flip_tta` each face and its mirror image travel in the same requests, as they go
+        through the in-process network in one call, so both executors give the same probabilities.
+        """
+        return self._predictor.predict(faces)
+
+    def _infer_from_thread(self, faces: np.ndarray) -> np.ndarray:
+        """`infer_async` on the server's loop, waited for by the calling (model) thread."""
         loop = self._loop
         if loop is None:
             raise ExecutorUnavailable("the remote executor was not started")
@@ -245,8 +160,8 @@ class RemotePredictor:
         except RuntimeError:
             on_loop = False
         if on_loop:
-            raise RuntimeError("predict() would block the event loop: await predict_async() there")
-        future = asyncio.run_coroutine_threadsafe(self.predict_async(faces), loop)
+            raise RuntimeError("predict() would block the event loop: await infer_async() there")
+        future = asyncio.run_coroutine_threadsafe(self.infer_async(faces), loop)
         try:
             return future.result(timeout=self.timeout_s + THREAD_WAIT_MARGIN_S)
         except concurrent.futures.TimeoutError:
@@ -255,27 +170,25 @@ class RemotePredictor:
         except concurrent.futures.CancelledError:
             raise ExecutorUnavailable("the request was cancelled (shutting down)") from None
 
-    async def predict_async(self, faces: np.ndarray) -> np.ndarray:
+    async def infer_async(self, faces: np.ndarray) -> np.ndarray:
+        """The served network's probabilities for `faces` as given (no flip TTA), on the loop."""
         faces = validate_faces(faces)
         signature, problem = self.signature, self._problem
         if problem is not None or signature is None:
             # Fail at once while the server is known to be down: waiting for a dead server
             # would only hold every batch for the whole deadline. The probe brings us back.
             raise ExecutorUnavailable(f"inference server unavailable: {problem}")
-        n = len(faces)
-        rows = np.concatenate([faces, faces[:, :, ::-1]]) if self.flip_tta else faces
         step = self.max_rows_per_request
         try:
             async with asyncio.timeout(self.timeout_s):
-                parts = await _all([self._infer(signature, rows[i : i + step]) for i in range(0, len(rows), step)])
+                parts = await _all([self._request(signature, faces[i : i + step]) for i in range(0, len(faces), step)])
         except (ExecutorUnavailable, aiohttp.ClientError, OSError, TimeoutError) as exc:
             reason = f"{self.base_url}: {_describe(exc)}"
             self._set_problem(reason)
             raise ExecutorUnavailable(f"inference server failed: {reason}") from exc
-        probs = np.concatenate(parts)
-        return (probs[:n] + probs[n:]) / 2.0 if self.flip_tta else probs
+        return np.concatenate(parts)
 
-    async def _infer(self, signature: ModelSignature, rows: np.ndarray) -> np.ndarray:
+    async def _request(self, signature: ModelSignature, rows: np.ndarray) -> np.ndarray:
         assert self._session is not None
         async with self._slots:
             started = time.perf_counter()

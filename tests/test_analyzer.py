@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from server.helpers import iou
+from testsupport import CountingModel
 
 from fer_async.analyzer import MAX_FACES_PER_FRAME, Analyzer
 from fer_async.detector import DetectedFace, HaarDetector
@@ -18,18 +19,6 @@ from fer_async.labels import EMOTIONS, Box, FrameResult
 
 if TYPE_CHECKING:
     from fer_async.model import FacialExpressionModel
-
-
-class CountingModel:
-    """The real model, counting its calls and the faces in each."""
-
-    def __init__(self, model: FacialExpressionModel) -> None:
-        self.model = model
-        self.calls: list[int] = []
-
-    def predict(self, faces: np.ndarray) -> np.ndarray:
-        self.calls.append(len(faces))
-        return self.model.predict(faces)
 
 
 class ThreadRecordingDetector:

@@ -138,6 +138,9 @@ def test_load_run_prints_table_and_json(capsys: pytest.CaptureFixture[str]) -> N
     assert all(row["profile"][stage] >= 0 for stage in report.PROFILE_STAGES)
     assert row["profile"]["detect"] > 0 and row["profile"]["send"] > 0
     assert "profile, 2 clients, server ms per frame: receive" in out
+    # Where the started server runs its network (its /healthz), so a GPU figure says it was one.
+    assert row["server"]["device"] == "CPU" and row["server"]["providers"] == ["CPUExecutionProvider"], row
+    assert "server: device CPU, providers ['CPUExecutionProvider']" in out
 
 
 def test_sweep_rows_against_one_server(capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,6 +175,7 @@ def test_raw_compute_bound(capsys: pytest.CaptureFixture[str]) -> None:
     for key in KEYS:
         assert key in row
     assert row["mode"] == "raw"
+    assert (row["device"], row["providers"]) == ("CPU", ["CPUExecutionProvider"])
     assert row["frames"] > 0 and row["frames"] % 2 == 0
     assert row["mean_batch"] == 2.0
     assert row["errors"] == 0  # every frame decoded and had its face found

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport import CountingModel
 
 from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
 from fer_async.model import FacialExpressionModel
+from fer_async.predictor import FlipTTA
 
 RNG = np.random.default_rng(0)
 
@@ -77,6 +79,19 @@ def test_flip_tta_averages_face_and_mirror(model: FacialExpressionModel, tta_mod
     x = faces(3)
     expected = (model.predict(x) + model.predict(np.ascontiguousarray(x[:, :, ::-1]))) / 2
     np.testing.assert_allclose(tta_model.predict(x), expected, atol=1e-5)
+
+
+def test_flip_tta_wraps_any_predictor_in_one_call(
+    model: FacialExpressionModel, tta_model: FacialExpressionModel
+) -> None:
+    counting = CountingModel(model)
+    x = faces(5)
+    wrapped = FlipTTA(counting).predict(x[..., None])  # the channel axis is optional here too
+    assert counting.calls == [10]  # faces and mirrors in ONE call: the batch stays whole
+    np.testing.assert_array_equal(wrapped, tta_model.predict(x))  # what the model serves with flip TTA
+    with pytest.raises(ValueError, match="empty"):
+        FlipTTA(counting).predict(faces(0))
+    assert counting.calls == [10]  # refused before the wrapped predictor is called
 
 
 def test_missing_weights_dir(tmp_path: Path) -> None:

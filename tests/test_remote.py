@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from fer_async.config import Settings, SettingsError
-from fer_async.remote import (
-    ExecutorMisconfigured,
-    ExecutorUnavailable,
-    ModelSignature,
-    RemotePredictor,
-    decode_response,
-    encode_request,
-    parse_metadata,
-)
+from fer_async.oip import ExecutorMisconfigured, ModelSignature, decode_response, encode_request, parse_metadata
+from fer_async.predictor import ExecutorUnavailable
+from fer_async.remote import RemotePredictor
 
 TRITON_METADATA = {  # what Triton answers for deploy/triton/fernet (max_batch_size > 0 adds the -1)
     "name": "fernet",

@@ -18,6 +18,20 @@ import cv2
 import numpy as np
 import pytest
 
+from fer_async.predictor import Predictor
+
+
+class CountingModel:
+    """A real model, counting its calls and the faces in each."""
+
+    def __init__(self, model: Predictor) -> None:
+        self.model = model
+        self.calls: list[int] = []
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        self.calls.append(len(faces))
+        return self.model.predict(faces)
+
 
 async def eventually(check: Callable[[], bool], within_s: float = 30.0, what: str = "condition") -> None:
     """Poll `check` every 50 ms until it holds; fail after `within_s` seconds."""

@@ -174,11 +174,24 @@ def _server_args(ns: argparse.Namespace, *, clients: int = 0) -> list[str]:
         args += ["--model-precision", ns.model_precision]
     if ns.flip_tta is not None:
         args.append("--flip-tta" if ns.flip_tta else "--no-flip-tta")
+    if ns.device is not None:
+        args += ["--device", ns.device]
     if ns.detector is not None:
         args += ["--detector", ns.detector]
     if ns.detector_model is not None:
         args += ["--detector-model", str(ns.detector_model)]
     return [*args, *ns.server_arg]
+
+
+async def _served_by(session: aiohttp.ClientSession, base_url: str) -> dict[str, Any]:
+    """What runs the server's network and detector, from its /healthz (empty when it has none)."""
+    try:
+        async with session.get(f"{base_url}/healthz") as response:
+            health = await response.json()
+    except (aiohttp.ClientError, ValueError) as exc:
+        logger.info("no /healthz from %s: %s", base_url, exc)
+        return {}
+    return {key: health.get(key) for key in ("device", "providers", "model_file", "detector")}
 
 
 async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> list[dict[str, Any]]:
@@ -203,6 +216,9 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
         async with aiohttp.ClientSession(connector=connector) as session:
             hello = await wait_for_hello(session, url, origin)
             logger.info("server hello: %s", json.dumps(hello)[:300])
+            served_by = await _served_by(session, base_url)
+            if served_by:
+                emit("server: " + ", ".join(f"{key} {value}" for key, value in served_by.items()))
             for count in counts:
                 cfg = RunConfig(
                     url=url,
@@ -217,6 +233,8 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
                     rss_interval_s=ns.rss_interval,
                 )
                 row = await run_load(session, cfg)
+                if served_by:
+                    row["server"] = served_by
                 rows.append(row)
                 emit(format_table([row]).splitlines()[-1] if len(rows) > 1 else format_table([row]))
                 if "profile" in row:

@@ -25,13 +25,7 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
 
     options = argparse.Namespace(**vars(ns))
     model_option_defaults(options)  # the server's defaults for what the command line left out
-    model = FacialExpressionModel(
-        options.weights,
-        options.model_name,
-        flip_tta=options.flip_tta,
-        runtime=options.runtime,
-        precision=options.model_precision,
-    )
+    model = FacialExpressionModel.from_options(options)
     detector, _name = create_detector_for(options.detector, options.detector_model)
     batch = ns.max_batch
     frames_done = errors = offset = 0
@@ -61,6 +55,8 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     return {
         "mode": "raw",
+        "device": model.device,  # GPU when onnxruntime runs the network through CUDA
+        "providers": model.providers,
         "clients": 0,
         "frames": frames_done,
         "fps": round(frames_done / seconds, 2),

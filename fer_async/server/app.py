@@ -13,14 +13,15 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import WSCloseCode, web
 
-from fer_async.analyzer import Predictor, Prepared
+from fer_async.analyzer import Prepared
 from fer_async.batcher import Batcher, BatchStats
 from fer_async.config import REPO_ROOT, Settings
 from fer_async.labels import FrameResult
 from fer_async.loading import load_detector, load_model, new_analyzer
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline, PreparedBatcher
-from fer_async.remote import ExecutorUnavailable, RemotePredictor
+from fer_async.predictor import ExecutorUnavailable, Predictor
+from fer_async.remote import RemotePredictor
 from fer_async.server import job_routes, mjpeg, views, ws
 from fer_async.server.connection import Connections
 from fer_async.server.keys import (
@@ -67,6 +68,7 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         await remote.start()
         app[MODEL] = remote
+        app[METRICS].watch_executor(lambda: remote.problem is None)
         yield
         await remote.aclose()
         return

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 JOB_FRAMES_IN_FLIGHT = 2
 MAX_RUNNING_JOBS = 2  # per server process: each has its own model and batcher
 OVERLOAD_BACKOFF_S = 0.05
+# A job waits this long for an unreachable --executor server to come back before it fails.
+EXECUTOR_OUTAGE_LIMIT_S = 60.0
 # While live clients are connected, a job rests this many times as long as its last chunk took.
 LIVE_REST = 1.0
 CHART_POINTS = 400  # per track: enough for a chart a few hundred pixels wide
@@ -286,13 +288,21 @@ class AnalysisJobs:
         return list(await asyncio.gather(*(self._submit(frame) for frame in frames)))
 
     async def _submit(self, frame: np.ndarray) -> FrameResult:
+        outage_started: float | None = None
         while True:
             outcome = await submit(self.batcher, self.metrics, "analysis", frame)
             if isinstance(outcome, FrameResult):
                 return outcome
-            if outcome.reason is not Reason.BUSY:
+            if outcome.retry_after_s is None:
                 raise RuntimeError(outcome.message)  # shutdown, or the batch failed: the job fails
-            await asyncio.sleep(OVERLOAD_BACKOFF_S)  # a full queue: the live clients come first
+            if outcome.reason is Reason.BUSY:
+                await asyncio.sleep(OVERLOAD_BACKOFF_S)  # a full queue: the live clients come first
+                continue
+            # The --executor server is unreachable: wait for it, but not for ever.
+            outage_started = outage_started or time.monotonic()
+            if time.monotonic() - outage_started > EXECUTOR_OUTAGE_LIMIT_S:
+                raise RuntimeError(outcome.message)
+            await asyncio.sleep(outcome.retry_after_s)
 
     def _analyse(self, job: Job) -> tuple[str, str | None, str | None]:
         """The job's thread: the CLI's FileAnalysis with the batcher as classifier, rows to CSV.

@@ -4,7 +4,7 @@
 `Refused` with a `Reason` (the metric label of `fer_frame_errors_total`) and the message the
 client may see; `refuse` does the same for frames an endpoint turns away before submitting.
 Each endpoint only maps a `Refused` onto its own transport (a JSON error, an HTTP status, a
-frame shown without boxes).
+frame shown without boxes); `Refused.retry_after_s` says which refusals pass, and when to try again.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from fer_async.imaging import ImageError, ImageTooLarge, check_image_header
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
+from fer_async.predictor import ExecutorUnavailable
 
 
 class Reason(enum.StrEnum):
@@ -29,8 +30,15 @@ class Reason(enum.StrEnum):
     BUSY = "busy"  # the batcher's queue is full
     SHUTDOWN = "shutdown"  # the server is stopping
     ANALYSIS_FAILED = "analysis_failed"  # the detector or model failed on the frame's batch
+    EXECUTOR_DOWN = "executor_unavailable"  # the --executor inference server cannot be reached or timed out
     BAD_MESSAGE = "bad_message"  # a WebSocket text message that is not a valid control message
     PROTOCOL = "protocol"  # a WebSocket protocol error (aiohttp closes the socket)
+
+
+# Refusals that pass: the same frame sent again later may well get a result. "busy" passes
+# when the queue drains, an executor outage when the readiness probe (every
+# remote.RETRY_INTERVAL_S while down) finds the inference server back.
+RETRY_AFTER_S = {Reason.BUSY: 1, Reason.EXECUTOR_DOWN: 1}
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,17 @@ class Refused:
     reason: Reason
     message: str
 
+    @property
+    def retry_after_s(self) -> int | None:
+        """Seconds after which the same frame may succeed (HTTP Retry-After); None: it will not."""
+        return RETRY_AFTER_S.get(self.reason)
+
 
 BUSY_MESSAGE = "server busy"
 SHUTDOWN_MESSAGE = "server shutting down"
 FAILED_MESSAGE = "analysis failed"
+# The inference server's address and error stay in the log and /healthz, not in client replies.
+EXECUTOR_DOWN_MESSAGE = "inference server unavailable"
 
 
 def refuse(metrics: Metrics, reason: Reason, message: str) -> Refused:
@@ -81,6 +96,8 @@ async def submit(pipeline: FramePipeline, metrics: Metrics, source: str, frame: 
         return refuse(metrics, Reason.BUSY, BUSY_MESSAGE)
     except BatcherClosed:
         return refuse(metrics, Reason.SHUTDOWN, SHUTDOWN_MESSAGE)
+    except ExecutorUnavailable:
+        return refuse(metrics, Reason.EXECUTOR_DOWN, EXECUTOR_DOWN_MESSAGE)
     except Exception:
         # The batch handler has logged the traceback once for the whole batch.
         return refuse(metrics, Reason.ANALYSIS_FAILED, FAILED_MESSAGE)

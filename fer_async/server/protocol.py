@@ -46,9 +46,11 @@ Connect to ``ws://HOST:PORT/ws`` (``wss://`` when the server runs with ``--cert/
 * Errors, after which the connection stays open:
   ``{"type": "error", "frame": ID, "error": "..."}`` for a frame that is not a JPEG/PNG, is
   corrupt or truncated, has too many pixels or JPEG scans (64), or exceeds ``max_frame_bytes``; with ``"error": "server
-  busy"`` when the analysis queue is full (send again later), ``"analysis failed"`` when the
-  model failed on that frame's batch (details are only logged on the server), ``"server
-  shutting down"`` during shutdown. Text messages other than the ones below (not JSON, not an
+  busy"`` when the analysis queue is full (send again later), ``"inference server
+  unavailable"`` while the ``--executor`` server cannot be reached or misses its deadline (send
+  again later; ``/healthz`` says why), ``"analysis failed"`` when the model failed on that
+  frame's batch (details are only logged on the server), ``"server shutting down"`` during
+  shutdown. Text messages other than the ones below (not JSON, not an
   object, unknown ``type``, too long) get ``{"type": "error", "error": "..."}`` without a frame.
 * ``{"type": "ping"}`` → ``{"type": "pong"}``.
 * Back-pressure: when 64 replies are waiting to be sent, the server stops reading the

@@ -39,13 +39,14 @@ MULTIPART_OVERHEAD = 16 * 1024
 # Photos buffered at once by /api/predict: with --max-photo-bytes (32 MB) at most 128 MB of uploads.
 PHOTO_UPLOADS_AT_ONCE = 4
 RAW_CONTENT_TYPES = ("image/jpeg", "image/png", "image/pjpeg", "application/octet-stream")
-# The HTTP status of each refusal; "busy" also says when to retry.
+# The HTTP status of each refusal; the passing ones (503) also say when to retry.
 HTTP_STATUS = {
     Reason.TOO_LARGE: 413,
     Reason.BAD_IMAGE: 400,
     Reason.BUSY: 503,
     Reason.SHUTDOWN: 503,
     Reason.ANALYSIS_FAILED: 500,
+    Reason.EXECUTOR_DOWN: 503,
 }
 
 
@@ -102,6 +103,9 @@ async def healthz(request: web.Request) -> web.Response:
             "model_file": getattr(request.app[MODEL], "model_file", None),
             "precision": getattr(request.app[MODEL], "precision", None),
             "device": _device(request),
+            # onnxruntime's execution providers in use, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"];
+            # null on Keras and with --executor.
+            "providers": getattr(request.app[MODEL], "providers", None),
             "detector": request.app[DETECTOR_NAME],
             "runtime": str(getattr(request.app[MODEL], "runtime", "keras")),
             "clients": len(request.app[WEBSOCKETS]),
@@ -120,8 +124,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-def _error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers or None)
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 class _TooLarge(Exception):
@@ -191,5 +195,8 @@ async def predict(request: web.Request) -> web.Response:
 
 
 def _refused(refused: Refused) -> web.Response:
-    headers = {"Retry-After": "1"} if refused.reason is Reason.BUSY else {}
-    return _error(HTTP_STATUS[refused.reason], refused.message, **headers)
+    retry = refused.retry_after_s
+    headers = {} if retry is None else {"Retry-After": str(retry)}
+    return web.json_response(
+        {"error": refused.message, "reason": refused.reason.value}, status=HTTP_STATUS[refused.reason], headers=headers
+    )

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from fer_async.remote import MAX_ROWS_PER_REQUEST, ModelSignature, parse_metadata
+from fer_async.oip import ModelSignature, parse_metadata
+from fer_async.remote import MAX_ROWS_PER_REQUEST
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 TRITON_CONFIG = DEPLOY / "triton" / "fernet" / "config.pbtxt"

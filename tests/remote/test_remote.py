@@ -2,7 +2,8 @@
 
 Same probabilities as the in-process model on real faces, batching seen by the server, the
 whole app classifying through it, and the faults: the server hung (SIGSTOP) and killed
-(SIGKILL) while clients send frames, then back.
+(SIGKILL) while clients send frames, then back; stopped while photos are posted (503 with
+Retry-After, `fer_executor_up` 0), then back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from fer_async.config import Settings
 from fer_async.detector import create_detector
 from fer_async.imaging import crop_faces, decode_image
 from fer_async.model import FacialExpressionModel
-from fer_async.remote import ExecutorUnavailable, RemotePredictor
+from fer_async.predictor import ExecutorUnavailable
+from fer_async.remote import RemotePredictor
 from fer_async.server.app import create_app
 
 from .oipserver import MISDECLARED_MODEL, MLServer, free_port
@@ -37,13 +39,15 @@ FAULT_TIMEOUT_S = 2.0  # the app's --executor-timeout in the fault test
 # A frame's reply may also wait for decoding, detection and a loaded machine besides the deadline.
 REPLY_SLACK_S = 8.0
 GENEROUS_TIMEOUT_S = 60.0  # parity and batching: the machine may be loaded, speed is not tested
+UNAVAILABLE = "inference server unavailable"  # the error of a frame refused during an outage
 
 Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture(scope="module")
 def real_faces(face_jpeg: bytes, two_faces_jpeg: bytes) -> np.ndarray:
-    """PublicTest faces from ../shared when present, else the faces of the test photos."""
+    """PARITY_FACES real faces: PublicTest's from ../shared when present, else the three faces of
+    the photos in tests/data, repeated (a clone without ../shared runs every test here too)."""
     if FER2013.is_file():
         return np.load(FER2013)["x_val"][:PARITY_FACES]
     detector = create_detector("haar", None)
@@ -51,7 +55,9 @@ def real_faces(face_jpeg: bytes, two_faces_jpeg: bytes) -> np.ndarray:
     for jpeg in (face_jpeg, two_faces_jpeg):
         image = decode_image(jpeg)
         crops.append(crop_faces(image, detector.detect(image)))
-    return np.concatenate(crops)
+    faces = np.concatenate(crops)
+    assert len(faces) == 3, f"the test photos hold 3 faces, Haar found {len(faces)}"
+    return faces[np.arange(PARITY_FACES) % len(faces)]
 
 
 async def _predict(url: str, faces: np.ndarray, *, flip_tta: bool) -> np.ndarray:
@@ -95,7 +101,7 @@ async def test_the_server_merges_concurrent_requests_into_batches(mlserver: MLSe
             calls_before = mlserver.metric("fernet_batch_rows_count")
             rows_before = mlserver.metric("fernet_batch_rows_sum")
             groups = [real_faces[i * rows_each : (i + 1) * rows_each] for i in range(requests)]
-            results = await asyncio.gather(*(remote.predict_async(g) for g in groups))
+            results = await asyncio.gather(*(remote.infer_async(g) for g in groups))
             calls = mlserver.metric("fernet_batch_rows_count") - calls_before
             rows = mlserver.metric("fernet_batch_rows_sum") - rows_before
             assert rows == requests * rows_each  # every face reached the model once
@@ -116,7 +122,7 @@ async def test_a_model_the_server_does_not_serve_leaves_the_executor_degraded(
     try:
         assert remote.problem is not None and "'no-such-model' not ready" in remote.problem
         with pytest.raises(ExecutorUnavailable, match="not ready"):
-            await remote.predict_async(real_faces[:2])
+            await remote.infer_async(real_faces[:2])
     finally:
         await remote.aclose()
 
@@ -206,6 +212,50 @@ async def _health(client: Client) -> dict[str, Any]:
     return dict(await (await client.get("/healthz")).json())
 
 
+async def _executor_up(client: Client) -> str:
+    """The `fer_executor_up` line of /metrics."""
+    text = await (await client.get("/metrics")).text()
+    (line,) = [line for line in text.splitlines() if line.startswith("fer_executor_up ")]
+    return line
+
+
+async def test_an_executor_outage_is_503_with_retry_after_and_the_gauge_follows(
+    aiohttp_client: Any, own_mlserver: MLServer, face_jpeg: bytes
+) -> None:
+    server = own_mlserver
+    client: Client = await aiohttp_client(create_app(_settings(server.url, FAULT_TIMEOUT_S)))
+
+    async def photo() -> aiohttp.ClientResponse:
+        return await client.post("/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"})
+
+    served = await photo()
+    assert served.status == 200, await served.text()
+    assert len((await served.json())["faces"]) == 1  # the face reached the inference server
+    assert await _executor_up(client) == "fer_executor_up 1.0"
+
+    await asyncio.to_thread(server.stop)  # SIGTERM: its port closes, connections are refused
+    for _attempt in range(3):  # every photo of the outage is refused the same way, at once
+        refused = await photo()
+        assert refused.status == 503, await refused.text()
+        assert refused.headers["Retry-After"] == "1"
+        assert await refused.json() == {"error": "inference server unavailable", "reason": "executor_unavailable"}
+    health = await _health(client)
+    assert health["status"] == "degraded" and server.url in health["reason"], health
+    assert await _executor_up(client) == "fer_executor_up 0.0"
+    errors = await (await client.get("/metrics")).text()
+    assert 'fer_frame_errors_total{reason="executor_unavailable"} 3.0' in errors
+
+    await asyncio.to_thread(server.start)  # back on the same port
+    await asyncio.to_thread(server.wait_ready)
+    deadline = time.monotonic() + 30  # the probe notices within RETRY_INTERVAL_S; a loaded machine is slower
+    while (answer := await photo()).status != 200:
+        assert answer.status == 503 and time.monotonic() < deadline, await answer.text()
+        await asyncio.sleep(0.2)
+    assert len((await answer.json())["faces"]) == 1
+    assert await _executor_up(client) == "fer_executor_up 1.0"
+    assert (await _health(client))["status"] == "ok"
+
+
 async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
     aiohttp_client: Any, own_mlserver: MLServer, face_jpeg: bytes
 ) -> None:
@@ -221,7 +271,7 @@ async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
         # Hung server: the sockets stay open, nothing answers. The deadline fails the frames.
         frozen = time.monotonic()
         await asyncio.to_thread(server.freeze)
-        await load.until("analysis failed", frozen, FAULT_TIMEOUT_S + REPLY_SLACK_S)
+        await load.until(UNAVAILABLE, frozen, FAULT_TIMEOUT_S + REPLY_SLACK_S)
         health = await _health(client)
         assert health["status"] == "degraded" and "deadline" in health["reason"], health
         await asyncio.to_thread(server.thaw)
@@ -232,7 +282,7 @@ async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
         # Killed server: connections refused. Frames fail at once, health says why.
         killed = time.monotonic()
         await asyncio.to_thread(server.kill)
-        await load.until("analysis failed", killed, REPLY_SLACK_S)
+        await load.until(UNAVAILABLE, killed, REPLY_SLACK_S)
         health = await _health(client)
         assert health["status"] == "degraded" and server.url in health["reason"], health
 
@@ -247,8 +297,8 @@ async def test_server_hung_or_killed_mid_load_fails_frames_in_time_and_recovers(
         load.stop.set()
         await asyncio.gather(*loaders)
 
-    assert all(r.kind in ("result", "analysis failed") for r in load.replies), {r.kind for r in load.replies}
+    assert all(r.kind in ("result", UNAVAILABLE) for r in load.replies), {r.kind for r in load.replies}
     slowest = max(r.received - r.sent for r in load.replies)
     assert slowest <= FAULT_TIMEOUT_S + REPLY_SLACK_S
     failed = sum(r.kind != "result" for r in load.replies)
-    print(f"\n{len(load.replies)} frames answered, {failed} with 'analysis failed', slowest reply {slowest:.2f} s")
+    print(f"\n{len(load.replies)} frames answered, {failed} with {UNAVAILABLE!r}, slowest reply {slowest:.2f} s")

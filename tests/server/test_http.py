@@ -153,6 +153,8 @@ async def test_healthz(client: Client) -> None:
     assert body["status"] == "ok"
     assert body["model"] == "fernet"
     assert body["device"] in ("CPU", "GPU") and body["runtime"] == "onnx"  # the shipped export is current
+    assert body["providers"] in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert (body["device"] == "GPU") == ("CUDAExecutionProvider" in body["providers"])
     assert (body["model_file"], body["precision"]) == ("fernet.int8.onnx", "int8")  # the default, current
     assert body["clients"] == 0
     ws = await client.ws_connect("/ws")
@@ -179,6 +181,7 @@ async def test_metrics_expose_counters_histograms_and_gauges(client: Client, fac
         "fer_connected_clients 0.0",
     ]:
         assert needle in text, needle
+    assert "fer_executor_up" not in text  # in-process: no inference server to be down
 
 
 async def test_two_apps_have_separate_metrics(make_client: MakeClient, face_jpeg: bytes) -> None:
