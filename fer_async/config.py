@@ -14,12 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# static/, templates/ and weights/ sit at the top of a checkout; a wheel carries them inside the
+# package (pyproject.toml maps them there), so an installed server finds them wherever it runs.
+SHIPPED_ROOT = PACKAGE_DIR if (PACKAGE_DIR / "static").is_dir() else REPO_ROOT
+STATIC_DIR = SHIPPED_ROOT / "static"
+TEMPLATES_DIR = SHIPPED_ROOT / "templates"
 # The shipped model. Defined here, not in model.py, so that reading a default does not import
 # TensorFlow; model.py, the training scripts and the settings all take it from here.
-DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
+DEFAULT_WEIGHTS_DIR = SHIPPED_ROOT / "weights"
 DEFAULT_MODEL_NAME = "fernet"
-DEFAULT_VIDEO_DIR = REPO_ROOT / "static" / "videos"
+DEFAULT_VIDEO_DIR = STATIC_DIR / "videos"
 
 # Defined here rather than in detector.py / imaging.py so that this module stays a stdlib-only
 # leaf: reading the settings must not import OpenCV or numpy.
@@ -385,8 +391,8 @@ def _shown_default(name: str) -> str:
         return "on" if default else "off"
     if isinstance(default, tuple):
         default = ",".join(default)
-    if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
-        default = default.relative_to(REPO_ROOT)
+    if isinstance(default, Path) and SHIPPED_ROOT == REPO_ROOT and default.is_relative_to(REPO_ROOT):
+        default = default.relative_to(REPO_ROOT)  # a checkout's folder; an installed one is shown in full
     return "none" if default in (None, "") else str(default)
 
 

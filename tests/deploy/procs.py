@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -67,20 +67,34 @@ async def healthz(session: aiohttp.ClientSession, base: str) -> dict[str, Any] |
         return None
 
 
+def installed_env() -> dict[str, str]:
+    """Our environment without what would put this checkout or our venv on a program's path."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
 @asynccontextmanager
 async def server_process(
-    args: list[str], log: Path, port: int, env: dict[str, str] | None = None
+    args: list[str],
+    log: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+    program: Sequence[str] | None = None,
+    cwd: Path | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m fer_async --host 127.0.0.1 --port PORT ARGS`, logging to `log`; killed if still running at the end.
-
-    `env`: variables added to this process's environment."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    """`python -m fer_async --host 127.0.0.1 --port PORT ARGS` from this checkout, or PROGRAM
+    (an installed `fer-async`, deploy/image/run.sh) with nothing of the checkout on its path;
+    logging to `log`, killed if still running at the end. `env`: variables added to the environment."""
+    if program is None:
+        program, base_env = (sys.executable, "-m", "fer_async"), {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    else:
+        base_env = installed_env()
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), *args],
+            *[*program, "--host", "127.0.0.1", "--port", str(port), *args],
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
-            env=env,
+            cwd=cwd,
+            env={**base_env, **(env or {})},
         )
     try:
         yield proc
