@@ -1,10 +1,11 @@
-"""Server processes for the scaling tests: `python -m fer_async` started the way a user does."""
+"""Server processes for the deploy tests (checkout, installed wheel, image), started as a user does."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from fer_async.labels import EMOTIONS
 
 # TensorFlow's import and the weights load, in several processes at once on a possibly busy CPU.
 START_TIMEOUT_S = 240.0
@@ -120,3 +123,31 @@ async def wait_until_serving(base: str, proc: asyncio.subprocess.Process, log: P
                 return health
             await asyncio.sleep(0.5)
     pytest.fail(f"the server did not come up in {START_TIMEOUT_S:.0f} s:\n{tail(log)}")
+
+
+async def check_serves_the_page_and_a_photo(base: str, static_dir: Path, face_jpeg: bytes) -> None:
+    """The server at `base` serves the page with its scripts and styles (the bytes of `static_dir`'s
+    files), the clip list, and finds the face in `face_jpeg`: what a user of an installed copy sees first."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+        assets = re.findall(r'(?:src|href)="/static/([^"]+)"', page)
+        assert any(asset.endswith(".js") for asset in assets), page
+        for asset in assets:
+            async with session.get(f"{base}/static/{asset}") as resp:
+                assert resp.status == 200, asset
+                assert await resp.read() == (static_dir / asset).read_bytes(), asset
+
+        clips = [path.name for path in (static_dir / "videos").iterdir()]
+        async with session.get(f"{base}/videos") as resp:
+            assert resp.status == 200
+            listing = await resp.text()
+        assert clips and all(name in listing for name in clips), listing
+
+        headers = {"Content-Type": "image/jpeg"}
+        async with session.post(f"{base}/api/predict", data=face_jpeg, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+    assert len(body["faces"]) == 1, body
+    assert list(body["faces"][0]["scores"]) == list(EMOTIONS)

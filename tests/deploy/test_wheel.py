@@ -9,7 +9,6 @@ by installing `.[dev]`); the durations are printed (`pytest -s`).
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -20,13 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from fer_async.bench.harness import free_port
-from fer_async.labels import EMOTIONS
 
-from .procs import REPO_ROOT, installed_env, server_process, wait_until_serving
+from .procs import REPO_ROOT, check_serves_the_page_and_a_photo, installed_env, server_process, wait_until_serving
 
 # The folders pyproject.toml maps into the package, and the weights files it takes by pattern.
 MAPPED_FOLDERS = ("static", "templates", "weights")
@@ -153,28 +150,5 @@ async def test_the_installed_command_serves_from_another_directory(
     async with server_process([], log, port, program=[str(installed.command)], cwd=elsewhere) as proc:
         health = await wait_until_serving(base, proc, log)
         assert health["status"] == "ok" and health["runtime"] == "onnx", health
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{base}/") as resp:
-                assert resp.status == 200
-                page = await resp.text()
-            assets = re.findall(r'(?:src|href)="/static/([^"]+)"', page)
-            assert any(asset.endswith(".js") for asset in assets), page
-            for asset in assets:
-                async with session.get(f"{base}/static/{asset}") as resp:
-                    assert resp.status == 200, asset
-                    assert await resp.read() == (installed.source / "static" / asset).read_bytes(), asset
-
-            clips = [path.name for path in (installed.source / "static" / "videos").iterdir()]
-            async with session.get(f"{base}/videos") as resp:
-                assert resp.status == 200
-                listing = await resp.text()
-            assert clips and all(name in listing for name in clips), listing
-
-            async with session.post(
-                f"{base}/api/predict", data=face_jpeg, headers={"Content-Type": "image/jpeg"}
-            ) as resp:
-                assert resp.status == 200, await resp.text()
-                body = await resp.json()
-    assert len(body["faces"]) == 1, body
-    assert list(body["faces"][0]["scores"]) == list(EMOTIONS)
+        await check_serves_the_page_and_a_photo(base, installed.source / "static", face_jpeg)
     assert not any(elsewhere.iterdir())  # nothing written where it was started
