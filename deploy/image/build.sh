@@ -36,7 +36,7 @@ else
   container=""
   cleanup() {
     [ -z "$container" ] || buildah rm "$container" >/dev/null 2>&1 || true
-    rm -rf "$rootfs"
+    rm -rf --one-file-system "$rootfs"  # never into a /proc or /dev debootstrap left mounted
   }
   trap cleanup EXIT
   debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR"
