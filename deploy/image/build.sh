@@ -40,6 +40,10 @@ else
   }
   trap cleanup EXIT
   debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR"
+  if findmnt -rn -o TARGET | grep -q "^$rootfs/"; then  # /dev may be the host's, bind-mounted
+    echo "debootstrap left file systems mounted under $rootfs: unmount them first" >&2
+    exit 1
+  fi
   # Security updates reach the image through the Dockerfile's apt-get, as on debian:bookworm-slim.
   cat >"$rootfs/etc/apt/sources.list" <<SOURCES
 deb $MIRROR bookworm main
