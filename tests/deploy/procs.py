@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import re
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -126,18 +127,29 @@ async def wait_until_serving(base: str, proc: asyncio.subprocess.Process, log: P
 
 
 async def check_serves_the_page_and_a_photo(base: str, static_dir: Path, face_jpeg: bytes) -> None:
-    """The server at `base` serves the page with its scripts and styles (the bytes of `static_dir`'s
-    files), the clip list, and finds the face in `face_jpeg`: what a user of an installed copy sees first."""
+    """The server at `base` serves the page with its styles and scripts, the modules they import
+    included (the bytes of `static_dir`'s files), the clip list, and finds the face in `face_jpeg`:
+    what a user of an installed copy sees first."""
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/") as resp:
             assert resp.status == 200
             page = await resp.text()
-        assets = re.findall(r'(?:src|href)="/static/([^"]+)"', page)
-        assert any(asset.endswith(".js") for asset in assets), page
-        for asset in assets:
+        todo = re.findall(r'(?:src|href)="/static/([^"]+)"', page)
+        assert any(asset.endswith(".js") for asset in todo), page
+        fetched: set[str] = set()
+        while todo:
+            asset = todo.pop()
             async with session.get(f"{base}/static/{asset}") as resp:
                 assert resp.status == 200, asset
-                assert await resp.read() == (static_dir / asset).read_bytes(), asset
+                served = await resp.read()
+            assert served == (static_dir / asset).read_bytes(), asset
+            fetched.add(asset)
+            if asset.endswith(".js"):  # an ES module: what it imports, relative to it
+                for name in re.findall(r'^import\b[^;]*?\bfrom\s*"([^"]+)"', served.decode(), re.MULTILINE):
+                    assert name.startswith(("./", "../")), (asset, name)
+                    imported = posixpath.normpath(posixpath.join(posixpath.dirname(asset), name))
+                    if imported not in fetched:
+                        todo.append(imported)
 
         clips = [path.name for path in (static_dir / "videos").iterdir()]
         async with session.get(f"{base}/videos") as resp:
