@@ -14,16 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
-# static/, templates/ and weights/ sit at the top of a checkout; a wheel carries them inside the
-# package (pyproject.toml maps them there), so an installed server finds them wherever it runs.
-SHIPPED_ROOT = PACKAGE_DIR if (PACKAGE_DIR / "static").is_dir() else REPO_ROOT
-STATIC_DIR = SHIPPED_ROOT / "static"
-TEMPLATES_DIR = SHIPPED_ROOT / "templates"
-# The shipped model. Defined here, not in model.py, so that reading a default does not import
-# TensorFlow; model.py, the training scripts and the settings all take it from here.
-DEFAULT_WEIGHTS_DIR = SHIPPED_ROOT / "weights"
+from fer_async.paths import STATIC_DIR, WEIGHTS_DIR, shown_path
+
+# The shipped model: here, not in model.py, so that reading a default does not import TensorFlow.
+DEFAULT_WEIGHTS_DIR = WEIGHTS_DIR
 DEFAULT_MODEL_NAME = "fernet"
 DEFAULT_VIDEO_DIR = STATIC_DIR / "videos"
 
@@ -391,8 +385,8 @@ def _shown_default(name: str) -> str:
         return "on" if default else "off"
     if isinstance(default, tuple):
         default = ",".join(default)
-    if isinstance(default, Path) and SHIPPED_ROOT == REPO_ROOT and default.is_relative_to(REPO_ROOT):
-        default = default.relative_to(REPO_ROOT)  # a checkout's folder; an installed one is shown in full
+    if isinstance(default, Path):
+        default = shown_path(default)
     return "none" if default in (None, "") else str(default)
 
 

@@ -14,10 +14,11 @@ from aiohttp import WSCloseCode, web
 
 from fer_async.analyzer import Prepared
 from fer_async.batcher import Batcher, BatchStats
-from fer_async.config import STATIC_DIR, TEMPLATES_DIR, Settings
+from fer_async.config import Settings
 from fer_async.labels import FrameResult
 from fer_async.loading import load_detector, load_model, new_analyzer
 from fer_async.metrics import Metrics
+from fer_async.paths import STATIC_DIR, TEMPLATES_DIR
 from fer_async.pipeline import FramePipeline, PreparedBatcher
 from fer_async.predictor import ExecutorUnavailable, Predictor
 from fer_async.remote import RemotePredictor
