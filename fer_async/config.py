@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The shipped model. Defined here, not in model.py, so that reading a default does not import
-# TensorFlow; model.py, the training scripts and the settings all take it from here.
-DEFAULT_WEIGHTS_DIR = REPO_ROOT / "weights"
+from fer_async.paths import STATIC_DIR, WEIGHTS_DIR, shown_path
+
+# The shipped model: here, not in model.py, so that reading a default does not import TensorFlow.
+DEFAULT_WEIGHTS_DIR = WEIGHTS_DIR
 DEFAULT_MODEL_NAME = "fernet"
-DEFAULT_VIDEO_DIR = REPO_ROOT / "static" / "videos"
+DEFAULT_VIDEO_DIR = STATIC_DIR / "videos"
 
 # Defined here rather than in detector.py / imaging.py so that this module stays a stdlib-only
 # leaf: reading the settings must not import OpenCV or numpy.
@@ -385,8 +385,8 @@ def _shown_default(name: str) -> str:
         return "on" if default else "off"
     if isinstance(default, tuple):
         default = ",".join(default)
-    if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
-        default = default.relative_to(REPO_ROOT)
+    if isinstance(default, Path):
+        default = shown_path(default)
     return "none" if default in (None, "") else str(default)
 
 

@@ -7,7 +7,6 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import aiohttp_jinja2
 import jinja2
@@ -15,10 +14,11 @@ from aiohttp import WSCloseCode, web
 
 from fer_async.analyzer import Prepared
 from fer_async.batcher import Batcher, BatchStats
-from fer_async.config import REPO_ROOT, Settings
+from fer_async.config import Settings
 from fer_async.labels import FrameResult
 from fer_async.loading import load_detector, load_model, new_analyzer
 from fer_async.metrics import Metrics
+from fer_async.paths import STATIC_DIR, TEMPLATES_DIR
 from fer_async.pipeline import FramePipeline, PreparedBatcher
 from fer_async.predictor import ExecutorUnavailable, Predictor
 from fer_async.remote import RemotePredictor
@@ -42,8 +42,6 @@ from fer_async.tracker import tracker_for
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES_DIR = REPO_ROOT / "templates"
-STATIC_DIR = REPO_ROOT / "static"
 # Drawing boxes and encoding JPEGs for the MJPEG streams, off the loop and off the model thread.
 VIDEO_THREADS = 1
 # Upper bound on closing all sockets at shutdown (each close is also bounded by connection.CLOSE_TIMEOUT_S).
@@ -220,5 +218,5 @@ def create_app(
     app.router.add_post("/api/predict", views.predict, name="predict")
     app.router.add_get("/healthz", views.healthz, name="healthz")
     app.router.add_get("/metrics", views.metrics, name="metrics")
-    app.router.add_static("/static", Path(STATIC_DIR), name="static")
+    app.router.add_static("/static", STATIC_DIR, name="static")
     return app

@@ -1,18 +1,22 @@
-"""Server processes for the scaling tests: `python -m fer_async` started the way a user does."""
+"""Server processes for the deploy tests (checkout, installed wheel, image), started as a user does."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import posixpath
+import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+
+from fer_async.labels import EMOTIONS
 
 # TensorFlow's import and the weights load, in several processes at once on a possibly busy CPU.
 START_TIMEOUT_S = 240.0
@@ -67,20 +71,34 @@ async def healthz(session: aiohttp.ClientSession, base: str) -> dict[str, Any] |
         return None
 
 
+def installed_env() -> dict[str, str]:
+    """Our environment without what would put this checkout or our venv on a program's path."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
 @asynccontextmanager
 async def server_process(
-    args: list[str], log: Path, port: int, env: dict[str, str] | None = None
+    args: list[str],
+    log: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+    program: Sequence[str] | None = None,
+    cwd: Path | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m fer_async --host 127.0.0.1 --port PORT ARGS`, logging to `log`; killed if still running at the end.
-
-    `env`: variables added to this process's environment."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    """`python -m fer_async --host 127.0.0.1 --port PORT ARGS` from this checkout, or PROGRAM
+    (an installed `fer-async`, deploy/image/run.sh) with nothing of the checkout on its path;
+    logging to `log`, killed if still running at the end. `env`: variables added to the environment."""
+    if program is None:
+        program, base_env = (sys.executable, "-m", "fer_async"), {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    else:
+        base_env = installed_env()
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), *args],
+            *[*program, "--host", "127.0.0.1", "--port", str(port), *args],
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
-            env=env,
+            cwd=cwd,
+            env={**base_env, **(env or {})},
         )
     try:
         yield proc
@@ -106,3 +124,42 @@ async def wait_until_serving(base: str, proc: asyncio.subprocess.Process, log: P
                 return health
             await asyncio.sleep(0.5)
     pytest.fail(f"the server did not come up in {START_TIMEOUT_S:.0f} s:\n{tail(log)}")
+
+
+async def check_serves_the_page_and_a_photo(base: str, static_dir: Path, face_jpeg: bytes) -> None:
+    """The server at `base` serves the page with its styles and scripts, the modules they import
+    included (the bytes of `static_dir`'s files), the clip list, and finds the face in `face_jpeg`:
+    what a user of an installed copy sees first."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+        todo = re.findall(r'(?:src|href)="/static/([^"]+)"', page)
+        assert any(asset.endswith(".js") for asset in todo), page
+        fetched: set[str] = set()
+        while todo:
+            asset = todo.pop()
+            async with session.get(f"{base}/static/{asset}") as resp:
+                assert resp.status == 200, asset
+                served = await resp.read()
+            assert served == (static_dir / asset).read_bytes(), asset
+            fetched.add(asset)
+            if asset.endswith(".js"):  # an ES module: what it imports, relative to it
+                for name in re.findall(r'^import\b[^;]*?\bfrom\s*"([^"]+)"', served.decode(), re.MULTILINE):
+                    assert name.startswith(("./", "../")), (asset, name)
+                    imported = posixpath.normpath(posixpath.join(posixpath.dirname(asset), name))
+                    if imported not in fetched:
+                        todo.append(imported)
+
+        clips = [path.name for path in (static_dir / "videos").iterdir()]
+        async with session.get(f"{base}/videos") as resp:
+            assert resp.status == 200
+            listing = await resp.text()
+        assert clips and all(name in listing for name in clips), listing
+
+        headers = {"Content-Type": "image/jpeg"}
+        async with session.post(f"{base}/api/predict", data=face_jpeg, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+    assert len(body["faces"]) == 1, body
+    assert list(body["faces"][0]["scores"]) == list(EMOTIONS)

@@ -15,7 +15,6 @@ from fer_async.config import (
     DEFAULT_WEIGHTS_DIR,
     MAX_PIXELS,
     MODEL_OPTIONS,
-    REPO_ROOT,
     Settings,
     SettingsError,
     add_model_options,
@@ -23,6 +22,7 @@ from fer_async.config import (
     model_option_defaults,
     options_table,
 )
+from fer_async.paths import REPO_ROOT
 from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 
