@@ -26,12 +26,35 @@ def _views(path: Path | None, train: Split, count: int, seed: int) -> np.ndarray
     return render_views(train.x, count, seed)
 
 
-def _finish(out: Path, result: dict[str, Any], command: str, dtype: str, log: Log, **record: Any) -> None:
+def _fit_and_save(
+    args: argparse.Namespace,
+    batches: FaceBatches,
+    val: Split,
+    *,
+    augment: bool,
+    label_smoothing: float,
+    dtype: str,
+    log: Log,
+    **record: Any,
+) -> None:
+    """Trains `args.network` on `batches` and saves the best epoch to `args.out` with its record."""
+    result = fit(
+        args.network,
+        batches,
+        val,
+        recipe_of(args),
+        deadline=deadline_of(args),
+        seed=args.seed,
+        augment=augment,
+        label_smoothing=label_smoothing,
+        require_gpu=args.require_gpu,
+        log=log,
+    )
     weights, val_probs = result.pop("weights"), result.pop("val_probs")
-    result.update(record, command=command, weights_dtype=dtype)
-    save_run(out, weights, result, dtype=dtype, val_probs=val_probs)
+    result.update(record, train_size=len(batches.labels), command=command_of(args), weights_dtype=dtype)
+    save_run(args.out, weights, result, dtype=dtype, val_probs=val_probs)
     log(
-        f"saved {out}: best epoch {result['best_epoch']}/{result['epochs_run']}, PublicTest "
+        f"saved {args.out}: best epoch {result['best_epoch']}/{result['epochs_run']}, PublicTest "
         f"{result['val_accuracy']:.4f}, with flip TTA {result['val_accuracy_tta']:.4f}, {result['seconds']:.0f} s"
     )
 
@@ -45,19 +68,10 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     views = np.load(args.views, mmap_mode="r") if args.views else None
     weights = sample_weights(train.y, recipe.class_weight_power)
     batches = FaceBatches(train.x, train.y, weights, recipe.batch_size, args.seed, views=views)
-    result = fit(
-        args.network,
-        batches,
-        val,
-        recipe,
-        deadline=deadline_of(args),
-        seed=args.seed,
-        augment=views is None,
-        label_smoothing=recipe.label_smoothing,
-        require_gpu=args.require_gpu,
-        log=log,
+    smoothing, dtype = recipe.label_smoothing, args.save_dtype
+    _fit_and_save(
+        args, batches, val, augment=views is None, label_smoothing=smoothing, dtype=dtype, log=log, role="teacher"
     )
-    _finish(args.out, result, command_of(args), args.save_dtype, log, role="teacher", train_size=len(train))
 
 
 def cmd_store(args: argparse.Namespace) -> None:
@@ -105,20 +119,18 @@ def cmd_student(args: argparse.Namespace) -> None:
     batches = FaceBatches(
         train.x, train.y, weights, recipe.batch_size, args.seed, views=views, teacher=teacher, alpha=args.alpha
     )
-    result = fit(
-        args.network,
+    _fit_and_save(
+        args,
         batches,
         val,
-        recipe,
-        deadline=deadline_of(args),
-        seed=args.seed,
         augment=False,
         label_smoothing=0.0,
-        require_gpu=args.require_gpu,
+        dtype="float32",
         log=log,
+        role="student",
+        alpha=args.alpha,
+        store=store,
     )
-    record = {"role": "student", "alpha": args.alpha, "store": store, "train_size": len(train)}
-    _finish(args.out, result, command_of(args), "float32", log, **record)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
