@@ -191,7 +191,7 @@ def run_card(model: keras.Model, args: argparse.Namespace, result: RunResult) ->
     else:
         data = (
             f"FER2013 Training ({result.train_size:,} faces) from `{args.data.name}`; "
-            f"selected on PublicTest (`x_val`, {result.val.n:,} faces)"
+            f"selected on PublicTest (`x_val`, {result.val.n:,} faces){' by its FER+ majority' if args.votes else ''}"
         )
         where, selection = "PublicTest (x_val)", f"best epoch: {result.best_epoch}"
     parameters, macs = network_size(model)
@@ -208,7 +208,7 @@ def run_card(model: keras.Model, args: argparse.Namespace, result: RunResult) ->
         optimizer=f"{args.optimizer} (peak lr {args.lr}, cosine, warm-up {args.warmup_epochs} epochs, weight decay "
         f"{args.weight_decay}), batch {args.batch_size}, label smoothing {args.label_smoothing}, class-weight power "
         f"{args.class_weight_power}",
-        measured=Measured(where, result.val, result.ferplus, result.agreed, ferplus_selected=bool(args.votes)),
+        measured=Measured(where, result.val, result.ferplus, result.agreed, ferplus_selected=args.extra_train is None),
         details=[
             ("initial weights", str(args.init_weights or "random (seeded)")),
             ("augmentation", describe_augmentation()),
