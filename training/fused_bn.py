@@ -13,7 +13,7 @@ Keras' own path (it is elementwise with the moving statistics: nothing to fuse).
 It is named `BatchNormalization` on purpose: Keras keys weight files (`.weights.h5`) and
 automatic layer names by the class name, so checkpoints, `--init-weights` files and optimizer
 state are interchangeable between this layer and Keras' own. Its *module* is not Keras', so an
-exported architecture must be rebuilt with Keras' layer (`training.train.inference_copy` does),
+exported architecture must be rebuilt with Keras' layer (`training.served_form.inference_copy` does),
 which keeps the served JSON and the server unchanged.
 """
 

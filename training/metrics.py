@@ -18,6 +18,11 @@ class Report:
     precision: dict[str, float]
     confusion: np.ndarray  # [true, predicted] counts
 
+    @property
+    def support(self) -> dict[str, int]:
+        """Faces per true class."""
+        return dict(zip(EMOTIONS, self.confusion.sum(axis=1).tolist(), strict=True))
+
     def as_dict(self) -> dict[str, object]:
         return {
             "n": self.n,
@@ -25,6 +30,7 @@ class Report:
             "macro_f1": round(self.macro_f1, 4),
             "recall": {k: round(v, 4) for k, v in self.recall.items()},
             "precision": {k: round(v, 4) for k, v in self.precision.items()},
+            "support": self.support,
         }
 
     def text(self) -> str:
@@ -32,22 +38,9 @@ class Report:
             f"n={self.n}  accuracy={self.accuracy:.4f}  macro-F1={self.macro_f1:.4f}",
             "class      recall  precision  support",
         ]
-        support = self.confusion.sum(axis=1)
-        for i, name in enumerate(EMOTIONS):
-            lines.append(f"{name:9s}  {self.recall[name]:6.3f}  {self.precision[name]:9.3f}  {support[i]:7d}")
+        for name, support in self.support.items():
+            lines.append(f"{name:9s}  {self.recall[name]:6.3f}  {self.precision[name]:9.3f}  {support:7d}")
         return "\n".join(lines)
-
-    def markdown(self) -> str:
-        support = self.confusion.sum(axis=1)
-        rows = [
-            f"accuracy **{self.accuracy:.2%}**, macro-F1 {self.macro_f1:.3f} (n = {self.n})",
-            "",
-            "| class | recall | precision | support |",
-            "|---|---:|---:|---:|",
-        ]
-        for i, name in enumerate(EMOTIONS):
-            rows.append(f"| {name} | {self.recall[name]:.3f} | {self.precision[name]:.3f} | {support[i]} |")
-        return "\n".join(rows)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int = len(EMOTIONS)) -> np.ndarray:

@@ -10,12 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 from fer_async.model import FacialExpressionModel
 from training import distill
 from training.data import load_split
+from training.distill.ema import ema_weights
+from training.distill.fitting import DeadlineSchedule
+from training.distill.options import Recipe
+from training.distill.runs import load_run
 from training.views import render_views
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +35,7 @@ def teacher(tiny_npz: Path, tmp_path: Path) -> Path:
 
 
 def test_a_teacher_keeps_its_best_epoch_with_a_record(teacher: Path) -> None:
-    weights, record, arrays = distill.load_run(teacher)
+    weights, record, arrays = load_run(teacher)
     assert len(weights) == 47 and all(w.dtype == np.float32 for w in weights)
     assert record["network"] == "fernet" and record["role"] == "teacher" and record["seed"] == 3
     assert record["epochs_run"] == 2 and 1 <= record["best_epoch"] <= 2
@@ -48,7 +53,7 @@ def test_a_teacher_trains_on_fixed_views_and_saves_half_precision(tiny_npz: Path
     distill.main([*step, "--out", str(out), "--save-dtype", "float16", *QUICK])
     with np.load(out) as data:
         assert data["w000"].dtype == np.float16
-    weights, record, _ = distill.load_run(out)
+    weights, record, _ = load_run(out)
     assert record["network"] == "fernet_wide" and weights[0].dtype == np.float32
 
 
@@ -68,7 +73,7 @@ def test_store_student_and_export_give_what_the_server_loads(
     distill.main(
         ["student", "--data", str(tiny_npz), "--store", str(store), "--alpha", "0.8", "--out", str(student), *QUICK]
     )
-    _, student_record, _ = distill.load_run(student)
+    _, student_record, _ = load_run(student)
     assert student_record["role"] == "student" and student_record["alpha"] == 0.8
     assert student_record["store"]["views"] == 3
 
@@ -94,12 +99,11 @@ def test_a_deadline_already_passed_ends_training_after_one_epoch(tiny_npz: Path,
     out = tmp_path / "late.npz"
     past = f"{time.time() - 1:.0f}"
     distill.main(["teacher", "--data", str(tiny_npz), "--out", str(out), "--batch-size", "32", "--deadline", past])
-    assert distill.load_run(out)[1]["epochs_run"] == 1
+    assert load_run(out)[1]["epochs_run"] == 1
 
 
 def test_schedule_warms_up_then_anneals_to_the_planned_end() -> None:
-    _, schedule_cls = distill._keras_callbacks()
-    schedule = schedule_cls(distill.Recipe(max_epochs=20, lr=1e-3, warmup_epochs=3), time.time() + 60, print)
+    schedule = DeadlineSchedule(Recipe(max_epochs=20, lr=1e-3, warmup_epochs=3), time.time() + 60, print)
     rates = [schedule.learning_rate(epoch) for epoch in range(20)]
     assert rates[0] == pytest.approx(1e-4) and rates[:4] == sorted(rates[:4])
     assert max(rates) <= 1e-3 and rates[3:] == sorted(rates[3:], reverse=True) and rates[-1] < 0.01 * 1e-3
@@ -120,3 +124,51 @@ def test_the_pipeline_runs_teachers_store_and_students_as_children(tiny_npz: Pat
     assert summary["store"]["views"] == 2 and summary["failed"] == []
     assert [s["file"] for s in summary["students"]] == ["student_0.5_2.npz"]
     assert (work / "views.npy").is_file() and "students start" in finished.stdout
+
+
+def test_ema_weights_are_the_optimizers_moving_average_and_leave_the_trained_weights_alone() -> None:
+    """The moving average by hand (Keras starts it at the first step's weights), against
+    `ema_weights` read at an epoch's end, as `SelectOnValidation` does."""
+
+    def network() -> keras.Model:
+        layers = [keras.layers.Dense(5), keras.layers.BatchNormalization(), keras.layers.Dense(3)]
+        return keras.Sequential([keras.Input((4,)), *layers])
+
+    keras.utils.set_random_seed(0)
+    model, evaluator = network(), network()
+    momentum = 0.6
+    model.compile(optimizer=keras.optimizers.AdamW(0.05, use_ema=True, ema_momentum=momentum), loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)).astype(np.float32), rng.normal(size=(40, 3)).astype(np.float32)
+    steps: list[list[np.ndarray]] = []
+    seen: dict[str, list[np.ndarray]] = {}
+
+    class Read(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            steps.append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables])
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            seen["before"] = self.model.get_weights()
+            seen["ema"] = ema_weights(self.model, evaluator)
+            seen["after"] = self.model.get_weights()
+
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[Read()])
+    assert len(steps) == 5
+    average = steps[0]
+    for step in steps[1:]:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step, strict=True)]
+
+    trainable = [id(v) for v in model.trainable_variables]
+    for i, variable in enumerate(model.weights):
+        if id(variable) in trainable:
+            expected = average[trainable.index(id(variable))]
+            np.testing.assert_allclose(seen["ema"][i], expected, rtol=1e-5, atol=1e-6)
+            assert not np.allclose(expected, seen["before"][i])  # the average is not the live weight
+        else:  # batch-norm statistics: the live values
+            np.testing.assert_array_equal(seen["ema"][i], seen["before"][i])
+        np.testing.assert_array_equal(seen["after"][i], seen["before"][i])
+    for got, held in zip(seen["ema"], evaluator.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, held)
+
+    with pytest.raises(ValueError, match="does not have the trainable variables"):
+        ema_weights(model, keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from fer_async.model import FacialExpressionModel
-from training import models, train
+from training import models, served_form
 from training.fused_bn import BatchNormalization as FusedBatchNormalization
 
 TOLERANCE = 1e-3
@@ -97,7 +97,7 @@ def test_a_fast_path_model_exports_as_the_plain_network(tmp_path: Path) -> None:
     fast = models.build("fernet", fused_bn=True, precision="bf16")
     assert any(isinstance(layer, FusedBatchNormalization) for layer in fast.layers)
     json_path, weights_path = tmp_path / "fernet.json", tmp_path / "fernet.weights.h5"
-    train.write_model(fast, "fernet", json_path, weights_path)
+    served_form.write_model(fast, "fernet", json_path, weights_path)
 
     exported = json.loads(json_path.read_text())
     classes = {(layer["module"], layer["class_name"]) for layer in exported["config"]["layers"]}

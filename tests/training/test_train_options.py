@@ -13,7 +13,7 @@ import tensorflow as tf
 from testsupport import first_conv_kernel, run_train
 
 from fer_async.model import FacialExpressionModel
-from training import train
+from training import mixing, train
 
 
 def _served_probabilities(export_dir: Path) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_cutmix_label_shares_are_the_pasted_areas() -> None:
     keras.utils.set_random_seed(3)
     x, y, w = _constant_faces(7)
     for _ in range(5):
-        mixed, labels, weights = (np.asarray(t) for t in train.mix_batch(x, y, w, mixup=0.0, cutmix=1.0))
+        mixed, labels, weights = (np.asarray(t) for t in mixing.mix_batch(x, y, w, mixup=0.0, cutmix=1.0))
         np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-6)
         for i in range(7):
             own = np.mean(mixed[i] == 10 * (i + 1))
@@ -108,7 +108,7 @@ def test_cutmix_label_shares_are_the_pasted_areas() -> None:
 def test_mixup_blends_faces_and_labels_in_the_same_share() -> None:
     keras.utils.set_random_seed(4)
     x, y, w = _constant_faces(7)
-    mixed, labels, _ = (np.asarray(t) for t in train.mix_batch(x, y, w, mixup=0.4, cutmix=0.0))
+    mixed, labels, _ = (np.asarray(t) for t in mixing.mix_batch(x, y, w, mixup=0.4, cutmix=0.0))
     for i in range(7):
         assert np.ptp(mixed[i]) < 1e-3  # a blend of two flat faces is flat
         share = labels[i, i]
