@@ -36,7 +36,6 @@ from fer_async.analyze.core import (
     columns,
     frame_rows,
     open_source,
-    video_files,
 )
 from fer_async.analyze.outputs import (
     AnnotationWriter,
@@ -45,6 +44,7 @@ from fer_async.analyze.outputs import (
     output_path,
     plot_timeline,
 )
+from fer_async.analyze.source import video_files
 from fer_async.config import MODEL_OPTIONS, Settings, SettingsError, add_model_options
 from fer_async.loading import load_analyzer
 from fer_async.tracker import TRACKER_OPTIONS, tracker_for
