@@ -103,8 +103,11 @@ class RawFrame:
 class RawSource(Protocol):
     """Raw frames in frame order, and how far decoding got (what `FileAnalysis.ending` judges)."""
 
-    frames_read: int
-    decode_failed: bool
+    @property
+    def frames_read(self) -> int: ...
+
+    @property
+    def decode_failed(self) -> bool: ...
 
     def __iter__(self) -> Iterator[RawFrame]: ...
 
