@@ -34,7 +34,7 @@ from fer_async.analyze.core import (
     analyzer_classify,
     chunk_unit,
 )
-from fer_async.analyze.source import FrameMarker, FrameReader, SourceInfo, frame_times
+from fer_async.analyze.source import FrameMarker, FrameReader, InputError, SourceInfo, frame_times
 from fer_async.config import Settings
 from fer_async.tracker import Tracker
 
@@ -116,7 +116,9 @@ def _node() -> str:
 
 
 def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
-    """The raw stage of one chunk: what a Ray task runs (and a test, in its own process)."""
+    """The raw stage of one chunk: what a Ray task runs."""
+    if not spec.info.path.is_file():
+        raise InputError(f"{spec.info.path}: not found on node {_node()}: every node needs the inputs at the same path")
     analyzer, stack = _analyzer(spec.settings)
     reader = FrameReader(spec.info, spec.start, spec.stop, spec.start_ms, spec.sequential)
     stage = RawStage(reader, analyzer_classify(analyzer), spec.every, spec.max_width, FRAMES_PER_CALL)
