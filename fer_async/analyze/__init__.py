@@ -10,6 +10,9 @@ From Python (rows as dicts, ready for pandas)::
     analyzer = load_analyzer()              # loads the model once; reuse it for many files
     df = pd.DataFrame(analyze_video("clip.mp4", analyzer=analyzer))
 
+`analyze_video("long.mp4", ray="auto")` runs it in chunks as tasks of a Ray cluster (the
+[cluster] extra; "local": a Ray of this machine), with the same rows (`distributed`).
+
 The frames go through the server's own `Analyzer` (detect, crop, one model call per 16
 frames) and a `Tracker` per file, shrunk as the MJPEG stream shrinks them, so a clip gets the
 labels the server shows for it. See `core.columns` for the row keys.
