@@ -95,42 +95,29 @@ def load_analyzer(
     """
     from fer_async.loading import load_analyzer as load
 
-    return load(
-        _settings(
-            detector=detector,
-            detector_model=detector_model,
-            weights=weights,
-            model_name=model_name,
-            runtime=runtime,
-            flip_tta=flip_tta,
-            precision=precision,
-            align=align,
-        )
-    )
-
-
-def _settings(
-    *,
-    detector: str | None = None,
-    detector_model: str | Path | None = None,
-    weights: str | Path | None = None,
-    model_name: str | None = None,
-    runtime: str | None = None,
-    flip_tta: bool | None = None,
-    precision: str | None = None,
-    align: bool | None = None,
-) -> Settings:
-    """The server's Settings with load_analyzer's arguments in them."""
     given = {
         "detector": detector,
-        "detector_model": None if detector_model is None else Path(detector_model),
-        "weights": None if weights is None else Path(weights),
+        "detector_model": detector_model,
+        "weights": weights,
         "model_name": model_name,
         "runtime": runtime,
         "flip_tta": flip_tta,
-        "model_precision": precision,
+        "precision": precision,
         "align": align,
     }
+    return load(_settings(given))
+
+
+def _settings(options: Mapping[str, Any]) -> Settings:
+    """The server's Settings with load_analyzer's keyword arguments (those not None) in them."""
+    allowed = ("detector", "detector_model", "weights", "model_name", "runtime", "flip_tta", "precision", "align")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"not an argument of load_analyzer: {', '.join(unknown)}")
+    given = {("model_precision" if name == "precision" else name): value for name, value in options.items()}
+    for name in ("detector_model", "weights"):
+        if given.get(name) is not None:
+            given[name] = Path(given[name])
     return Settings().replace(**{name: value for name, value in given.items() if value is not None})
 
 
@@ -176,7 +163,7 @@ def analyze_video(
             from fer_async.analyze.distributed import RayRun, ray_session
             from fer_async.loading import load_detector
 
-            settings = _settings(**(options or {}))
+            settings = _settings(options or {})
             settings = settings.replace(detector=load_detector(settings)[1])  # what every worker must run
             stack.enter_context(ray_session(ray))
             run = RayRun([info], settings, every=every, max_width=max_width, chunk_frames=chunk_frames)

@@ -20,9 +20,11 @@ error; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -279,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     served = [getattr(analyzer.model, name, "?") for name in ("model_file", "runtime", "precision")]
     print("model: {} ({}, {})".format(*served), file=report)
     with analyzer, _StopOnInterrupt() as stop:
-        for info in sources:
-            analysis = FileAnalysis(
+        analyses = (
+            FileAnalysis(
                 info,
                 analyzer_classify(analyzer),
                 tracker_for(args.settings),
@@ -288,27 +290,33 @@ def main(argv: list[str] | None = None) -> int:
                 max_width=args.max_width or None,
                 keep_images=args.annotate is not None,
             )
-            with _progress(info.frame_count, info.path.name) as bar:
-                result = _each_file(args, analysis, several, stop, report, bar)
-            if result in (EXIT_USAGE, EXIT_INTERRUPTED):
-                return result
-            status = max(status, result)
-    return status
+            for info in sources
+        )
+        return max(status, _analyse_all(args, analyses, several, stop, report, own_bars=True))
 
 
-def _each_file(
+def _analyse_all(
     args: argparse.Namespace,
-    analysis: FileAnalysis,
+    analyses: Iterable[FileAnalysis],
     several: bool,
     stop: _StopOnInterrupt,
     report: IO[str],
-    bar: Any | None,
+    own_bars: bool,
 ) -> int:
-    try:
-        return _analyse_file(args, analysis, several, stop, report, bar)
-    except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
-        _error(str(exc))
-        return EXIT_USAGE
+    """Each file into its outputs, one after the other (a bar each with `own_bars`); the exit status."""
+    status = 0
+    for analysis in analyses:
+        info = analysis.info
+        try:
+            with _progress(info.frame_count, info.path.name) if own_bars else contextlib.nullcontext() as bar:
+                result = _analyse_file(args, analysis, several, stop, report, bar)
+        except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
+            _error(str(exc))
+            return EXIT_USAGE
+        if result == EXIT_INTERRUPTED:
+            return result
+        status = max(status, result)
+    return status
 
 
 def _run_ray(args: argparse.Namespace, sources: list[SourceInfo], several: bool, report: IO[str]) -> int:
@@ -322,7 +330,6 @@ def _run_ray(args: argparse.Namespace, sources: list[SourceInfo], several: bool,
         return EXIT_USAGE
     print(f"detector: {detector}", file=report)
     settings = args.settings.replace(detector=detector)
-    status = frames = 0
     started = time.perf_counter()
     try:
         with ray_session(args.ray), _StopOnInterrupt() as stop:
@@ -335,16 +342,15 @@ def _run_ray(args: argparse.Namespace, sources: list[SourceInfo], several: bool,
                     chunk_frames=args.chunk_frames or CHUNK_FRAMES,
                     on_frames=bar.update,
                 )
+                analyses = [
+                    run.analysis(file, tracker_for(settings), keep_images=args.annotate is not None)
+                    for file in range(len(sources))
+                ]
                 try:
-                    for file in range(len(sources)):
-                        analysis = run.analysis(file, tracker_for(settings), keep_images=args.annotate is not None)
-                        result = _each_file(args, analysis, several, stop, report, None)
-                        frames += analysis.frames_read
-                        if result in (EXIT_USAGE, EXIT_INTERRUPTED):
-                            return result
-                        status = max(status, result)
+                    status = _analyse_all(args, analyses, several, stop, report, own_bars=False)
                 finally:
                     run.close()
+                frames = sum(analysis.frames_read for analysis in analyses)
             print(describe(run.board), file=report)
     except RayUnavailable as exc:
         _error(str(exc))

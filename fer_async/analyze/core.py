@@ -117,9 +117,13 @@ def batch_span(every: int, frames_per_call: int) -> int:
     return min(frames_per_call * every, MAX_BUFFERED_FRAMES)
 
 
-def chunk_unit(every: int, frames_per_call: int) -> int:
-    """Chunk boundaries are multiples of this: batches and detection schedules fall as in the plain run."""
-    return math.lcm(batch_span(every, frames_per_call), DETECTION_PERIOD)
+def chunk_unit(every: int, frames_per_call: int, detection_period: int = DETECTION_PERIOD) -> int:
+    """Chunk boundaries are multiples of this: batches and detection schedules fall as in the plain run.
+
+    `detection_period` counts analysed frames (full detections every that many), so in frame
+    indices a schedule restarts every `every * detection_period` frames.
+    """
+    return math.lcm(batch_span(every, frames_per_call), every * detection_period)
 
 
 @dataclass

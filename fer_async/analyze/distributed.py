@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fer_async.analyze.core import (
+    DETECTION_PERIOD,
     FRAMES_PER_CALL,
     FileAnalysis,
     RawFrame,
@@ -136,14 +137,21 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
     )
 
 
-def plan(info: SourceInfo, settings: Settings, every: int, max_width: int | None, chunk_frames: int) -> list[ChunkSpec]:
+def plan(
+    info: SourceInfo,
+    settings: Settings,
+    every: int,
+    max_width: int | None,
+    chunk_frames: int,
+    detection_period: int = DETECTION_PERIOD,
+) -> list[ChunkSpec]:
     """The chunks of one file: one for an image or a short video, else about `chunk_frames` frames each."""
-    unit = chunk_unit(every, FRAMES_PER_CALL)
+    unit = chunk_unit(every, FRAMES_PER_CALL, detection_period)
     size = max(unit, math.ceil(chunk_frames / unit) * unit)
     whole = [ChunkSpec(info, settings, every, max_width, 0, None, None)]
-    if info.kind != "video" or info.frame_count <= size:
+    if info.kind != "video" or 0 < info.frame_count <= size:
         return whole
-    times = frame_times(info.path)
+    times = frame_times(info.path)  # also counts the frames of a file whose header does not
     count = len(times) if times is not None else info.frame_count  # the packets: better than the header
     starts = list(range(0, count, size))
     if len(starts) < 2:
