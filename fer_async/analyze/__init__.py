@@ -10,6 +10,9 @@ From Python (rows as dicts, ready for pandas)::
     analyzer = load_analyzer()              # loads the model once; reuse it for many files
     df = pd.DataFrame(analyze_video("clip.mp4", analyzer=analyzer))
 
+`analyze_video("long.mp4", ray="auto")` runs it in chunks as tasks of a Ray cluster (the
+[cluster] extra; "local": a Ray of this machine), with the same rows (`distributed`).
+
 The frames go through the server's own `Analyzer` (detect, crop, one model call per 16
 frames) and a `Tracker` per file, shrunk as the MJPEG stream shrinks them, so a clip gets the
 labels the server shows for it. See `core.columns` for the row keys.
@@ -19,9 +22,10 @@ Model, detector and tracker are built from `Settings` as the server builds them
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +42,7 @@ from fer_async.analyze.core import (
     frame_rows,
     open_source,
 )
+from fer_async.analyze.distributed import CHUNK_FRAMES
 from fer_async.config import Settings
 from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN, tracker_for
 
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANALYSIS_MAX_WIDTH",
+    "CHUNK_FRAMES",
     "DEFAULT_SMOOTHING_MS",
     "AnalysedFrame",
     "Ending",
@@ -91,15 +97,28 @@ def load_analyzer(
 
     given = {
         "detector": detector,
-        "detector_model": None if detector_model is None else Path(detector_model),
-        "weights": None if weights is None else Path(weights),
+        "detector_model": detector_model,
+        "weights": weights,
         "model_name": model_name,
         "runtime": runtime,
         "flip_tta": flip_tta,
-        "model_precision": precision,
+        "precision": precision,
         "align": align,
     }
-    return load(Settings().replace(**{name: value for name, value in given.items() if value is not None}))
+    return load(_settings(given))
+
+
+def _settings(options: Mapping[str, Any]) -> Settings:
+    """The server's Settings with load_analyzer's keyword arguments (those not None) in them."""
+    allowed = ("detector", "detector_model", "weights", "model_name", "runtime", "flip_tta", "precision", "align")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"not an argument of load_analyzer: {', '.join(unknown)}")
+    given = {("model_precision" if name == "precision" else name): value for name, value in options.items()}
+    for name in ("detector_model", "weights"):
+        if given.get(name) is not None:
+            given[name] = Path(given[name])
+    return Settings().replace(**{name: value for name, value in given.items() if value is not None})
 
 
 def analyze_video(
@@ -110,6 +129,9 @@ def analyze_video(
     smoothing_ms: float = DEFAULT_SMOOTHING_MS,
     label_margin: float = DEFAULT_SWITCH_MARGIN,
     max_width: int | None = ANALYSIS_MAX_WIDTH,
+    ray: str | None = None,
+    chunk_frames: int = CHUNK_FRAMES,
+    options: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Rows of `path` (a video or a JPEG/PNG image), one per face per analysed frame, as they come.
 
@@ -121,6 +143,12 @@ def analyze_video(
     analysed. `max_width` shrinks frames before detection as the server's video stream does
     (None: full size).
 
+    `ray` runs the file in chunks of about `chunk_frames` frames as Ray tasks (the [cluster]
+    extra), with the same rows: "local" starts a Ray on this machine for this call, "auto" or
+    an address joins a cluster; a Ray this process already joined (`ray.init`) is used as it
+    is. The workers load the analyzer `options` describes (load_analyzer's keyword arguments;
+    `analyzer` is for a run in this process).
+
     Raises InputError (one line) for a missing file, a non-video, a video without frames. A
     video cut short (a decoding error, or decoding ending well before the end its header
     announces) yields what decodes and then warns with IncompleteVideoWarning. Without
@@ -128,10 +156,22 @@ def analyze_video(
     """
     info = open_source(path)
     tracker = tracker_for(Settings(smoothing_ms=smoothing_ms, label_margin=label_margin))
-    own = analyzer is None
-    active = load_analyzer() if analyzer is None else analyzer
-    try:
-        analysis = FileAnalysis(info, analyzer_classify(active), tracker, every=every, max_width=max_width)
+    with contextlib.ExitStack() as stack:
+        if ray is not None:
+            if analyzer is not None:
+                raise ValueError("with ray the workers load their own analyzer: describe it with options=")
+            from fer_async.analyze.distributed import RayRun, ray_session
+            from fer_async.loading import load_detector
+
+            settings = _settings(options or {})
+            settings = settings.replace(detector=load_detector(settings)[1])  # what every worker must run
+            stack.enter_context(ray_session(ray))
+            run = RayRun([info], settings, every=every, max_width=max_width, chunk_frames=chunk_frames)
+            stack.callback(run.close)
+            analysis = run.analysis(0, tracker)
+        else:
+            active = analyzer if analyzer is not None else stack.enter_context(load_analyzer(**(options or {})))
+            analysis = FileAnalysis(info, analyzer_classify(active), tracker, every=every, max_width=max_width)
         name = str(info.path)
         for frame in analysis:
             if frame.analysed:
@@ -141,6 +181,3 @@ def analyze_video(
             raise InputError(f"{info.path}: {analysis.describe_ending(ending)}")
         if ending is Ending.CUT_SHORT:
             warnings.warn(f"{info.path}: {analysis.describe_ending(ending)}", IncompleteVideoWarning, stacklevel=2)
-    finally:
-        if own:
-            active.close()

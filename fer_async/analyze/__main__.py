@@ -10,6 +10,9 @@ Outputs are written under a temporary name and renamed when the file was analyse
 Interrupted (Ctrl-C) or cut short (a decoding error, or decoding that ends well before the end
 the header announces: truncated or corrupt), they are kept as NAME.incomplete.EXT with every row
 up to that point. Model, detector and tracker options are the server's, with its defaults.
+With --ray [ADDRESS] the files, and long files in chunks, run as Ray tasks (the [cluster] extra):
+on this machine's CPUs without ADDRESS, on a cluster with `auto` or HOST:PORT (give it after the
+inputs). The rows are the plain run's; one progress bar covers all files.
 Exit status: 0 all files complete; 1 some input could not be analysed (or only partly); 2 usage
 error; 130 interrupted.
 """
@@ -17,9 +20,11 @@ error; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -36,8 +41,8 @@ from fer_async.analyze.core import (
     columns,
     frame_rows,
     open_source,
-    video_files,
 )
+from fer_async.analyze.distributed import CHUNK_FRAMES, LOCAL
 from fer_async.analyze.outputs import (
     AnnotationWriter,
     OutputError,
@@ -45,11 +50,14 @@ from fer_async.analyze.outputs import (
     output_path,
     plot_timeline,
 )
+from fer_async.analyze.source import IMAGE_EXTENSIONS, video_files
 from fer_async.config import MODEL_OPTIONS, Settings, SettingsError, add_model_options
-from fer_async.loading import load_analyzer
+from fer_async.loading import load_analyzer, load_detector
 from fer_async.tracker import TRACKER_OPTIONS, tracker_for
+from fer_async.video import VIDEO_EXTENSIONS
 
 PROG = "python -m fer_async.analyze"
+INPUT_SUFFIXES = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_STATUS = {
     Ending.DONE: 0,
@@ -74,6 +82,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="timeline PNG per input (needs matplotlib): FILE.png, DIR/ or a {stem} template",
     )
     p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default: 1)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL,
+        metavar="ADDRESS",
+        help="run the files, and long files in chunks, as Ray tasks (needs fer_async[cluster]): alone, a Ray on "
+        "this machine's CPUs; 'auto' or HOST:PORT joins a running cluster. Give it after the inputs",
+    )
+    p.add_argument(
+        "--chunk-frames",
+        type=int,
+        metavar="N",
+        help=f"with --ray: frames per task of a long file (default: {CHUNK_FRAMES}, rounded up to whole batches)",
+    )
     # --smoothing-ms --label-margin --weights --model-name --runtime --model-precision --flip-tta
     # --detector(-model): the server's own options and defaults, so a file gets the server's labels.
     add_model_options(p, TRACKER_OPTIONS + MODEL_OPTIONS)
@@ -90,6 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--every must be at least 1")
     if args.max_width != 0 and args.max_width < 16:
         p.error("--max-width must be 0 or at least 16")
+    if args.ray is not None and (Path(args.ray).exists() or Path(args.ray).suffix.lower() in INPUT_SUFFIXES):
+        p.error(f"--ray takes an address, not an input ({args.ray}): give the inputs before --ray")
+    if args.chunk_frames is not None and (args.ray is None or args.chunk_frames < 1):
+        p.error("--chunk-frames needs --ray and must be at least 1")
     try:  # the server's checks of its own options
         args.settings = Settings().replace(**{name: getattr(args, name) for name in TRACKER_OPTIONS + MODEL_OPTIONS})
     except SettingsError as exc:
@@ -121,32 +147,23 @@ class _StopOnInterrupt:
         self.requested = True
 
 
-def _progress(info: SourceInfo) -> Any:
+def _progress(total: int, name: str) -> Any:
     from tqdm import tqdm
 
     # disable=None: a bar on a terminal, nothing when stderr is piped or redirected.
-    return tqdm(
-        total=info.frame_count or None,
-        unit="frame",
-        desc=info.path.name,
-        disable=None,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    return tqdm(total=total or None, unit="frame", desc=name, disable=None, file=sys.stderr, dynamic_ncols=True)
 
 
 def _analyse_file(
-    args: argparse.Namespace, info: SourceInfo, analyzer: Any, several: bool, stop: _StopOnInterrupt, report: IO[str]
+    args: argparse.Namespace,
+    analysis: FileAnalysis,
+    several: bool,
+    stop: _StopOnInterrupt,
+    report: IO[str],
+    bar: Any | None,
 ) -> int:
-    """Analyse one file into its outputs; the exit status it earns."""
-    analysis = FileAnalysis(
-        info,
-        analyzer_classify(analyzer),
-        tracker_for(args.settings),
-        every=args.every,
-        max_width=args.max_width or None,
-        keep_images=args.annotate is not None,
-    )
+    """Analyse one file into its outputs; the exit status it earns. `bar` counts frames (None: the caller's)."""
+    info = analysis.info
     rows_out = None
     if args.out is not None:
         target = None if args.out == "-" else output_path(args.out, info.path, several, ".csv")
@@ -165,24 +182,24 @@ def _analyse_file(
     started = time.perf_counter()
     ending: Ending | None = None
     failure: str | None = None
-    with _progress(info) as bar:
 
-        def on_frame(frame: AnalysedFrame) -> None:
-            rows = frame_rows(name, frame, analysis.smoothed) if frame.analysed else []
-            if rows_out is not None:
-                rows_out.write(rows)
-            if video_out is not None:
-                video_out.write(frame)
-            summary.add(frame, len(rows))
+    def on_frame(frame: AnalysedFrame) -> None:
+        rows = frame_rows(name, frame, analysis.smoothed) if frame.analysed else []
+        if rows_out is not None:
+            rows_out.write(rows)
+        if video_out is not None:
+            video_out.write(frame)
+        summary.add(frame, len(rows))
+        if bar is not None:
             bar.update(1)
 
-        try:
-            ending = analysis.run(on_frame, lambda: stop.requested)
-        except KeyboardInterrupt:  # the second Ctrl-C
-            stop.requested = True
-            ending = Ending.STOPPED
-        except Exception as exc:  # a bug or a decoder crash: keep what was written, say so
-            failure = f"{info.path}: analysis failed at frame {analysis.frames_read}: {exc!r}"
+    try:
+        ending = analysis.run(on_frame, lambda: stop.requested)
+    except KeyboardInterrupt:  # the second Ctrl-C
+        stop.requested = True
+        ending = Ending.STOPPED
+    except Exception as exc:  # a bug or a decoder crash: keep what was written, say so
+        failure = f"{info.path}: analysis failed at frame {analysis.frames_read}: {exc!r}"
     elapsed = time.perf_counter() - started
     if ending is Ending.NO_FRAMES:
         for writer in (rows_out, video_out):
@@ -198,12 +215,13 @@ def _analyse_file(
         duration = analysis.frames_read / info.fps if info.kind == "video" and info.fps else 0.0
         written.append(plot_timeline(summary, title, target, duration_s=duration, complete=complete))
 
-    speed = analysis.frames_read / elapsed if elapsed > 0 else 0.0
-    realtime = f", {speed / info.fps:.2f}x real time" if info.kind == "video" and info.fps else ""
+    # A Ray run's files overlap: its speed is the whole run's (_run_ray).
+    timing = (
+        f"; {_speed(analysis.frames_read, elapsed, info.fps if info.kind == 'video' else 0)}" if bar is not None else ""
+    )
     print(
         f"{info.path.name}: {analysis.frames_read} frames read, {summary.frames_analysed} analysed "
-        f"({summary.frames_with_faces} with faces), {summary.rows} rows, {len(summary.tracks)} tracks; "
-        f"{elapsed:.1f} s, {speed:.1f} frames/s{realtime}",
+        f"({summary.frames_with_faces} with faces), {summary.rows} rows, {len(summary.tracks)} tracks{timing}",
         file=report,
     )
     for line in summary.lines():
@@ -250,27 +268,105 @@ def main(argv: list[str] | None = None) -> int:
             status = EXIT_FAILED
     if not sources:
         return status
+    report = sys.stderr if args.out == "-" else sys.stdout
+    if args.ray is not None:
+        return max(status, _run_ray(args, sources, several, report))
     try:
         analyzer = load_analyzer(args.settings)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _error(str(exc))
         return EXIT_USAGE
-    report = sys.stderr if args.out == "-" else sys.stdout
     print(f"detector: {getattr(analyzer.detector, 'name', args.settings.detector)}", file=report)
     # Which network produced the numbers: --runtime and --model-precision as they took effect.
     served = [getattr(analyzer.model, name, "?") for name in ("model_file", "runtime", "precision")]
     print("model: {} ({}, {})".format(*served), file=report)
     with analyzer, _StopOnInterrupt() as stop:
-        for info in sources:
-            try:
-                result = _analyse_file(args, info, analyzer, several, stop, report)
-            except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
-                _error(str(exc))
-                return EXIT_USAGE
-            if result == EXIT_INTERRUPTED:
-                return EXIT_INTERRUPTED
-            status = max(status, result)
+        analyses = (
+            FileAnalysis(
+                info,
+                analyzer_classify(analyzer),
+                tracker_for(args.settings),
+                every=args.every,
+                max_width=args.max_width or None,
+                keep_images=args.annotate is not None,
+            )
+            for info in sources
+        )
+        return max(status, _analyse_all(args, analyses, several, stop, report, own_bars=True))
+
+
+def _analyse_all(
+    args: argparse.Namespace,
+    analyses: Iterable[FileAnalysis],
+    several: bool,
+    stop: _StopOnInterrupt,
+    report: IO[str],
+    own_bars: bool,
+) -> int:
+    """Each file into its outputs, one after the other (a bar each with `own_bars`); the exit status."""
+    status = 0
+    for analysis in analyses:
+        info = analysis.info
+        try:
+            with _progress(info.frame_count, info.path.name) if own_bars else contextlib.nullcontext() as bar:
+                result = _analyse_file(args, analysis, several, stop, report, bar)
+        except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
+            _error(str(exc))
+            return EXIT_USAGE
+        if result == EXIT_INTERRUPTED:
+            return result
+        status = max(status, result)
     return status
+
+
+def _run_ray(args: argparse.Namespace, sources: list[SourceInfo], several: bool, report: IO[str]) -> int:
+    """The files as Ray tasks (distributed.RayRun), each file's rows written as the plain run writes them."""
+    from fer_async.analyze.distributed import RayRun, RayUnavailable, describe, ray_session
+
+    try:  # the detector this machine resolves is the one every node must run (the chunks say which ran)
+        detector = load_detector(args.settings)[1]
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    print(f"detector: {detector}", file=report)
+    settings = args.settings.replace(detector=detector)
+    started = time.perf_counter()
+    try:
+        with ray_session(args.ray), _StopOnInterrupt() as stop:
+            with _progress(sum(info.frame_count for info in sources), "all files") as bar:
+                run = RayRun(
+                    sources,
+                    settings,
+                    every=args.every,
+                    max_width=args.max_width or None,
+                    chunk_frames=args.chunk_frames or CHUNK_FRAMES,
+                    on_frames=bar.update,
+                )
+                analyses = [
+                    run.analysis(file, tracker_for(settings), keep_images=args.annotate is not None)
+                    for file in range(len(sources))
+                ]
+                try:
+                    status = _analyse_all(args, analyses, several, stop, report, own_bars=False)
+                finally:
+                    run.close()
+                frames = sum(analysis.frames_read for analysis in analyses)
+            print(describe(run.board), file=report)
+    except RayUnavailable as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    elapsed = time.perf_counter() - started
+    seconds = sum(info.duration_s for info in sources)
+    fps = sum(info.frame_count for info in sources) / seconds if seconds else 0.0
+    print(f"{len(sources)} file{'s' * (len(sources) != 1)}: {_speed(frames, elapsed, fps)}", file=report)
+    return status
+
+
+def _speed(frames: int, elapsed: float, fps: float) -> str:
+    """`elapsed` s, frames/s, and how many times real time at `fps` (0: not a video)."""
+    speed = frames / elapsed if elapsed > 0 else 0.0
+    realtime = f", {speed / fps:.2f}x real time" if fps else ""
+    return f"{elapsed:.1f} s, {speed:.1f} frames/s{realtime}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,12 @@
-"""One file through the server's pipeline: decode, detect + classify (the `Analyzer`), track, rows.
+"""One file through the server's pipeline in two stages: raw (decode, detect, classify) then tracking.
+
+The raw stage (`RawStage`) turns frames into `RawFrame`s: each frame's faces, boxes and raw
+scores, through the `Analyzer`. It depends on nothing before its first frame, so any process can
+run it for any chunk of a file (`fer_async.analyze.distributed` runs chunks as Ray tasks). The
+tracking stage (`FileAnalysis`) feeds those in frame order to one `Tracker` (ids, smoothing,
+hysteresis) and decides how the file ended. The plain run chains the two in one process; a Ray run
+gives `FileAnalysis` the chunks' raw frames stitched in order, so both share this code and give
+the same rows.
 
 Used by the CLI and Python API (`fer_async.analyze`) and by the server's upload jobs
 (`fer_async.server.jobs`). Only *how frames reach the Analyzer* differs between them: the
@@ -6,7 +14,7 @@ CLI calls `Analyzer.analyze` directly, the server goes through its batcher; both
 `FileAnalysis` a `classify` function. Frames are shrunk exactly as the MJPEG stream shrinks
 them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the same labels.
 
-Memory stays flat: frames are decoded, classified in chunks and dropped; only the per-track
+Memory stays flat: frames are decoded, classified in batches and dropped; only the per-track
 counters (and, when asked for, a compact timeline) grow with the file.
 """
 
@@ -20,25 +28,30 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import cv2
 import numpy as np
 
-from fer_async.imaging import ImageError, decode_image
-from fer_async.labels import EMOTIONS, Box, FrameResult
+from fer_async.analyze.source import FrameReader
+from fer_async.analyze.source import InputError as InputError  # re-exported: the jobs and the API name it here
+from fer_async.analyze.source import SourceInfo as SourceInfo
+from fer_async.analyze.source import open_source as open_source
+from fer_async.labels import EMOTIONS, Box, Face, FrameResult
 from fer_async.tracker import TrackedFace, Tracker
-from fer_async.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VIDEO_MAX_WIDTH, shrink_to_width
+from fer_async.video import DEFAULT_FPS, VIDEO_MAX_WIDTH, shrink_to_width
 
 logger = logging.getLogger(__name__)
 
 # The width the MJPEG stream analyses its frames at: the same frames give the same labels.
 ANALYSIS_MAX_WIDTH = VIDEO_MAX_WIDTH
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 FRAMES_PER_CALL = 16  # frames per Analyzer call in the CLI: the model's batch, as the server's max_batch
-# With --every N and --annotate the skipped frames wait for their chunk too; bound that buffer.
+# With --every N and --annotate the skipped frames wait for their batch too; bound that buffer.
 MAX_BUFFERED_FRAMES = 64
+# Frames from one full-frame detection to the next. A detection schedule (full detections every
+# this many frames, region searches between them, decided only from the detections since the last
+# full one) restarts with each RawStage; chunks of a file start at multiples of it, so each chunk
+# starts with the full detection the plain run makes there. 1: every frame is a full detection.
+DETECTION_PERIOD = 1
 
 BASE_COLUMNS: tuple[str, ...] = ("file", "frame", "time_s", "face", "x", "y", "w", "h", "emotion")
 SMOOTHED_PREFIX = "smoothed_"
@@ -60,38 +73,10 @@ class Ending(enum.StrEnum):
     NO_FRAMES = "no_frames"  # not one frame decoded
 
 
-class InputError(ValueError):
-    """A file that cannot be analysed; the message is one line, fit for a terminal."""
-
-
 def columns(smoothed: bool) -> tuple[str, ...]:
     """The row keys, in order: raw scores per emotion, then smoothed ones when smoothing is on."""
     smoothed_columns = tuple(SMOOTHED_PREFIX + name for name in EMOTIONS) if smoothed else ()
     return BASE_COLUMNS + EMOTIONS + smoothed_columns
-
-
-def _looks_like_video(path: Path) -> bool:
-    """Whether the first bytes are a video container's (mp4/mov, AVI, Matroska/WebM)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(12)
-    except OSError:
-        return False
-    return head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1a\x45\xdf\xa3"
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    path: Path
-    kind: str  # "video" or "image"
-    fps: float  # the container's (DEFAULT_FPS when it does not say); 0 for an image
-    frame_count: int  # frames the header announces (0 when unknown); 1 for an image
-    width: int
-    height: int
-
-    @property
-    def duration_s(self) -> float:
-        return self.frame_count / self.fps if self.fps > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -105,38 +90,87 @@ class AnalysedFrame:
     image: np.ndarray | None  # the decoded frame at full size, only when `keep_images`
 
 
-def open_source(path: str | Path) -> SourceInfo:
-    """What `path` is, or an InputError saying in one line why it cannot be analysed."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        image = _read_image(path)
-        return SourceInfo(path, "image", 0.0, 1, image.shape[1], image.shape[0])
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            if _looks_like_video(path):
-                raise InputError(f"{path}: a video container OpenCV cannot open: no frames, truncated or corrupt")
-            raise InputError(f"{path}: not a video or image OpenCV can read")
-        fps = float(capture.get(cv2.CAP_PROP_FPS))
-        count = float(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    finally:
-        capture.release()
-    fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
-    frame_count = int(count) if math.isfinite(count) and count > 0 else 0
-    return SourceInfo(path, "video", fps, frame_count, width, height)
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """What the raw stage found in one frame: small (no pixels unless `image`), so chunks travel cheaply."""
+
+    index: int
+    faces: tuple[Face, ...] | None  # boxes in the analysed (shrunk) frame's pixels; None: not analysed
+    scale: float = 1.0  # from the analysed frame's pixels to the file's
+    image: np.ndarray | None = None  # the decoded frame at full size, only when kept
 
 
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        return decode_image(path.read_bytes())  # the server's decoder, with its limits
-    except ImageError as exc:
-        raise InputError(f"{path}: {exc}") from None
+class RawSource(Protocol):
+    """Raw frames in frame order, and how far decoding got (what `FileAnalysis.ending` judges)."""
+
+    @property
+    def frames_read(self) -> int: ...
+
+    @property
+    def decode_failed(self) -> bool: ...
+
+    def __iter__(self) -> Iterator[RawFrame]: ...
+
+
+def batch_span(every: int, frames_per_call: int) -> int:
+    """Frames per classify call: batches are [k * span, (k + 1) * span), the same in every chunk."""
+    return min(frames_per_call * every, MAX_BUFFERED_FRAMES)
+
+
+def chunk_unit(every: int, frames_per_call: int, detection_period: int = DETECTION_PERIOD) -> int:
+    """Chunk boundaries are multiples of this: batches and detection schedules fall as in the plain run.
+
+    `detection_period` counts analysed frames (full detections every that many), so in frame
+    indices a schedule restarts every `every * detection_period` frames.
+    """
+    return math.lcm(batch_span(every, frames_per_call), every * detection_period)
+
+
+@dataclass
+class RawStage:
+    """Decode, detect, crop and classify the frames `reader` yields: RawFrames in order.
+
+    Every `every`-th frame (by index in the file, frame 0 first) is classified, in batches
+    that `batch_span` fixes by frame index, so a chunk that starts at a multiple of
+    `chunk_unit` classifies exactly the batches the plain run does.
+    """
+
+    reader: FrameReader
+    classify: Classify
+    every: int = 1
+    max_width: int | None = ANALYSIS_MAX_WIDTH
+    frames_per_call: int = FRAMES_PER_CALL
+    keep_images: bool = False
+
+    @property
+    def frames_read(self) -> int:
+        return self.reader.frames_read
+
+    @property
+    def decode_failed(self) -> bool:
+        return self.reader.decode_failed
+
+    def __iter__(self) -> Iterator[RawFrame]:
+        span = batch_span(self.every, self.frames_per_call)
+        pending: list[tuple[int, np.ndarray | None]] = []
+        for index, frame in self.reader.frames(lambda i: self.keep_images or i % self.every == 0):
+            pending.append((index, frame))
+            if (index + 1) % span == 0:
+                yield from self._flush(pending)
+                pending = []
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, pending: list[tuple[int, np.ndarray | None]]) -> Iterator[RawFrame]:
+        to_classify = [(i, f) for i, f in pending if i % self.every == 0 and f is not None]
+        shrunk = [shrink_to_width(f, self.max_width) for _, f in to_classify]
+        results = list(self.classify(shrunk)) if shrunk else []
+        if len(results) != len(shrunk):
+            raise RuntimeError(f"classify returned {len(results)} results for {len(shrunk)} frames")
+        found = {i: RawFrame(i, r.faces, f.shape[1] / r.width) for (i, f), r in zip(to_classify, results, strict=True)}
+        for index, frame in pending:
+            raw = found.get(index) or RawFrame(index, None)
+            yield dataclasses.replace(raw, image=frame) if self.keep_images else raw
 
 
 def _scaled(box: Box, scale: float) -> Box:
@@ -153,19 +187,19 @@ class FileAnalysis:
     `classify` gets a list of BGR frames (shrunk to `max_width`) and returns one FrameResult
     each, in order. Every `every`-th frame is analysed (frame 0 first). `tracker` (build it with
     `tracker.tracker_for(settings)`, as every other consumer does) gets each analysed frame's
-    time, index / fps.
+    time, index / fps. `raw` replaces the raw stage this builds from `classify` (then None) with
+    raw frames classified elsewhere: the chunks of a Ray run.
     """
 
     info: SourceInfo
-    classify: Classify
+    classify: Classify | None
     tracker: Tracker
     every: int = 1
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
-    frames_read: int = field(default=0, init=False)
+    raw: RawSource | None = None
     frames_analysed: int = field(default=0, init=False)
-    decode_failed: bool = field(default=False, init=False)
     _last_faces: tuple[TrackedFace, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +207,23 @@ class FileAnalysis:
             raise ValueError(f"every must be at least 1, got {self.every}")
         if self.frames_per_call < 1:
             raise ValueError(f"frames_per_call must be at least 1, got {self.frames_per_call}")
+        if (self.raw is None) == (self.classify is None):
+            raise ValueError("give FileAnalysis either classify or raw")
+        if self.raw is None and self.classify is not None:
+            reader = FrameReader(self.info)
+            self.raw = RawStage(
+                reader, self.classify, self.every, self.max_width, self.frames_per_call, self.keep_images
+            )
+
+    @property
+    def frames_read(self) -> int:
+        assert self.raw is not None
+        return self.raw.frames_read
+
+    @property
+    def decode_failed(self) -> bool:
+        assert self.raw is not None
+        return self.raw.decode_failed
 
     @property
     def smoothed(self) -> bool:
@@ -215,62 +266,17 @@ class FileAnalysis:
             )
         return f"{self.frames_read} frames"
 
-    def _frames(self) -> Iterator[tuple[int, np.ndarray | None]]:
-        """(index, frame) for every frame; None for frames neither analysed nor kept."""
-        if self.info.kind == "image":
-            self.frames_read = 1
-            yield 0, _read_image(self.info.path)
-            return
-        capture = cv2.VideoCapture(str(self.info.path))
-        try:
-            index = 0
-            while True:
-                wanted = self.keep_images or index % self.every == 0
-                # grab() without retrieve() skips the colour conversion of frames nobody looks at.
-                if not capture.grab():
-                    return  # the end, or an error: `ending` judges from how far it got
-                frame = None
-                if wanted:
-                    ok, frame = capture.retrieve()
-                    if not ok or frame is None:  # a frame that was read but cannot be decoded
-                        self.decode_failed = True
-                        return
-                self.frames_read = index + 1
-                yield index, frame
-                index += 1
-        finally:
-            capture.release()
-
     def __iter__(self) -> Iterator[AnalysedFrame]:
-        pending: list[tuple[int, np.ndarray | None]] = []
-        for index, frame in self._frames():
-            pending.append((index, frame))
-            analysed = sum(1 for i, _ in pending if i % self.every == 0)
-            if analysed >= self.frames_per_call or len(pending) >= MAX_BUFFERED_FRAMES:
-                yield from self._flush(pending)
-                pending = []
-        if pending:
-            yield from self._flush(pending)
-
-    def _flush(self, pending: list[tuple[int, np.ndarray | None]]) -> Iterator[AnalysedFrame]:
-        to_classify = [(i, f) for i, f in pending if i % self.every == 0 and f is not None]
-        shrunk = [shrink_to_width(f, self.max_width) for _, f in to_classify]
-        results = list(self.classify(shrunk)) if shrunk else []
-        if len(results) != len(shrunk):
-            raise RuntimeError(f"classify returned {len(results)} results for {len(shrunk)} frames")
-        by_index = {i: (f.shape[1], r) for (i, f), r in zip(to_classify, results, strict=True)}
+        """The tracking stage: each raw frame, in order, through the one Tracker of this file."""
+        assert self.raw is not None
         fps = self.info.fps or DEFAULT_FPS
-        for index, frame in pending:
-            time_s = index / fps if self.info.kind == "video" else 0.0
-            analysed = index in by_index
-            if analysed:
-                full_width, result = by_index[index]
-                tracked = self.tracker.update(result.faces, time_s)
-                scale = full_width / result.width
-                self._last_faces = tuple(dataclasses.replace(t, box=_scaled(t.box, scale)) for t in tracked)
+        for raw in self.raw:
+            time_s = raw.index / fps if self.info.kind == "video" else 0.0
+            if raw.faces is not None:
+                tracked = self.tracker.update(raw.faces, time_s)
+                self._last_faces = tuple(dataclasses.replace(t, box=_scaled(t.box, raw.scale)) for t in tracked)
                 self.frames_analysed += 1
-            image = frame if self.keep_images else None
-            yield AnalysedFrame(index, time_s, analysed, self._last_faces, image)
+            yield AnalysedFrame(raw.index, time_s, raw.faces is not None, self._last_faces, raw.image)
 
 
 def frame_rows(file: str, frame: AnalysedFrame, smoothed: bool) -> list[dict[str, Any]]:
@@ -372,13 +378,3 @@ def analyzer_classify(analyzer: Any) -> Classify:
         return list(results)
 
     return classify
-
-
-def video_files(path: Path) -> list[Path]:
-    """`path` itself, or the videos and images directly inside it when it is a directory."""
-    if not path.is_dir():
-        return [path]
-    suffixes = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
-    return sorted(
-        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
-    )
