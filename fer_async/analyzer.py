@@ -17,8 +17,9 @@ from types import TracebackType
 
 import numpy as np
 
-from fer_async.config import DEFAULT_ALIGN, MAX_PIXELS
 from fer_async.detector import DETECT_WIDTH, FaceDetector
+from fer_async.detector_model import DEFAULT_ALIGN
+from fer_async.image_limits import MAX_PIXELS
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
 from fer_async.predictor import Predictor

@@ -1,6 +1,20 @@
 """Server settings: one frozen dataclass, built from argv with `FER_*` environment fallbacks.
 
-Precedence: command line > environment variable > default; `python -m fer_async --help` shows all.
+Precedence: command line > environment variable > default, for every command: the server
+(`Settings.from_args`) and each tool that takes server options (`add_model_options`, then
+`resolve_options`) resolve them in the same function. `python -m fer_async --help` shows all.
+
+Each option is written once: a field of `Settings` made by `option(...)` (fer_async.options),
+holding its default, flag, help and, where it has them, its choices and range. From those
+fields come the checks (`__post_init__`: each field's own, plus the few rules that join two
+options), the server's parser, the tools' options and the README's table (`options_table`).
+
+This module holds configuration only, and stays a standard-library leaf: reading the settings
+imports neither numpy nor OpenCV (tests/server/test_config.py checks). A value that belongs to
+a domain (the decode limits, the detectors, the runtimes and precisions, the tracker's tuned
+defaults) is defined, with its reason, in a stdlib-only module of that domain (image_limits,
+detector_model, model_choices, onnx_session, tracker_defaults); here it is only an option's
+default or choices.
 """
 
 from __future__ import annotations
@@ -9,78 +23,30 @@ import argparse
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fer_async.paths import STATIC_DIR, WEIGHTS_DIR, shown_path
+from fer_async.detector_model import DEFAULT_ALIGN, DEFAULT_DETECTOR, DETECTOR_KINDS
+from fer_async.image_limits import MAX_PIXELS, MAX_REDUCED_FACTOR
+from fer_async.model_choices import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_PRECISION,
+    DEFAULT_WEIGHTS_DIR,
+    MODEL_PRECISIONS,
+    RUNTIMES,
+)
+from fer_async.onnx_session import DEVICES
+from fer_async.options import Option, Range, option, options_of, parse_int
+from fer_async.paths import STATIC_DIR
+from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
-# The shipped model: here, not in model.py, so that reading a default does not import TensorFlow.
-DEFAULT_WEIGHTS_DIR = WEIGHTS_DIR
-DEFAULT_MODEL_NAME = "fernet"
-DEFAULT_VIDEO_DIR = STATIC_DIR / "videos"
-
-# Defined here rather than in detector.py / imaging.py so that this module stays a stdlib-only
-# leaf: reading the settings must not import OpenCV or numpy.
-DETECTOR_KINDS = ("haar", "yunet")
-# YuNet finds faces Haar misses (sunglasses, turned heads) and draws no boxes on walls; Haar is
-# the fallback when YuNet's file cannot be had (fer_async.detector_model).
-DEFAULT_DETECTOR = "yunet"
-# Face tracks (fer_async.tracker, which re-exports these): chosen by measurement on the real
-# clips with `python -m fer_async.replay --sweep` (see the README). 150 ms was the least
-# smoothing that removed every label blip there; 250 ms leaves room for footage not seen, and
-# with the margin shows a smile 0.23 s (YuNet) after its onset, inside the 0.5 s target.
-DEFAULT_SMOOTHING_MS = 250.0
-DEFAULT_ALIGN = True  # faces turned upright by YuNet's landmarks (fer_async.alignment)
-DEFAULT_LABEL_MARGIN = 0.15
-# Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
-# allocate 1.2 GB. imaging reads the size from the header and refuses before decoding. 4 Mpx
-# covers every webcam frame up to 2560x1600 with room to spare.
-MAX_PIXELS = 4096 * 1024
-# A JPEG over MAX_PIXELS is decoded at 1/2 or 1/4 scale (imaging.decode_scaled), never at full
-# size. Its pixels are still entropy-decoded, so this many times the budget is the most accepted
-# at all: 16 x 4 Mpx lets a 50 MP phone photo in.
-MAX_REDUCED_FACTOR = 16
-# How the network runs (fer_async.model): "auto" = onnx when weights/<name>.onnx is current, else keras.
-RUNTIMES = ("auto", "onnx", "keras")
-# Which file of the network onnxruntime serves (fer_async.model): "fp32" = weights/<name>.onnx,
-# "int8" = weights/<name>.int8.onnx (statically quantized by `python -m training.export_onnx
-# --int8`), which falls back to fp32 (one log line) when it is missing or stale. int8 is the
-# default by measurement (weights/fernet.md, "int8"): same PublicTest accuracy within noise,
-# about 3x the faces per CPU second on this VNNI CPU.
-MODEL_PRECISIONS = ("fp32", "int8")
-DEFAULT_MODEL_PRECISION = "int8"
-DEVICES = ("auto", "cpu", "cuda")  # where the network runs (fer_async.onnx_session)
-
-ENV_PREFIX = "FER_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class SettingsError(ValueError):
     """An invalid combination or value of settings."""
-
-
-def _flag(field_name: str) -> str:
-    return _OPTIONS[field_name].flag
-
-
-def _env_name(field_name: str) -> str:
-    """FER_ + the option's flag, e.g. --max-batch -> FER_MAX_BATCH, --allow-origin -> FER_ALLOW_ORIGIN."""
-    return ENV_PREFIX + _flag(field_name).removeprefix("--").replace("-", "_").upper()
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-def _parse_int(text: str) -> int:
-    return int(text.replace("_", ""), 0)  # accepts 2_000_000 and 0x...
 
 
 def _cpu_cores() -> int:
@@ -93,7 +59,7 @@ def _cpu_cores() -> int:
 
 def _parse_workers(text: str) -> int:
     """A worker count, or 'auto': one per core."""
-    return _cpu_cores() if text.strip().lower() == "auto" else _parse_int(text)
+    return _cpu_cores() if text.strip().lower() == "auto" else parse_int(text)
 
 
 def _parse_origins(text: str) -> tuple[str, ...]:
@@ -104,79 +70,164 @@ def _parse_origins(text: str) -> tuple[str, ...]:
 class Settings:
     """Every option of the server. Build with `Settings.from_args()` or directly (tests)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    weights: Path = DEFAULT_WEIGHTS_DIR
-    model_name: str = DEFAULT_MODEL_NAME
-    runtime: str = "auto"
-    model_precision: str = DEFAULT_MODEL_PRECISION
-    flip_tta: bool = True  # +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost
-    device: str = "auto"
-    detector: str = DEFAULT_DETECTOR
-    detector_model: Path | None = None
-    align: bool = DEFAULT_ALIGN
-    video_dir: Path = DEFAULT_VIDEO_DIR
-    results_dir: Path | None = None  # None: a temporary directory of this server and its --workers
-    smoothing_ms: float = DEFAULT_SMOOTHING_MS
-    label_margin: float = DEFAULT_LABEL_MARGIN
-    max_batch: int = 16
-    max_wait_ms: float = 5.0
+    host: str = option("127.0.0.1", "--host", "interface to listen on", "HOST")
+    port: int = option(8080, "--port", "TCP port", "PORT", range=Range(0, 65535))
+    weights: Path = option(
+        DEFAULT_WEIGHTS_DIR, "--weights", "directory holding NAME.json and NAME.weights.h5 (NAME: --model-name)", "DIR"
+    )
+    model_name: str = option(DEFAULT_MODEL_NAME, "--model-name", "model file stem inside --weights", "NAME")
+    runtime: str = option(
+        "auto",
+        "--runtime",
+        "how the network runs: onnx (onnxruntime, NAME.onnx beside NAME.json), keras (TensorFlow, the [train] extra), "
+        "auto (onnx when that file is current, else keras)",
+        choices=RUNTIMES,
+    )
+    model_precision: str = option(
+        DEFAULT_MODEL_PRECISION,
+        "--model-precision",
+        "which network file onnxruntime serves: int8 (NAME.int8.onnx, statically quantized; fp32 with one log line "
+        "when that file is missing or stale, and always with --runtime keras) or fp32 (NAME.onnx)",
+        choices=MODEL_PRECISIONS,
+    )
+    # On by default: +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost.
+    flip_tta: bool = option(
+        True, "--flip-tta", "also classify each face mirrored and average, in the same model call (--no-flip-tta: off)"
+    )
+    device: str = option(
+        "auto",
+        "--device",
+        "where the network runs: cuda (onnxruntime-gpu, the [gpu] extra), cpu, or auto (cuda when usable, else cpu)",
+        choices=DEVICES,
+    )
+    detector: str = option(
+        DEFAULT_DETECTOR,
+        "--detector",
+        "face detector; yunet falls back to haar (one log line) when its model file cannot be had",
+        choices=DETECTOR_KINDS,
+    )
+    detector_model: Path | None = option(
+        None,
+        "--detector-model",
+        "YuNet's face_detection_yunet.onnx; without it: the per-user cache (~/.cache/fer_async), "
+        "else one download from OpenCV's model zoo, pinned by sha256",
+        "PATH",
+        parse=Path,
+    )
+    align: bool = option(
+        DEFAULT_ALIGN,
+        "--align",
+        "crop each face upright by its landmarks, eyes and mouth where FER2013 has them (YuNet only; Haar faces "
+        "keep the box crop; --no-align: box crops)",
+    )
+    video_dir: Path = option(
+        STATIC_DIR / "videos", "--video-dir", "directory of video files served as MJPEG under /video/NAME", "DIR"
+    )
+    # None: a temporary directory of this server and its --workers.
+    results_dir: Path | None = option(
+        None, "--results-dir", "analysis jobs' state and rows; replicas share one", "DIR", parse=Path
+    )
+    smoothing_ms: float = option(
+        DEFAULT_SMOOTHING_MS,
+        "--smoothing-ms",
+        "time constant of the scores' moving average along a face track (/ws, videos); 0 = off",
+        "MS",
+        range=Range(0, 10_000),
+    )
+    label_margin: float = option(
+        DEFAULT_SWITCH_MARGIN,
+        "--label-margin",
+        "a tracked face's shown label changes only when another class leads it by this much",
+        "P",
+        range=Range(0, 1, high_open=True),
+    )
+    max_batch: int = option(16, "--max-batch", "most frames analysed in one batch", "N", range=Range(1))
+    max_wait_ms: float = option(
+        5.0, "--max-wait-ms", "how long a batch waits for more frames after its first one", "MS", range=Range(0)
+    )
     # Each WebSocket client has at most one frame queued (latest wins) and each video one, so
     # this bound is only reached by /api/predict bursts or more clients than usual.
-    max_queue: int = 256
-    max_clients: int = 64
-    max_frame_bytes: int = 2_000_000
+    max_queue: int = option(
+        256, "--max-queue", "frames waiting for the model before new ones get 'server busy'", "N", range=Range(1)
+    )
+    max_clients: int = option(
+        64, "--max-clients", "WebSocket clients at once; more are closed with 1013", "N", range=Range(1)
+    )
+    max_frame_bytes: int = option(
+        2_000_000, "--max-frame-bytes", "largest accepted encoded frame / upload, in bytes", "N", range=Range(1)
+    )
     # Phone photos are 3-20 MB (12-50 MP); webcam frames stay under --max-frame-bytes. At most
     # views.PHOTO_UPLOADS_AT_ONCE photos are buffered at a time, so this bounds memory too.
-    max_photo_bytes: int = 32_000_000
+    max_photo_bytes: int = option(
+        32_000_000, "--max-photo-bytes", "largest image accepted by POST /api/predict, in bytes", "N", range=Range(1)
+    )
     # Video files uploaded to /analyze are streamed to a temporary file, never held in memory.
-    max_video_bytes: int = 200 * 1024 * 1024
-    max_pixels: int = MAX_PIXELS
-    allow_origins: tuple[str, ...] = field(default_factory=tuple)
-    cert: Path | None = None
-    key: Path | None = None
-    log_level: str = "info"
+    max_video_bytes: int = option(
+        200 * 1024 * 1024,
+        "--max-video-bytes",
+        "largest video file uploaded to /analyze, in bytes",
+        "N",
+        range=Range(1),
+    )
+    max_pixels: int = option(
+        MAX_PIXELS,
+        "--max-pixels",
+        f"largest decoded frame in pixels (width*height); a JPEG up to {MAX_REDUCED_FACTOR}x this is decoded at "
+        "1/2..1/4 scale, anything larger is refused from its header",
+        "N",
+        range=Range(1),
+    )
+    allow_origins: tuple[str, ...] = option(
+        (),
+        "--allow-origin",
+        "extra browser Origin allowed on /ws (repeatable; '*' allows any; env: comma-separated); "
+        "same-origin is always allowed",
+        "ORIGIN",
+        parse=_parse_origins,
+        repeatable=True,
+    )
+    cert: Path | None = option(
+        None, "--cert", "TLS certificate (PEM) to serve https/wss; needs --key", "FILE", parse=Path
+    )
+    key: Path | None = option(None, "--key", "TLS private key (PEM)", "FILE", parse=Path)
+    log_level: str = option(
+        "info", "--log-level", f"logging level: {', '.join(LOG_LEVELS)}", parse=str.lower, choices=LOG_LEVELS
+    )
     # An Open Inference Protocol server (Triton, KServe, MLServer) that classifies the faces
     # instead of the in-process model; None = in-process.
-    executor: str | None = None
-    executor_timeout_s: float = 5.0
-    workers: int = 1
+    executor: str | None = option(
+        None,
+        "--executor",
+        "URL of an Open Inference Protocol server (Triton, KServe, MLServer) serving the model as "
+        "--model-name; faces are classified there instead of in this process",
+        "URL",
+        parse=str,
+    )
+    executor_timeout_s: float = option(
+        5.0,
+        "--executor-timeout",
+        "seconds a batch may take on the --executor server before its frames get 'inference server unavailable'",
+        "SECONDS",
+        range=Range(0, low_open=True),
+    )
+    workers: int = option(
+        1,
+        "--workers",
+        "server processes sharing the port (SO_REUSEPORT), each with its own model; 'auto' = one per core",
+        "N",
+        parse=_parse_workers,
+        range=Range(1, alternative="'auto'"),
+    )
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not 0 <= self.port <= 65535:
-            problems.append(f"--port must be 0..65535, got {self.port}")
-        for name in (
-            "max_batch",
-            "max_queue",
-            "max_clients",
-            "max_frame_bytes",
-            "max_photo_bytes",
-            "max_video_bytes",
-            "max_pixels",
-        ):
-            if getattr(self, name) < 1:
-                problems.append(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 1:
-            problems.append(f"--workers must be >= 1 or 'auto', got {self.workers}")
-        elif self.workers > 1 and self.port == 0:
+        problems = [p for name, o in _OPTIONS.items() if (p := o.problem(getattr(self, name))) is not None]
+        # The rules that join two options, or look at a value's form.
+        if self.workers > 1 and self.port == 0:
             problems.append("--workers > 1 needs a fixed --port: each worker binds it (SO_REUSEPORT)")
-        if self.max_wait_ms < 0:
-            problems.append(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
-        for name, option in _OPTIONS.items():  # every choice, as argparse checks it: after the option's type
-            choices, value = option.argparse.get("choices"), option.argparse.get("type", str)(getattr(self, name))
-            if choices is not None and value not in choices:
-                problems.append(f"{option.flag} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if not 0 <= self.smoothing_ms <= 10_000:
-            problems.append(f"--smoothing-ms must be 0..10000, got {self.smoothing_ms}")
-        if not 0 <= self.label_margin < 1:
-            problems.append(f"--label-margin must be in [0, 1), got {self.label_margin}")
         if (self.cert is None) != (self.key is None):
             problems.append("--cert and --key must be given together")
         if self.executor is not None and not self.executor.startswith(("http://", "https://")):
             problems.append(f"--executor must be an http:// or https:// URL, got {self.executor!r}")
-        if self.executor_timeout_s <= 0:
-            problems.append(f"--executor-timeout must be > 0, got {self.executor_timeout_s}")
         if problems:
             raise SettingsError("; ".join(problems))
 
@@ -195,254 +246,108 @@ class Settings:
         return f"{scheme}://{host}:{self.port}/"
 
     @classmethod
-    def from_args(cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    def from_args(
+        cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *, prog: str | None = None
+    ) -> Settings:
         """Parse argv (default `sys.argv[1:]`); exits with status 2 and a message on bad input."""
-        env = os.environ if env is None else env
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        values: dict[str, Any] = {}
-        for name, option in _OPTIONS.items():
-            given = getattr(args, name)
-            if given is not None and given != []:
-                values[name] = tuple(given) if name == "allow_origins" else given
-            elif _env_name(name) in env:
-                try:
-                    values[name] = option.convert(env[_env_name(name)])
-                except ValueError as exc:
-                    parser.error(f"{_env_name(name)}: {exc}")
-        try:
-            return cls(**values)
-        except SettingsError as exc:
-            parser.error(str(exc))
+        parser = build_parser(prog)
+        return resolve_options(parser, parser.parse_args(argv), OPTIONS, env)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _default(name: str) -> Any:
-    for f in dataclasses.fields(Settings):
-        if f.name == name:
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-            return f.default
-    raise KeyError(name)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One server option: its flag, how its environment variable is parsed, its help."""
-
-    flag: str
-    convert: Callable[[str], Any]
-    help: str
-    metavar: str | None = None  # None for a switch or a choice
-    argparse: Mapping[str, Any] = field(default_factory=dict)  # action/choices; else type=convert
-
-    @property
-    def usage(self) -> str:
-        """How the option is written, e.g. `--max-batch N`, `--detector haar|yunet`."""
-        if "choices" in self.argparse:
-            return f"{self.flag} {'|'.join(self.argparse['choices'])}"
-        return f"{self.flag} {self.metavar}" if self.metavar else self.flag
-
-
-# Settings field name -> its option. The ONE declaration of every flag: the server's parser,
-# the training tools and the bench (`add_model_options`) and the README's table
-# (`options_table`, checked by tests/server/test_config.py) all come from here.
-_OPTIONS: dict[str, Option] = {
-    "host": Option("--host", str, "interface to listen on", "HOST"),
-    "port": Option("--port", _parse_int, "TCP port", "PORT"),
-    "weights": Option("--weights", Path, "directory holding NAME.json and NAME.weights.h5 (NAME: --model-name)", "DIR"),
-    "model_name": Option("--model-name", str, "model file stem inside --weights", "NAME"),
-    "runtime": Option(
-        "--runtime",
-        str,
-        "how the network runs: onnx (onnxruntime, NAME.onnx beside NAME.json), keras (TensorFlow, the [train] extra), "
-        "auto (onnx when that file is current, else keras)",
-        argparse={"choices": RUNTIMES},
-    ),
-    "model_precision": Option(
-        "--model-precision",
-        str,
-        "which network file onnxruntime serves: int8 (NAME.int8.onnx, statically quantized; fp32 with one log line "
-        "when that file is missing or stale, and always with --runtime keras) or fp32 (NAME.onnx)",
-        argparse={"choices": MODEL_PRECISIONS},
-    ),
-    "flip_tta": Option(
-        "--flip-tta",
-        _parse_bool,
-        "also classify each face mirrored and average, in the same model call (--no-flip-tta: off)",
-        argparse={"action": argparse.BooleanOptionalAction},
-    ),
-    "device": Option(
-        "--device",
-        str,
-        "where the network runs: cuda (onnxruntime-gpu, the [gpu] extra), cpu, or auto (cuda when usable, else cpu)",
-        argparse={"choices": DEVICES},
-    ),
-    "detector": Option(
-        "--detector",
-        str,
-        "face detector; yunet falls back to haar (one log line) when its model file cannot be had",
-        argparse={"choices": DETECTOR_KINDS},
-    ),
-    "detector_model": Option(
-        "--detector-model",
-        Path,
-        "YuNet's face_detection_yunet.onnx; without it: the per-user cache (~/.cache/fer_async), "
-        "else one download from OpenCV's model zoo, pinned by sha256",
-        "PATH",
-    ),
-    "align": Option(
-        "--align",
-        _parse_bool,
-        "crop each face upright by its landmarks, eyes and mouth where FER2013 has them (YuNet only; Haar faces "
-        "keep the box crop; --no-align: box crops)",
-        argparse={"action": argparse.BooleanOptionalAction},
-    ),
-    "video_dir": Option("--video-dir", Path, "directory of video files served as MJPEG under /video/NAME", "DIR"),
-    "results_dir": Option("--results-dir", Path, "analysis jobs' state and rows; replicas share one", "DIR"),
-    "smoothing_ms": Option(
-        "--smoothing-ms",
-        float,
-        "time constant of the scores' moving average along a face track (/ws, videos); 0 = off",
-        "MS",
-    ),
-    "label_margin": Option(
-        "--label-margin",
-        float,
-        "a tracked face's shown label changes only when another class leads it by this much",
-        "P",
-    ),
-    "max_batch": Option("--max-batch", _parse_int, "most frames analysed in one batch", "N"),
-    "max_wait_ms": Option("--max-wait-ms", float, "how long a batch waits for more frames after its first one", "MS"),
-    "max_queue": Option(
-        "--max-queue", _parse_int, "frames waiting for the model before new ones get 'server busy'", "N"
-    ),
-    "max_clients": Option("--max-clients", _parse_int, "WebSocket clients at once; more are closed with 1013", "N"),
-    "max_frame_bytes": Option(
-        "--max-frame-bytes", _parse_int, "largest accepted encoded frame / upload, in bytes", "N"
-    ),
-    "max_photo_bytes": Option(
-        "--max-photo-bytes", _parse_int, "largest image accepted by POST /api/predict, in bytes", "N"
-    ),
-    "max_video_bytes": Option(
-        "--max-video-bytes", _parse_int, "largest video file uploaded to /analyze, in bytes", "N"
-    ),
-    "max_pixels": Option(
-        "--max-pixels",
-        _parse_int,
-        f"largest decoded frame in pixels (width*height); a JPEG up to {MAX_REDUCED_FACTOR}x this is decoded at "
-        "1/2..1/4 scale, anything larger is refused from its header",
-        "N",
-    ),
-    "allow_origins": Option(
-        "--allow-origin",
-        _parse_origins,
-        "extra browser Origin allowed on /ws (repeatable; '*' allows any; env: comma-separated); "
-        "same-origin is always allowed",
-        "ORIGIN",
-        {"action": "append"},
-    ),
-    "cert": Option("--cert", Path, "TLS certificate (PEM) to serve https/wss; needs --key", "FILE"),
-    "key": Option("--key", Path, "TLS private key (PEM)", "FILE"),
-    "log_level": Option(
-        "--log-level",
-        str,
-        f"logging level: {', '.join(LOG_LEVELS)}",
-        argparse={"choices": LOG_LEVELS, "type": str.lower},
-    ),
-    "executor": Option(
-        "--executor",
-        str,
-        "URL of an Open Inference Protocol server (Triton, KServe, MLServer) serving the model as "
-        "--model-name; faces are classified there instead of in this process",
-        "URL",
-    ),
-    "executor_timeout_s": Option(
-        "--executor-timeout",
-        float,
-        "seconds a batch may take on the --executor server before its frames get 'inference server unavailable'",
-        "SECONDS",
-    ),
-    "workers": Option(
-        "--workers",
-        _parse_workers,
-        "server processes sharing the port (SO_REUSEPORT), each with its own model; 'auto' = one per core",
-        "N",
-    ),
-}
-
+# Every option, in the order of --help and the README's table.
+_OPTIONS = options_of(Settings)
+OPTIONS = tuple(_OPTIONS)
 # The options that say which model and detector to run; the training tools and the bench take
 # them too, under the same names and with the same defaults as the server.
 _FACE_OPTIONS = ("detector", "detector_model", "align")  # how faces are found and cut
 MODEL_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta", "device", *_FACE_OPTIONS)
 
 
-def _shown_default(name: str) -> str:
-    default = _default(name)
-    if isinstance(default, bool):
-        return "on" if default else "off"
-    if isinstance(default, tuple):
-        default = ",".join(default)
-    if isinstance(default, Path):
-        default = shown_path(default)
-    return "none" if default in (None, "") else str(default)
+def _option(name: str) -> Option:
+    if name not in _OPTIONS:
+        raise ValueError(f"{name!r} is not a server option")
+    return _OPTIONS[name]
 
 
-def _add_option(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: Any, suffix: str
-) -> None:
-    option = _OPTIONS[name]
-    kwargs: dict[str, Any] = {"dest": name, "default": default, "help": option.help + suffix}
-    if option.metavar is not None:
-        kwargs["metavar"] = option.metavar
-    kwargs.update(option.argparse or {"type": option.convert})
-    parser.add_argument(option.flag, **kwargs)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fer_async",
+        prog=prog or "python -m fer_async",
         description="Real-time facial expression recognition server (aiohttp). "
         "Each option falls back to the environment variable shown, then to the default.",
     )
-    for name in _OPTIONS:
-        # default None: from_args tells "not given" apart, to fall back to the environment.
-        _add_option(parser, name, None, f" [env {_env_name(name)}; default: {_shown_default(name)}]")
+    add_model_options(parser, OPTIONS)
     return parser
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    names: Sequence[str] = MODEL_OPTIONS,
-    *,
-    defaults: bool = True,
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: Sequence[str] = MODEL_OPTIONS
 ) -> None:
-    """Add the server's `names` options (MODEL_OPTIONS, or any other) to a tool's parser, dest = field name.
+    """Add the server's `names` options (MODEL_OPTIONS, or any other) to a parser, dest = field name.
 
-    With `defaults` an option left out is the server's default; without, it is None (for tools
-    that must tell "not given" apart), and `model_option_defaults` fills it in later.
+    An option left out parses to None; `resolve_options` then gives it its environment
+    variable's value or its default, as the server does.
     """
     for name in names:
-        if name not in _OPTIONS:
-            raise ValueError(f"{name!r} is not a server option")
-        _add_option(parser, name, _default(name) if defaults else None, f" (default: {_shown_default(name)})")
+        _option(name).add_to(parser, name)
 
 
-def model_option_defaults(args: argparse.Namespace) -> None:
-    """Replace None in the MODEL_OPTIONS attributes of `args` by the server's defaults."""
-    for name in MODEL_OPTIONS:
-        if getattr(args, name, None) is None:
-            setattr(args, name, _default(name))
+def resolve_options(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    names: Sequence[str] = MODEL_OPTIONS,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Each of `names`: its value in `args` (None: not given), else its FER_* variable in `env`, else its default.
+
+    Checked as the server checks them: a bad value exits through `parser.error` (status 2, the
+    same message as the server's). The resolved values are set on `args`, and returned as
+    Settings (the options not in `names` at their defaults). `env` defaults to os.environ.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name in names:
+        declared = _option(name)
+        given = getattr(args, name)
+        if given is not None:
+            # A repeatable option's values, each read as its environment variable is (a tuple).
+            values[name] = tuple(item for each in given for item in each) if declared.repeatable else given
+        elif declared.env in env:
+            try:
+                values[name] = declared.parse(env[declared.env])
+            except ValueError as exc:
+                parser.error(f"{declared.env}: {exc}")
+    try:
+        settings = Settings(**values)
+    except SettingsError as exc:
+        parser.error(str(exc))
+    for name in names:
+        setattr(args, name, getattr(settings, name))
+    return settings
+
+
+def command_line(settings: Settings, names: Sequence[str]) -> list[str]:
+    """The flags that give another command (a started `python -m fer_async`) these settings' `names`."""
+    flags: list[str] = []
+    for name in names:
+        value, flag = getattr(settings, name), _option(name).flag
+        if isinstance(value, bool):
+            flags.append(flag if value else flag.replace("--", "--no-", 1))
+        elif isinstance(value, tuple):
+            flags += [part for item in value for part in (flag, item)]
+        elif value is not None:
+            flags += [flag, str(value)]
+    return flags
 
 
 def options_table() -> str:
     """The README's options table (markdown), made from the declarations above."""
     rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
-    for name, option in _OPTIONS.items():
-        usage = option.usage.replace("|", "\\|")
-        rows.append(f"| `{usage}` | `{_env_name(name)}` | {_shown_default(name)} | {option.help} |")
+    for declared in _OPTIONS.values():
+        usage = declared.usage.replace("|", "\\|")
+        rows.append(f"| `{usage}` | `{declared.env}` | {declared.shown_default} | {declared.help} |")
     return "\n".join(rows)
 
 

@@ -23,8 +23,7 @@ import cv2
 import cv2.data  # the Haar cascade files; a submodule that `import cv2` alone leaves untyped
 import numpy as np
 
-from fer_async.config import DEFAULT_DETECTOR, DETECTOR_KINDS
-from fer_async.detector_model import resolve_yunet_model
+from fer_async.detector_model import DEFAULT_DETECTOR, DETECTOR_KINDS, resolve_yunet_model
 from fer_async.labels import Box
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Where the YuNet face detector's ONNX file comes from: a given path, a per-user cache, or one download.
+"""The face detectors there are, and where YuNet's ONNX file comes from: a given path, a cache, or one download.
 
 The project does not ship the file (OpenCV model zoo, MIT). `resolve_yunet_model` finds it in
 this order:
@@ -12,7 +12,8 @@ this order:
 
 When none works (offline, blocked, wrong bytes) it logs ONE line saying how to get the file and
 returns None; the caller then uses the Haar cascade. Standard library only: importing this
-module costs nothing and needs no network.
+module costs nothing and needs no network, and the settings (`--detector`, `--align`) read
+their choices and defaults here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+DETECTOR_KINDS = ("haar", "yunet")  # fer_async.detector builds them
+# YuNet finds faces Haar misses (sunglasses, turned heads) and draws no boxes on walls; Haar is
+# the fallback when YuNet's file cannot be had (below).
+DEFAULT_DETECTOR = "yunet"
+# YuNet's faces come with landmarks, by which fer_async.alignment turns each crop upright.
+DEFAULT_ALIGN = True
 
 YUNET_FILE_NAME = "face_detection_yunet_2026may.onnx"
 YUNET_URL = (

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from fer_async.alignment import aligned_face
-from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
+from fer_async.image_limits import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.labels import EMOTION_COLOURS, EMOTIONS, FACE_SIZE, Box, Face
 from fer_async.tracker import TrackedFace
 

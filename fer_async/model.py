@@ -31,17 +31,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fer_async.config import (
+from fer_async.labels import EMOTIONS, FACE_SIZE
+from fer_async.model_choices import (
     DEFAULT_MODEL_NAME,
     DEFAULT_MODEL_PRECISION,
     DEFAULT_WEIGHTS_DIR,
-    DEVICES,
     MODEL_PRECISIONS,
     RUNTIMES,
 )
-from fer_async.labels import EMOTIONS, FACE_SIZE
 from fer_async.native_stderr import without_stderr_lines
-from fer_async.onnx_session import CPU, CUDA, create_session, onnxruntime_available, providers_for
+from fer_async.onnx_session import CPU, CUDA, DEVICES, create_session, onnxruntime_available, providers_for
 from fer_async.predictor import served
 
 logger = logging.getLogger(__name__)
@@ -256,7 +255,7 @@ class FacialExpressionModel:
 
     @classmethod
     def from_options(cls, options: Any) -> FacialExpressionModel:
-        """The network `options` name: the server's Settings, or a tool's namespace with config.NETWORK_OPTIONS."""
+        """The network `options` name: the server's Settings, or a tool's namespace with config.MODEL_OPTIONS."""
         return cls(
             options.weights,
             options.model_name,

@@ -1,6 +1,6 @@
 """onnxruntime sessions for the network: on which execution providers (CPU, CUDA) it runs.
 
-`--device` (config.DEVICES) chooses: "cpu" always runs on the CPU; "cuda" and "auto" run on
+`--device` (DEVICES) chooses: "cpu" always runs on the CPU; "cuda" and "auto" run on
 the first GPU through the CUDA execution provider when this onnxruntime has one (the
 `onnxruntime-gpu` package: the `[gpu]` extra) and a session can really use it, else on the CPU.
 "cuda" says so in one warning line, "auto" in one info line. Whether CUDA is usable is known only
@@ -27,6 +27,9 @@ from fer_async.native_stderr import captured_stderr, release
 
 logger = logging.getLogger(__name__)
 
+# --device. This module imports onnxruntime only when it opens a session, so the settings read
+# this without loading it.
+DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # Batch sizes follow the traffic (1..max-batch frames of faces, doubled by flip TTA); cuDNN's

@@ -6,7 +6,8 @@ measure what a person watching would see.
     python -m fer_async.replay CLIP --url ws://127.0.0.1:8080/ws      # a server that is already running
 
 Without `--url` it starts `python -m fer_async` on a free port of 127.0.0.1 (with the
-`--server-arg`s) and stops it afterwards. The clip's frames are shrunk to 640 px wide and
+`--server-arg`s, read beforehand as the server reads them, FER_* variables included) and stops
+it afterwards. The clip's frames are shrunk to 640 px wide and
 JPEG-encoded beforehand (quality 80, like the page), then played on the clip's own clock:
 one frame in flight, and when a reply comes the frame due NOW is sent, so analysis slower than
 the clip skips frames exactly as a live camera would, and none is sent twice.
@@ -16,7 +17,8 @@ is a false detection), for the largest face: label changes per second, the share
 carrying its main track id, the label runs shorter than half a second (flicker), the delay
 from a clip's `--onset` frame to the first frame shown with the onset's label; and the round
 trip. The same figures for the raw per-frame labels of the SAME replies (argmax of
-`raw_scores`) and for the tracker re-run on them with `--smoothing-ms 0` show what smoothing
+`raw_scores`) and for the tracker re-run on them with `--smoothing-ms 0` (and the server's
+`--label-margin`; with `--url`, FER_LABEL_MARGIN or its default) show what smoothing
 buys and what it costs in latency. `--sweep` re-runs the tracker on every frame's raw scores
 over a grid of options (how the defaults were chosen). Ends with one line of JSON per clip.
 """
@@ -41,12 +43,15 @@ from typing import Any
 import aiohttp
 import cv2
 
+from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, Face
-from fer_async.tracker import DEFAULT_SWITCH_MARGIN, Tracker
+from fer_async.tracker import Tracker
+from fer_async.tracker_defaults import DEFAULT_SWITCH_MARGIN
 from fer_async.video import DEFAULT_FPS, shrink_to_width
 
 logger = logging.getLogger(__name__)
 
+PROG = "python -m fer_async.replay"
 FLICKER_S = 0.5
 MAX_WIDTH = 640  # as the MJPEG reader and the page shrink frames
 JPEG_QUALITY = 80
@@ -176,7 +181,12 @@ def _label_figures(
 
 
 def summarise(
-    replies: Sequence[Reply], clip: Clip, *, onset_frame: int | None = None, onset_label: str = "happy"
+    replies: Sequence[Reply],
+    clip: Clip,
+    *,
+    onset_frame: int | None = None,
+    onset_label: str = "happy",
+    label_margin: float = DEFAULT_SWITCH_MARGIN,
 ) -> dict[str, Any]:
     answered = len(replies)
     with_faces = [r for r in replies if r.faces]
@@ -201,7 +211,7 @@ def summarise(
         "raw": [max(r.faces[0]["raw_scores"], key=r.faces[0]["raw_scores"].get) if r.faces else None for r in replies],
         "smoothing_0": [
             faces[0]["emotion"] if faces else None
-            for faces in retrack(replies, clip.fps, smoothing_ms=0, switch_margin=DEFAULT_SWITCH_MARGIN)
+            for faces in retrack(replies, clip.fps, smoothing_ms=0, switch_margin=label_margin)
         ],
     }
     for name, labels in variants.items():
@@ -321,10 +331,8 @@ def _onset(text: str) -> tuple[str, int, str]:
     return name, int(frame), label
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fer_async.replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("clips", nargs="+", type=Path, help="video files")
     p.add_argument("--url", help="ws://HOST:PORT/ws of a running server (default: start one)")
     p.add_argument("--server-arg", action="append", default=[], help="option for the started server (repeatable)")
@@ -344,11 +352,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "for a grid of --smoothing-ms and --label-margin, re-run on the same raw scores",
     )
     ns = p.parse_args(argv)
+    # The started server's settings, resolved as it will resolve them: a bad one stops here.
+    ns.settings = Settings.from_args(ns.server_arg, prog=f"{PROG} --server-arg")
+    return ns
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         clips = [load_clip(path) for path in ns.clips]
     except ValueError as exc:
-        p.error(str(exc))
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     onsets = {name: (frame, label) for name, frame, label in ns.onset}
     runs = asyncio.run(_run(ns, clips))
     if ns.sweep:
@@ -359,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = []
     for clip, replies in runs:
         frame, label = onsets.get(clip.name, (None, "happy"))
-        summaries.append(summarise(replies, clip, onset_frame=frame, onset_label=label))
+        summaries.append(
+            summarise(replies, clip, onset_frame=frame, onset_label=label, label_margin=ns.settings.label_margin)
+        )
     for summary in summaries:
         print(format_summary(summary))
     for summary in summaries:

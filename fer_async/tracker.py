@@ -23,7 +23,8 @@ MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
 Every consumer builds its Tracker with `tracker_for(settings)`, so the live view, the video
 channels, the CLI and the jobs show the same labels for the same frames.
 
-Pure Python + numpy (and the defaults from fer_async.config); no I/O. Not thread-safe: one Tracker belongs to one task.
+Pure Python + numpy, with its tuned defaults in fer_async.tracker_defaults; no I/O. Not thread-safe:
+one Tracker belongs to one task.
 """
 
 from __future__ import annotations
@@ -35,14 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from fer_async import config as _config
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, Box, Face
+from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
-# Chosen by measurement on the real clips; declared with the server options (config stays a
-# stdlib-only leaf), which explains the choice.
-DEFAULT_SMOOTHING_MS: float = _config.DEFAULT_SMOOTHING_MS
-DEFAULT_SWITCH_MARGIN: float = _config.DEFAULT_LABEL_MARGIN
 # A face the detector misses for a few frames (a turn of the head, motion blur) keeps its id.
 DEFAULT_MAX_UNSEEN_MS = 1000.0
 # The most one frame adds to a missed track's age: the interval of a slow (2 fps) stream. A

@@ -101,8 +101,8 @@ def yunet_model() -> Path:
 @pytest.fixture(scope="session")
 def real_model() -> Iterator[FacialExpressionModel]:
     """The trained FacialExpressionModel shipped in weights/."""
-    from fer_async.config import DEFAULT_WEIGHTS_DIR
     from fer_async.model import FacialExpressionModel
+    from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 
     yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR)
 
@@ -110,7 +110,7 @@ def real_model() -> Iterator[FacialExpressionModel]:
 @pytest.fixture(scope="session")
 def real_fp32_model() -> Iterator[FacialExpressionModel]:
     """The shipped weights' fp32 network (weights/fernet.onnx), what a remote executor serves."""
-    from fer_async.config import DEFAULT_WEIGHTS_DIR
     from fer_async.model import FacialExpressionModel
+    from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 
     yield FacialExpressionModel(DEFAULT_WEIGHTS_DIR, precision="fp32")

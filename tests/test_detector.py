@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_async.config import DETECTOR_KINDS
 from fer_async.detector import HaarDetector, YuNetDetector, create_detector, create_detector_for
+from fer_async.detector_model import DETECTOR_KINDS
 from fer_async.imaging import decode_image
 from fer_async.labels import Box
 

@@ -16,8 +16,9 @@ import onnxruntime
 import pytest
 
 from fer_async import model as model_module
-from fer_async.config import DEFAULT_WEIGHTS_DIR, Settings, SettingsError
+from fer_async.config import Settings, SettingsError
 from fer_async.model import FacialExpressionModel
+from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 from fer_async.onnx_session import CPU, CUDA, requested_providers
 
 FACES = np.random.default_rng(5).integers(0, 256, size=(3, 48, 48), dtype=np.uint8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from testsupport import jpeg_scan_bomb
 
-from fer_async.config import MAX_PIXELS, MAX_REDUCED_FACTOR
+from fer_async.image_limits import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.imaging import (
     MAX_JPEG_SCANS,
     ImageError,

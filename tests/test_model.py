@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from testsupport import CountingModel
 
-from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.labels import EMOTIONS
 from fer_async.model import FacialExpressionModel
+from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 from fer_async.predictor import FlipTTA
 
 RNG = np.random.default_rng(0)

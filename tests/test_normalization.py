@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from fer_async.detector import HaarDetector
 from fer_async.imaging import crop_faces, decode_image
+from fer_async.model_choices import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 
 if TYPE_CHECKING:
     from fer_async.model import FacialExpressionModel

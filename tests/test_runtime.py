@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from testsupport import detected_photo_faces
 
-from fer_async.config import DEFAULT_WEIGHTS_DIR
 from fer_async.model import (
     EXPORT_COMMAND,
     JSON_SHA256,
@@ -28,6 +27,7 @@ from fer_async.model import (
     onnx_staleness,
     resolve_weights,
 )
+from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 
 ort = pytest.importorskip("onnxruntime")
 

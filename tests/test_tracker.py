@@ -8,15 +8,8 @@ import math
 import pytest
 
 from fer_async.labels import EMOTIONS, Face
-from fer_async.tracker import (
-    DEFAULT_MAX_UNSEEN_MS,
-    DEFAULT_SMOOTHING_MS,
-    DEFAULT_SWITCH_MARGIN,
-    TrackedFace,
-    Tracker,
-    centre_shift,
-    iou,
-)
+from fer_async.tracker import DEFAULT_MAX_UNSEEN_MS, TrackedFace, Tracker, centre_shift, iou
+from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 HAPPY = EMOTIONS.index("happy")
 NEUTRAL = EMOTIONS.index("neutral")

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
-from fer_async.config import add_model_options
+from fer_async.config import add_model_options, resolve_options
 from fer_async.imaging import ImageError, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.video import VIDEO_MAX_WIDTH, shrink_to_width
@@ -69,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the frames through the network in DIR and compare the labels frame by frame",
     )
     args = p.parse_args(argv)
-    if args.detector_model is not None and args.detector != "yunet":
+    model_given = args.detector_model is not None
+    resolve_options(p, args)  # command line > FER_* > the server's default
+    if model_given and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
     return args
 

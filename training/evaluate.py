@@ -64,7 +64,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fer_async.config import MODEL_PRECISIONS, add_model_options, model_option_defaults
+from fer_async.config import add_model_options, resolve_options
+from fer_async.model_choices import MODEL_PRECISIONS
 from training.cameras import CAMERAS
 from training.data import DEFAULT_DATA, SPLITS, Split, load_split
 from training.ferplus import DEFAULT_VOTES, load_votes, majority_labels
@@ -81,6 +82,9 @@ DEFAULT_OUT = REPO / "runs" / "evaluate"
 # flip-TTA double batch stay cheap; the result does not depend on it.
 BATCH_SIZE = 512
 LIMIT_SEED = 0
+# The server's options this tool takes: the network's, and with --via-detector the detector's.
+NETWORK_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta")
+DETECTOR_OPTIONS = ("detector", "detector_model", "align")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="FER+ votes npz (training.ferplus), face by face in the order of --data: also score against the FER+ "
         f"majority when it has the split (default: {DEFAULT_VOTES} with the default --data, else none)",
     )
-    add_model_options(p, ["weights", "model_name", "runtime", "model_precision", "flip_tta"])
+    add_model_options(p, NETWORK_OPTIONS)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="confusion-matrix folder (default: %(default)s)")
     p.add_argument(
@@ -118,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also evaluate each face as the server sees it: upscaled on a grey 320x240 frame, JPEG q80, "
         "through the Analyzer's decode + detector + crop + model",
     )
-    add_model_options(via, ["detector", "detector_model", "align"], defaults=False)  # None: only with --via-detector
+    add_model_options(via, DETECTOR_OPTIONS)
     via.add_argument(
         "--cameras",
         type=_camera_names,
@@ -136,8 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--detector, --detector-model and --align only apply with --via-detector")
     if args.votes is None and args.data.resolve() == DEFAULT_DATA.resolve() and DEFAULT_VOTES.is_file():
         args.votes = DEFAULT_VOTES
-    model_option_defaults(args)  # the server's detector (YuNet, Haar when its file cannot be had)
-    if args.detector_model is not None and args.detector != "yunet":
+    model_given = args.detector_model is not None
+    resolve_options(p, args, NETWORK_OPTIONS + DETECTOR_OPTIONS)  # command line > FER_* > the server's default
+    if model_given and args.detector != "yunet":
         p.error("--detector-model is only used by --detector yunet")
     return args
 

@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from fer_async.labels import FACE_SIZE
 from fer_async.model import (
     INT8_EXPORT_COMMAND,
@@ -55,6 +54,7 @@ from fer_async.model import (
     resolve_weights,
     sha256_of,
 )
+from fer_async.model_choices import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from training.data import DEFAULT_DATA, load_split
 
 INPUT_NAME = "faces"

@@ -26,10 +26,10 @@ import keras
 import numpy as np
 from keras import layers
 
-from fer_async.config import MODEL_PRECISIONS, RUNTIMES
 from fer_async.keras_layers import FaceContrast
 from fer_async.labels import EMOTIONS, FACE_SIZE
 from fer_async.model import ONNX_THREADS
+from fer_async.model_choices import MODEL_PRECISIONS, RUNTIMES
 from training.augmentation import CONTRAST, ERASING_AREA, ROTATION_DEGREES, SHIFT, ZOOM
 
 NUM_CLASSES = len(EMOTIONS)

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from fer_async.analyzer import Analyzer
-from fer_async.config import add_model_options
+from fer_async.config import add_model_options, resolve_options
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS, FrameResult
 from training.cameras import CAMERAS
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_model_options(p)
     args = p.parse_args(argv)
+    resolve_options(p, args)  # command line > FER_* > the server's default
     args.cameras = [name.strip() for name in args.cameras.split(",") if name.strip()]
     unknown = [name for name in args.cameras if name not in CAMERAS]
     if unknown:

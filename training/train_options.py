@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fer_async.config import DEFAULT_WEIGHTS_DIR
+from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 from training import models
 from training.data import DEFAULT_DATA
 from training.ferplus import DEFAULT_VOTES, UNVOTED_CHOICES

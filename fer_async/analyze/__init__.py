@@ -44,7 +44,8 @@ from fer_async.analyze.core import (
 )
 from fer_async.analyze.distributed import CHUNK_FRAMES
 from fer_async.config import Settings
-from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN, tracker_for
+from fer_async.tracker import tracker_for
+from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 if TYPE_CHECKING:
     from fer_async.analyzer import Analyzer

@@ -9,10 +9,10 @@ With several inputs, --out/--annotate/--plot take a directory (ending in /) or a
 Outputs are written under a temporary name and renamed when the file was analysed to its end.
 Interrupted (Ctrl-C) or cut short (a decoding error, or decoding that ends well before the end
 the header announces: truncated or corrupt), they are kept as NAME.incomplete.EXT with every row
-up to that point. Model, detector and tracker options are the server's, with its defaults.
-With --ray [ADDRESS] the files, and long files in chunks, run as Ray tasks (the [cluster] extra):
-on this machine's CPUs without ADDRESS, on a cluster with `auto` or HOST:PORT (give it after the
-inputs). The rows are the plain run's; one progress bar covers all files.
+up to that point. Model, detector and tracker options are the server's, with its FER_* variables
+and defaults. With --ray [ADDRESS] the files, and long files in chunks, run as Ray tasks (the
+[cluster] extra): on this machine's CPUs without ADDRESS, on a cluster with `auto` or HOST:PORT
+(give it after the inputs). The rows are the plain run's; one progress bar covers all files.
 Exit status: 0 all files complete; 1 some input could not be analysed (or only partly); 2 usage
 error; 130 interrupted.
 """
@@ -51,7 +51,7 @@ from fer_async.analyze.outputs import (
     plot_timeline,
 )
 from fer_async.analyze.source import IMAGE_EXTENSIONS, video_files
-from fer_async.config import MODEL_OPTIONS, Settings, SettingsError, add_model_options
+from fer_async.config import MODEL_OPTIONS, add_model_options, resolve_options
 from fer_async.loading import load_analyzer, load_detector
 from fer_async.tracker import TRACKER_OPTIONS, tracker_for
 from fer_async.video import VIDEO_EXTENSIONS
@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"with --ray: frames per task of a long file (default: {CHUNK_FRAMES}, rounded up to whole batches)",
     )
     # --smoothing-ms --label-margin --weights --model-name --runtime --model-precision --flip-tta
-    # --detector(-model): the server's own options and defaults, so a file gets the server's labels.
+    # --detector(-model) --align: the server's own options, so a file gets the server's labels.
     add_model_options(p, TRACKER_OPTIONS + MODEL_OPTIONS)
     p.add_argument(
         "--max-width",
@@ -116,10 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--ray takes an address, not an input ({args.ray}): give the inputs before --ray")
     if args.chunk_frames is not None and (args.ray is None or args.chunk_frames < 1):
         p.error("--chunk-frames needs --ray and must be at least 1")
-    try:  # the server's checks of its own options
-        args.settings = Settings().replace(**{name: getattr(args, name) for name in TRACKER_OPTIONS + MODEL_OPTIONS})
-    except SettingsError as exc:
-        p.error(str(exc))
+    # Command line > FER_* > default, checked as the server checks them.
+    args.settings = resolve_options(p, args, TRACKER_OPTIONS + MODEL_OPTIONS)
     return args
 
 

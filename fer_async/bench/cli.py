@@ -58,7 +58,7 @@ from fer_async.bench.harness import InProcessServer, ServerProcess, check_loopba
 from fer_async.bench.load import DEFAULT_RSS_INTERVAL_S, RunConfig, run_load, wait_for_hello
 from fer_async.bench.raw import run_raw
 from fer_async.bench.report import emit, format_profile, format_table
-from fer_async.config import Settings, add_model_options
+from fer_async.config import MODEL_OPTIONS, Settings, add_model_options, command_line, resolve_options
 from fer_async.synthetic import make_frames
 
 logger = logging.getLogger("fer_async.bench")  # not "__main__" under python -m
@@ -68,6 +68,8 @@ DEFAULT_WARMUP_S = 3.0
 DEFAULT_LIFETIME_S = (1.0, 6.0)  # --churn: each connection lives uniform(lo, hi) seconds
 MAX_CLIENTS = 1024  # a sanity bound on --clients / --sweep entries
 MAX_DURATION_S = 24 * 3600.0  # everything stops by itself
+# The server's options the bench takes, passed on to the server it starts (--raw: its own batches).
+SERVER_OPTIONS = ("max_batch", "max_wait_ms", *MODEL_OPTIONS)
 
 
 def _positive_float(text: str) -> float:
@@ -120,12 +122,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--origin", help="Origin header to send (default: the server's own http://host:port)")
     p.add_argument("--raw", action="store_true", help="no server: Analyzer.analyze directly, batches of --max-batch")
     p.add_argument("--in-process", action="store_true", help="run the started server in this process (debugging)")
-    p.add_argument(
-        "--max-batch", type=int, default=16, help="server --max-batch / raw batch size (default %(default)s)"
-    )
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="server --max-wait-ms (default %(default)s)")
-    model = p.add_argument_group("model (passed to the started server; the server's defaults when left out)")
-    add_model_options(model, defaults=False)
+    server = p.add_argument_group("server options (passed to the started server; --max-batch: --raw's batch size)")
+    add_model_options(server, SERVER_OPTIONS)
     p.add_argument(
         "--server-arg", action="append", default=[], help="extra argument for the started server (repeatable)"
     )
@@ -143,6 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-pid", type=int, help="with --url: pid of that server, for RSS sampling")
     p.add_argument("-v", "--verbose", action="store_true")
     ns = p.parse_args(argv)
+    ns.settings = resolve_options(p, ns, SERVER_OPTIONS)  # command line > FER_* > default, as the server
     if ns.warmup < 0:
         p.error("--warmup must be >= 0")
     if not 1 <= ns.max_batch <= 4096:
@@ -155,32 +154,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _server_args(ns: argparse.Namespace, *, clients: int = 0) -> list[str]:
-    args = [
-        "--max-batch",
-        str(ns.max_batch),
-        "--max-wait-ms",
-        f"{ns.max_wait_ms:g}",
-        # Room for every bench client plus the /metrics probe and a spare.
-        "--max-clients",
-        str(max(64, clients + 8)),
-    ]
-    if ns.weights is not None:
-        args += ["--weights", str(ns.weights)]
-    if ns.model_name is not None:
-        args += ["--model-name", ns.model_name]
-    if ns.runtime is not None:
-        args += ["--runtime", ns.runtime]
-    if ns.model_precision is not None:
-        args += ["--model-precision", ns.model_precision]
-    if ns.flip_tta is not None:
-        args.append("--flip-tta" if ns.flip_tta else "--no-flip-tta")
-    if ns.device is not None:
-        args += ["--device", ns.device]
-    if ns.detector is not None:
-        args += ["--detector", ns.detector]
-    if ns.detector_model is not None:
-        args += ["--detector-model", str(ns.detector_model)]
-    return [*args, *ns.server_arg]
+    # Room for every bench client plus the /metrics probe and a spare.
+    clients_flag = ["--max-clients", str(max(64, clients + 8))]
+    return [*command_line(ns.settings, SERVER_OPTIONS), *clients_flag, *ns.server_arg]
 
 
 async def _served_by(session: aiohttp.ClientSession, base_url: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from fer_async.bench.report import percentile, round_or_none
-from fer_async.config import model_option_defaults
 
 
 def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
@@ -23,14 +22,13 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     from fer_async.detector import create_detector_for
     from fer_async.model import FacialExpressionModel
 
-    options = argparse.Namespace(**vars(ns))
-    model_option_defaults(options)  # the server's defaults for what the command line left out
-    model = FacialExpressionModel.from_options(options)
-    detector, _name = create_detector_for(options.detector, options.detector_model)
+    settings = ns.settings  # the server's options as the server resolves them (cli.parse_args)
+    model = FacialExpressionModel.from_options(settings)
+    detector, _name = create_detector_for(settings.detector, settings.detector_model)
     batch = ns.max_batch
     frames_done = errors = offset = 0
     latencies: list[float] = []
-    with Analyzer(model, detector, align=options.align) as analyzer:
+    with Analyzer(model, detector, align=settings.align) as analyzer:
 
         def one_batch() -> tuple[float, int]:
             nonlocal offset

@@ -26,12 +26,12 @@ from fer_async.server import job_routes, mjpeg, views, ws
 from fer_async.server.connection import Connections
 from fer_async.server.keys import (
     ANALYZER,
-    BATCHER,
     DETECTOR_NAME,
     METRICS,
     MODEL,
     MODEL_EXECUTOR,
     PHOTO_UPLOADS,
+    PIPELINE,
     SETTINGS,
     VIDEO_HUB,
     WEBSOCKETS,
@@ -124,7 +124,7 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
         on_batch=on_batch,
     )
     await batcher.start()
-    app[BATCHER] = FramePipeline(analyzer, batcher, settings.max_queue)
+    app[PIPELINE] = FramePipeline(analyzer, batcher, settings.max_queue)
     yield
     await batcher.aclose()
 
@@ -132,7 +132,7 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
     trackers = functools.partial(tracker_for, app[SETTINGS])  # one per video channel
-    hub = VideoHub(app[BATCHER], app[METRICS], executor, tracker_factory=trackers)
+    hub = VideoHub(app[PIPELINE], app[METRICS], executor, tracker_factory=trackers)
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()

@@ -48,7 +48,7 @@ import aiohttp_jinja2
 from aiohttp import BodyPartReader, web
 
 from fer_async.server.jobs import UPLOAD_CHUNK, AnalysisJobs, JobsBusy
-from fer_async.server.keys import BATCHER, METRICS, SETTINGS, VIDEO_HUB, WEBSOCKETS
+from fer_async.server.keys import METRICS, PIPELINE, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.server.results_dir import RUNNING_STATES, ResultsDir
 from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
 
@@ -190,7 +190,7 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     connections, hub = app[WEBSOCKETS], app[VIDEO_HUB]
     jobs = AnalysisJobs(
         settings,
-        app[BATCHER],
+        app[PIPELINE],
         app[METRICS],
         ResultsDir(results_path),
         uploads,

@@ -20,7 +20,8 @@ MODEL: web.AppKey[Predictor] = web.AppKey("model")
 # The single thread every model call (and so every Analyzer.analyze) runs on.
 MODEL_EXECUTOR: web.AppKey[ThreadPoolExecutor] = web.AppKey("model_executor", ThreadPoolExecutor)
 ANALYZER: web.AppKey[Analyzer] = web.AppKey("analyzer", Analyzer)
-BATCHER: web.AppKey[FramePipeline] = web.AppKey("batcher")
+# Frames in, results out: prepared on the detection threads, then batched for the model.
+PIPELINE: web.AppKey[FramePipeline] = web.AppKey("pipeline", FramePipeline)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 # The open WebSocket connections (admission and shutdown go through it).
 WEBSOCKETS: web.AppKey[Connections] = web.AppKey("websockets", Connections)

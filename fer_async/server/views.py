@@ -16,11 +16,11 @@ from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, emotion_colours_css
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fer_async.server.keys import (
-    BATCHER,
     DETECTOR_NAME,
     METRICS,
     MODEL,
     PHOTO_UPLOADS,
+    PIPELINE,
     SETTINGS,
     VIDEO_HUB,
     WEBSOCKETS,
@@ -110,7 +110,7 @@ async def healthz(request: web.Request) -> web.Response:
             "runtime": str(getattr(request.app[MODEL], "runtime", "keras")),
             "clients": len(request.app[WEBSOCKETS]),
             "video_viewers": request.app[VIDEO_HUB].viewers,
-            "queue": request.app[BATCHER].queue_size,
+            "queue": request.app[PIPELINE].queue_size,
             "worker": request.app[WORKER].as_json(),
         }
     )
@@ -185,7 +185,7 @@ async def predict(request: web.Request) -> web.Response:
         return upload
     started = time.perf_counter()  # after the upload: a slow client's bytes are not server time
     outcome = check_frame(metrics_, upload, limit, settings.max_pixels, option="--max-photo-bytes") or await submit(
-        request.app[BATCHER], metrics_, "api", upload
+        request.app[PIPELINE], metrics_, "api", upload
     )
     if isinstance(outcome, Refused):
         return _refused(outcome)

@@ -12,7 +12,7 @@ import logging
 from aiohttp import web
 
 from fer_async.server.connection import Connection
-from fer_async.server.keys import BATCHER, METRICS, SETTINGS, WEBSOCKETS
+from fer_async.server.keys import METRICS, PIPELINE, SETTINGS, WEBSOCKETS
 from fer_async.server.protocol import origin_allowed
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     return await Connection.serve(
         request,
         settings=settings,
-        batcher=request.app[BATCHER],
+        batcher=request.app[PIPELINE],
         metrics=request.app[METRICS],
         connections=request.app[WEBSOCKETS],
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
+from fer_async.model_choices import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 
 from .oipserver import MLServer, cached_onnx, ensure_venv
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_async.config import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
+from fer_async.model_choices import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
 from fer_async.oip import encode_request
 from fer_async.remote import RemotePredictor, RemoteStats
 

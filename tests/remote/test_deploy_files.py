@@ -89,7 +89,7 @@ def test_mlserver_settings_match_the_onnx_export(fernet_onnx: Path) -> None:
 
 @pytest.mark.parametrize("path", [TRITON_CONFIG, MLSERVER_SETTINGS])
 def test_deploy_files_name_the_served_model(path: Path) -> None:
-    from fer_async.config import DEFAULT_MODEL_NAME
+    from fer_async.model_choices import DEFAULT_MODEL_NAME
 
     assert path.parent.name == DEFAULT_MODEL_NAME  # Triton and MLServer key models by folder / name
     assert f'"{DEFAULT_MODEL_NAME}"' in path.read_text()

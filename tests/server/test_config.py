@@ -11,26 +11,27 @@ from pathlib import Path
 import pytest
 
 from fer_async.config import (
-    DEFAULT_VIDEO_DIR,
-    DEFAULT_WEIGHTS_DIR,
-    MAX_PIXELS,
     MODEL_OPTIONS,
+    OPTIONS,
     Settings,
     SettingsError,
     add_model_options,
     build_parser,
-    model_option_defaults,
+    command_line,
     options_table,
+    resolve_options,
 )
-from fer_async.paths import REPO_ROOT
-from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
+from fer_async.image_limits import MAX_PIXELS
+from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
+from fer_async.paths import REPO_ROOT, STATIC_DIR
+from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 
 def test_defaults() -> None:
     settings = Settings.from_args([], env={})
     assert settings == Settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
-    assert settings.weights == DEFAULT_WEIGHTS_DIR and settings.video_dir == DEFAULT_VIDEO_DIR
+    assert settings.weights == DEFAULT_WEIGHTS_DIR and settings.video_dir == STATIC_DIR / "videos"
     assert (settings.max_batch, settings.max_wait_ms, settings.max_clients) == (16, 5.0, 64)
     assert settings.max_frame_bytes == 2_000_000 and settings.max_pixels == MAX_PIXELS
     assert settings.allow_origins == () and not settings.tls and settings.flip_tta
@@ -122,6 +123,39 @@ def test_invalid_settings_exit_with_a_message(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"port": 70000}, "--port must be 0..65535, got 70000"),
+        ({"max_queue": 0}, "--max-queue must be >= 1, got 0"),
+        ({"max_wait_ms": -1.0}, "--max-wait-ms must be >= 0, got -1.0"),
+        ({"label_margin": 1.0}, "--label-margin must be in [0, 1), got 1.0"),
+        ({"smoothing_ms": float("nan")}, "--smoothing-ms must be 0..10000, got nan"),
+        ({"executor_timeout_s": 0.0}, "--executor-timeout must be > 0, got 0.0"),
+        ({"workers": 0}, "--workers must be >= 1 or 'auto', got 0"),
+        ({"log_level": "loud"}, "--log-level must be one of debug, info, warning, error, critical, got 'loud'"),
+        ({"port": 0, "workers": 2}, "--workers > 1 needs a fixed --port: each worker binds it (SO_REUSEPORT)"),
+    ],
+)
+def test_each_option_is_checked_by_its_declaration(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings(**changes)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_command_line_gives_the_settings_to_another_command(tmp_path: Path) -> None:
+    settings = Settings(
+        port=0,
+        flip_tta=False,
+        align=False,
+        detector_model=tmp_path / "yunet.onnx",
+        allow_origins=("https://a.org", "*"),
+        max_wait_ms=2.5,
+        log_level="debug",
+    )
+    assert Settings.from_args(command_line(settings, OPTIONS), env={}) == settings
+
+
 def test_direct_construction_validates() -> None:
     with pytest.raises(SettingsError):
         Settings(cert=Path("c.pem"))
@@ -157,14 +191,11 @@ def test_tools_take_the_model_options_with_the_server_defaults() -> None:
     parser = argparse.ArgumentParser()
     add_model_options(parser)
     args = parser.parse_args([])
+    assert all(getattr(args, name) is None for name in MODEL_OPTIONS)  # not given, until resolved
+    assert resolve_options(parser, args, env={}) == Settings()
     defaults = Settings()
     for name in MODEL_OPTIONS:
         assert getattr(args, name) == getattr(defaults, name), name
     args = parser.parse_args(["--no-flip-tta", "--model-name", "other", "--detector", "yunet"])
+    resolve_options(parser, args, env={})
     assert (args.flip_tta, args.model_name, args.detector) == (False, "other", "yunet")
-    late = argparse.ArgumentParser()
-    add_model_options(late, ["detector"], defaults=False)
-    args = late.parse_args([])
-    assert args.detector is None
-    model_option_defaults(args)
-    assert args.detector == "yunet"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_async.config import DEFAULT_WEIGHTS_DIR
+from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 from training.data import DEFAULT_DATA, Split, load_split
 
 MIN_ENSEMBLE = 0.705
