@@ -34,6 +34,9 @@ DEFAULT_DETECTOR = "yunet"
 DEFAULT_SMOOTHING_MS = 250.0
 DEFAULT_ALIGN = True  # faces turned upright by YuNet's landmarks (fer_async.alignment)
 DEFAULT_LABEL_MARGIN = 0.15
+# Full face detection on every N-th frame of a stream, only around the last faces between (fer_async.schedule,
+# which explains it); chosen by measurement on the real clips (README, "Detect less, track more").
+DEFAULT_DETECT_EVERY = 5
 # Decompression bombs: a PNG of a few KB can declare 20000x20000 pixels and make the decoder
 # allocate 1.2 GB. imaging reads the size from the header and refuses before decoding. 4 Mpx
 # covers every webcam frame up to 2560x1600 with room to spare.
@@ -100,6 +103,9 @@ def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+_AT_LEAST_ONE = ("max_batch", "max_queue", "max_clients", "max_frame_bytes", "max_photo_bytes", "max_video_bytes")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every option of the server. Build with `Settings.from_args()` or directly (tests)."""
@@ -115,6 +121,7 @@ class Settings:
     detector: str = DEFAULT_DETECTOR
     detector_model: Path | None = None
     align: bool = DEFAULT_ALIGN
+    detect_every: int = DEFAULT_DETECT_EVERY
     video_dir: Path = DEFAULT_VIDEO_DIR
     results_dir: Path | None = None  # None: a temporary directory of this server and its --workers
     smoothing_ms: float = DEFAULT_SMOOTHING_MS
@@ -146,15 +153,7 @@ class Settings:
         problems: list[str] = []
         if not 0 <= self.port <= 65535:
             problems.append(f"--port must be 0..65535, got {self.port}")
-        for name in (
-            "max_batch",
-            "max_queue",
-            "max_clients",
-            "max_frame_bytes",
-            "max_photo_bytes",
-            "max_video_bytes",
-            "max_pixels",
-        ):
+        for name in (*_AT_LEAST_ONE, "max_pixels", "detect_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.workers < 1:
@@ -300,6 +299,7 @@ _OPTIONS: dict[str, Option] = {
         "keep the box crop; --no-align: box crops)",
         argparse={"action": argparse.BooleanOptionalAction},
     ),
+    "detect_every": Option("--detect-every", _parse_int, "full face detection every N frames of a stream", "N"),
     "video_dir": Option("--video-dir", Path, "directory of video files served as MJPEG under /video/NAME", "DIR"),
     "results_dir": Option("--results-dir", Path, "analysis jobs' state and rows; replicas share one", "DIR"),
     "smoothing_ms": Option(

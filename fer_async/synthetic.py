@@ -52,11 +52,20 @@ def compose_frame(
     side: int = FACE_SIDE,
     seed: int = 0,
 ) -> np.ndarray:
-    """`photo` shrunk to `side` x `side` and pasted at (x, y) on a gradient background (BGR)."""
+    """`photo` shrunk to `side` x `side` and pasted at (x, y) (kept inside the frame) on a gradient background (BGR)."""
     frame = background(width, height, seed)
+    paste(frame, photo, max(0, min(x, width - side)), max(0, min(y, height - side)), side)
+    return frame
+
+
+def paste(frame: np.ndarray, photo: np.ndarray, x: int, y: int, side: int) -> np.ndarray:
+    """`photo` shrunk to `side` x `side` and pasted into `frame` at (x, y), in place; the part
+    beyond the frame's edges is cut off (a face entering the picture). Returns `frame`."""
     small = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
-    x0, y0 = max(0, min(x, width - side)), max(0, min(y, height - side))
-    frame[y0 : y0 + side, x0 : x0 + side] = small[: height - y0, : width - x0]
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + side), min(height, y + side)
+    if x0 < x1 and y0 < y1:
+        frame[y0:y1, x0:x1] = small[y0 - y : y1 - y, x0 - x : x1 - x]
     return frame
 
 

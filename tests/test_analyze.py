@@ -37,7 +37,7 @@ from fer_async.analyze import (
     open_source,
 )
 from fer_async.analyze.__main__ import main
-from fer_async.analyze.core import analyzer_classify
+from fer_async.analyze.stages import analyzer_stages
 from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
 from fer_async.detector import create_detector
@@ -239,7 +239,7 @@ def test_a_shortfall_is_cut_short_only_when_large_in_time_and_share(
 ) -> None:
     """12 frames at 10 fps decode; a header announcing more is an estimate until 0.5 s (and 2 %) are missing."""
     info = dataclasses.replace(open_source(clips["face"]), frame_count=announced)
-    analysis = FileAnalysis(info, analyzer_classify(analyzer), tracker_for(Settings()), every=4)
+    analysis = FileAnalysis(info, analyzer_stages(analyzer), tracker_for(Settings()), every=4)
     assert analysis.run(lambda frame: None) is ending
     assert analysis.frames_read == 12
 
@@ -248,7 +248,7 @@ def test_a_truncated_file_is_cut_short_through_the_api_and_the_cli(
     analyzer: Analyzer, clips: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     info = open_source(clips["truncated"])
-    analysis = FileAnalysis(info, analyzer_classify(analyzer), tracker_for(Settings()))
+    analysis = FileAnalysis(info, analyzer_stages(analyzer), tracker_for(Settings()))
     assert analysis.run(lambda frame: None) is Ending.CUT_SHORT
     assert 0 < analysis.frames_read <= 15 and info.frame_count == 20  # half the bytes: about half the frames
     assert main([str(clips["truncated"]), "--out", f"{tmp_path}/"]) == 1

@@ -33,12 +33,13 @@ from fer_async.analyze.core import (
     FileSummary,
     InputError,
     SourceInfo,
-    analyzer_classify,
     columns,
     frame_rows,
     open_source,
 )
+from fer_async.analyze.stages import Stages, analyzer_stages
 from fer_async.config import Settings
+from fer_async.schedule import DETECT_EVERY
 from fer_async.tracker import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN, tracker_for
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ __all__ = [
     "IncompleteVideoWarning",
     "InputError",
     "SourceInfo",
+    "Stages",
     "analyze_video",
+    "analyzer_stages",
     "columns",
     "frame_rows",
     "load_analyzer",
@@ -110,6 +113,7 @@ def analyze_video(
     smoothing_ms: float = DEFAULT_SMOOTHING_MS,
     label_margin: float = DEFAULT_SWITCH_MARGIN,
     max_width: int | None = ANALYSIS_MAX_WIDTH,
+    detect_every: int = DETECT_EVERY,
 ) -> Iterator[dict[str, Any]]:
     """Rows of `path` (a video or a JPEG/PNG image), one per face per analysed frame, as they come.
 
@@ -119,7 +123,8 @@ def analyze_video(
     per emotion. `smoothing_ms` and `label_margin` are the server's --smoothing-ms and
     --label-margin (both 0: raw scores, label = their argmax). Every `every`-th frame is
     analysed. `max_width` shrinks frames before detection as the server's video stream does
-    (None: full size).
+    (None: full size). `detect_every` is the server's --detect-every: the whole frame is searched
+    for faces on every `detect_every`-th analysed frame, only around the last faces between.
 
     Raises InputError (one line) for a missing file, a non-video, a video without frames. A
     video cut short (a decoding error, or decoding ending well before the end its header
@@ -131,7 +136,9 @@ def analyze_video(
     own = analyzer is None
     active = load_analyzer() if analyzer is None else analyzer
     try:
-        analysis = FileAnalysis(info, analyzer_classify(active), tracker, every=every, max_width=max_width)
+        analysis = FileAnalysis(
+            info, analyzer_stages(active), tracker, every=every, max_width=max_width, detect_every=detect_every
+        )
         name = str(info.path)
         for frame in analysis:
             if frame.analysed:

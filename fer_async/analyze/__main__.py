@@ -32,7 +32,6 @@ from fer_async.analyze.core import (
     FileSummary,
     InputError,
     SourceInfo,
-    analyzer_classify,
     columns,
     frame_rows,
     open_source,
@@ -45,12 +44,16 @@ from fer_async.analyze.outputs import (
     output_path,
     plot_timeline,
 )
+from fer_async.analyze.stages import analyzer_stages
 from fer_async.config import MODEL_OPTIONS, Settings, SettingsError, add_model_options
 from fer_async.loading import load_analyzer
+from fer_async.schedule import SCHEDULE_OPTIONS, full_share
 from fer_async.tracker import TRACKER_OPTIONS, tracker_for
 
 PROG = "python -m fer_async.analyze"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# The server's options this command takes, with the server's defaults.
+SERVER_OPTIONS = TRACKER_OPTIONS + SCHEDULE_OPTIONS + MODEL_OPTIONS
 EXIT_STATUS = {
     Ending.DONE: 0,
     Ending.STOPPED: EXIT_INTERRUPTED,
@@ -74,9 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="timeline PNG per input (needs matplotlib): FILE.png, DIR/ or a {stem} template",
     )
     p.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default: 1)")
-    # --smoothing-ms --label-margin --weights --model-name --runtime --model-precision --flip-tta
-    # --detector(-model): the server's own options and defaults, so a file gets the server's labels.
-    add_model_options(p, TRACKER_OPTIONS + MODEL_OPTIONS)
+    # --smoothing-ms --label-margin --detect-every --weights --model-name --runtime --model-precision
+    # --flip-tta --detector(-model): the server's own options and defaults, so a file gets the server's labels.
+    add_model_options(p, SERVER_OPTIONS)
     p.add_argument(
         "--max-width",
         type=int,
@@ -91,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.max_width != 0 and args.max_width < 16:
         p.error("--max-width must be 0 or at least 16")
     try:  # the server's checks of its own options
-        args.settings = Settings().replace(**{name: getattr(args, name) for name in TRACKER_OPTIONS + MODEL_OPTIONS})
+        args.settings = Settings().replace(**{name: getattr(args, name) for name in SERVER_OPTIONS})
     except SettingsError as exc:
         p.error(str(exc))
     return args
@@ -141,11 +144,12 @@ def _analyse_file(
     """Analyse one file into its outputs; the exit status it earns."""
     analysis = FileAnalysis(
         info,
-        analyzer_classify(analyzer),
+        analyzer_stages(analyzer),
         tracker_for(args.settings),
         every=args.every,
         max_width=args.max_width or None,
         keep_images=args.annotate is not None,
+        detect_every=args.settings.detect_every,
     )
     rows_out = None
     if args.out is not None:
@@ -200,10 +204,12 @@ def _analyse_file(
 
     speed = analysis.frames_read / elapsed if elapsed > 0 else 0.0
     realtime = f", {speed / info.fps:.2f}x real time" if info.kind == "video" and info.fps else ""
+    share = full_share(analysis.searches)
+    full = "" if share is None else f"; full face detection on {share:.0%} of the analysed frames"
     print(
         f"{info.path.name}: {analysis.frames_read} frames read, {summary.frames_analysed} analysed "
         f"({summary.frames_with_faces} with faces), {summary.rows} rows, {len(summary.tracks)} tracks; "
-        f"{elapsed:.1f} s, {speed:.1f} frames/s{realtime}",
+        f"{elapsed:.1f} s, {speed:.1f} frames/s{realtime}{full}",
         file=report,
     )
     for line in summary.lines():

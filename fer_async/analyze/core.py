@@ -2,9 +2,16 @@
 
 Used by the CLI and Python API (`fer_async.analyze`) and by the server's upload jobs
 (`fer_async.server.jobs`). Only *how frames reach the Analyzer* differs between them: the
-CLI calls `Analyzer.analyze` directly, the server goes through its batcher; both hand
-`FileAnalysis` a `classify` function. Frames are shrunk exactly as the MJPEG stream shrinks
-them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the same labels.
+CLI calls the Analyzer's two stages directly, the server goes through its pipeline and
+batcher; both hand `FileAnalysis` the two `Stages`. Frames are shrunk exactly as the MJPEG
+stream shrinks them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the
+same labels.
+
+Detection follows the file's own `DetectionSchedule` (fer_async.schedule): a full detection
+every `detect_every` analysed frames, only the regions around the last faces between. So
+frame i+1's detection needs frame i's boxes: frames are prepared one after the other on one
+thread, while the file is decoded on the caller's thread and the faces of the frames prepared
+before are classified in one model call per chunk on a third.
 
 Memory stays flat: frames are decoded, classified in chunks and dropped; only the per-track
 counters (and, when asked for, a compact timeline) grow with the file.
@@ -17,19 +24,25 @@ import enum
 import logging
 import math
 from array import array
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from fer_async.analyze.stages import Chunk, Stages
 from fer_async.imaging import ImageError, decode_image
-from fer_async.labels import EMOTIONS, Box, FrameResult
+from fer_async.labels import EMOTIONS, Box
+from fer_async.schedule import DETECT_EVERY, DetectionSchedule
 from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import DEFAULT_FPS, VIDEO_EXTENSIONS, VIDEO_MAX_WIDTH, shrink_to_width
+
+if TYPE_CHECKING:
+    from fer_async.analyzer import Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +60,6 @@ SMOOTHED_PREFIX = "smoothed_"
 # that ends short of it by at least this much time AND this share of the file is called cut short.
 CUT_SHORT_MIN_S = 0.5
 CUT_SHORT_MIN_SHARE = 0.02
-
-Classify = Callable[[list[np.ndarray]], Sequence[FrameResult]]
 
 
 class Ending(enum.StrEnum):
@@ -150,22 +161,27 @@ def _scaled(box: Box, scale: float) -> Box:
 class FileAnalysis:
     """Analyse `info.path` with `run` (or iterate it); `ending` and `describe_ending` say how it ended.
 
-    `classify` gets a list of BGR frames (shrunk to `max_width`) and returns one FrameResult
-    each, in order. Every `every`-th frame is analysed (frame 0 first). `tracker` (build it with
-    `tracker.tracker_for(settings)`, as every other consumer does) gets each analysed frame's
-    time, index / fps.
+    `stages` reach the Analyzer (`analyzer_stages` for one in this process); frames are shrunk to
+    `max_width`. Every `every`-th frame is analysed (frame 0 first), with a full face detection
+    on every `detect_every`-th analysed frame (`schedule`, reset at frame 0) and the regions
+    around the last faces between. `tracker` (build it with `tracker.tracker_for(settings)`, as
+    every other consumer does) gets each analysed frame's time, index / fps. `searches` counts
+    the analysed frames by the face search they got (schedule.Search).
     """
 
     info: SourceInfo
-    classify: Classify
+    stages: Stages
     tracker: Tracker
     every: int = 1
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
-    frames_read: int = field(default=0, init=False)
+    detect_every: int = DETECT_EVERY
+    frames_read: int = field(default=0, init=False)  # frames of the file handed out so far
     frames_analysed: int = field(default=0, init=False)
     decode_failed: bool = field(default=False, init=False)
+    searches: Counter[str] = field(default_factory=Counter, init=False)
+    schedule: DetectionSchedule = field(init=False, repr=False)
     _last_faces: tuple[TrackedFace, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +189,7 @@ class FileAnalysis:
             raise ValueError(f"every must be at least 1, got {self.every}")
         if self.frames_per_call < 1:
             raise ValueError(f"frames_per_call must be at least 1, got {self.frames_per_call}")
+        self.schedule = DetectionSchedule(self.detect_every)
 
     @property
     def smoothed(self) -> bool:
@@ -218,7 +235,6 @@ class FileAnalysis:
     def _frames(self) -> Iterator[tuple[int, np.ndarray | None]]:
         """(index, frame) for every frame; None for frames neither analysed nor kept."""
         if self.info.kind == "image":
-            self.frames_read = 1
             yield 0, _read_image(self.info.path)
             return
         capture = cv2.VideoCapture(str(self.info.path))
@@ -235,42 +251,58 @@ class FileAnalysis:
                     if not ok or frame is None:  # a frame that was read but cannot be decoded
                         self.decode_failed = True
                         return
-                self.frames_read = index + 1
                 yield index, frame
                 index += 1
         finally:
             capture.release()
 
     def __iter__(self) -> Iterator[AnalysedFrame]:
-        pending: list[tuple[int, np.ndarray | None]] = []
-        for index, frame in self._frames():
-            pending.append((index, frame))
-            analysed = sum(1 for i, _ in pending if i % self.every == 0)
-            if analysed >= self.frames_per_call or len(pending) >= MAX_BUFFERED_FRAMES:
-                yield from self._flush(pending)
-                pending = []
-        if pending:
-            yield from self._flush(pending)
+        self.schedule.reset()
+        detect = ThreadPoolExecutor(1, thread_name_prefix="fer-file-detect")
+        classify = ThreadPoolExecutor(1, thread_name_prefix="fer-file-classify")
+        started: deque[Chunk] = deque()  # chunks whose classification was started, oldest first
+        chunk = Chunk()
+        try:
+            for index, frame in self._frames():
+                prepared = None
+                if frame is not None and index % self.every == 0:
+                    prepared = detect.submit(self._prepare, frame)
+                chunk.frames.append((index, frame if self.keep_images else None, prepared))
+                chunk.widths[index] = 0 if frame is None else frame.shape[1]
+                if chunk.analysed >= self.frames_per_call or len(chunk.frames) >= MAX_BUFFERED_FRAMES:
+                    started.append(chunk.classify_on(classify, self.stages.classify))
+                    chunk = Chunk()
+                    # One chunk classified while the next is prepared and the one after decoded.
+                    while len(started) > 1:
+                        yield from self._deliver(started.popleft())
+            if chunk.frames:
+                started.append(chunk.classify_on(classify, self.stages.classify))
+            while started:
+                yield from self._deliver(started.popleft())
+        finally:
+            detect.shutdown(wait=True, cancel_futures=True)
+            classify.shutdown(wait=True, cancel_futures=True)
 
-    def _flush(self, pending: list[tuple[int, np.ndarray | None]]) -> Iterator[AnalysedFrame]:
-        to_classify = [(i, f) for i, f in pending if i % self.every == 0 and f is not None]
-        shrunk = [shrink_to_width(f, self.max_width) for _, f in to_classify]
-        results = list(self.classify(shrunk)) if shrunk else []
-        if len(results) != len(shrunk):
-            raise RuntimeError(f"classify returned {len(results)} results for {len(shrunk)} frames")
-        by_index = {i: (f.shape[1], r) for (i, f), r in zip(to_classify, results, strict=True)}
+    def _prepare(self, frame: np.ndarray) -> Prepared:
+        """Detect and crop one frame with the schedule's hints (on the detection thread, in frame order)."""
+        prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), self.schedule.hints())
+        self.schedule.observe(prepared.width, prepared.height, prepared.boxes)
+        self.searches[prepared.search] += 1
+        return prepared
+
+    def _deliver(self, chunk: Chunk) -> Iterator[AnalysedFrame]:
+        results = chunk.results()
         fps = self.info.fps or DEFAULT_FPS
-        for index, frame in pending:
+        for index, frame, prepared in chunk.frames:
             time_s = index / fps if self.info.kind == "video" else 0.0
-            analysed = index in by_index
-            if analysed:
-                full_width, result = by_index[index]
+            if prepared is not None:
+                result = results[index]
                 tracked = self.tracker.update(result.faces, time_s)
-                scale = full_width / result.width
+                scale = chunk.widths[index] / result.width
                 self._last_faces = tuple(dataclasses.replace(t, box=_scaled(t.box, scale)) for t in tracked)
                 self.frames_analysed += 1
-            image = frame if self.keep_images else None
-            yield AnalysedFrame(index, time_s, analysed, self._last_faces, image)
+            self.frames_read = index + 1
+            yield AnalysedFrame(index, time_s, prepared is not None, self._last_faces, frame)
 
 
 def frame_rows(file: str, frame: AnalysedFrame, smoothed: bool) -> list[dict[str, Any]]:
@@ -359,19 +391,6 @@ class FileSummary:
             }
             for track_id, stats in sorted(self.tracks.items())
         ]
-
-
-def analyzer_classify(analyzer: Any) -> Classify:
-    """`classify` for FileAnalysis that calls `Analyzer.analyze` directly (the CLI, the API)."""
-
-    def classify(frames: list[np.ndarray]) -> list[FrameResult]:
-        results = analyzer.analyze(frames)
-        for result in results:
-            if not isinstance(result, FrameResult):  # decoded frames cannot fail to decode
-                raise RuntimeError(f"analysis failed on a decoded frame: {result}")
-        return list(results)
-
-    return classify
 
 
 def video_files(path: Path) -> list[Path]:

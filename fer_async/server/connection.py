@@ -28,6 +28,7 @@ from fer_async.config import Settings
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
+from fer_async.schedule import DetectionSchedule
 from fer_async.server import protocol
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
 from fer_async.tracker import tracker_for
@@ -118,6 +119,7 @@ class Connection:
         self.dropped = 0
         # Touched only by the worker, which analyses this connection's frames one at a time, in order.
         self.tracker = tracker_for(settings)
+        self.schedule = DetectionSchedule(settings.detect_every)
 
     @classmethod
     async def serve(
@@ -308,9 +310,10 @@ class Connection:
 
     async def _analyse(self, frame: _Frame) -> str:
         """The reply to `frame`, already encoded (so its JSON cost is measured here, not in send)."""
-        outcome = await submit(self.batcher, self.metrics, "ws", frame.data)
+        outcome = await submit(self.batcher, self.metrics, "ws", frame.data, self.schedule.hints())
         if isinstance(outcome, Refused):
             return protocol.encode(protocol.error(outcome.message, frame.id))
+        self.schedule.observe(outcome.width, outcome.height, [face.box for face in outcome.faces])
         started = time.perf_counter()
         payload = outcome.to_json()
         # Time of receipt, not of analysis: the smoothing follows the client's own frame rate.
