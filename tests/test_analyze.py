@@ -86,10 +86,14 @@ def test_rows_one_per_face_per_frame_with_every_column(analyzer: Analyzer, clips
         assert row["emotion"] in EMOTIONS
         assert sum(row[name] for name in EMOTIONS) == pytest.approx(1.0, abs=2e-3)
         assert sum(row["smoothed_" + name] for name in EMOTIONS) == pytest.approx(1.0, abs=2e-3)
-    # Boxes are in the file's own pixels (960 wide), although detection ran at 640.
+    # Boxes are in the file's own pixels (960 wide), also when the frames were shrunk to 640 first
+    # (as the MJPEG stream's are), and the face is the same either way.
     first = main_face[0]
     assert iou((first["x"], first["y"], first["w"], first["h"]), FACE_REGION) > 0.6
     assert first["x"] + first["w"] <= CLIP_SIZE[0]
+    shrunk = next(r for r in analyze_video(clips["face"], analyzer=analyzer, max_width=640) if r["face"] == 1)
+    assert iou(tuple(shrunk[k] for k in "xywh"), tuple(first[k] for k in "xywh")) > 0.8
+    assert shrunk["emotion"] == first["emotion"]
 
 
 def test_smoothing_and_margin_off_give_raw_scores_and_their_label(analyzer: Analyzer, clips: dict[str, Path]) -> None:

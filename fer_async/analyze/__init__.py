@@ -11,8 +11,8 @@ From Python (rows as dicts, ready for pandas)::
     df = pd.DataFrame(analyze_video("clip.mp4", analyzer=analyzer))
 
 The frames go through the server's own `Analyzer` (detect, crop, one model call per 16
-frames) and a `Tracker` per file, shrunk as the MJPEG stream shrinks them, so a clip gets the
-labels the server shows for it. See `core.columns` for the row keys.
+frames) and a `Tracker` per file, so a clip gets the labels the server shows for it. See
+`core.columns` for the row keys.
 Model, detector and tracker are built from `Settings` as the server builds them
 (`fer_async.loading`, `tracker.tracker_for`).
 """
@@ -122,9 +122,10 @@ def analyze_video(
     hysteresis), one raw probability per emotion, and with smoothing on `smoothed_<emotion>`
     per emotion. `smoothing_ms` and `label_margin` are the server's --smoothing-ms and
     --label-margin (both 0: raw scores, label = their argmax). Every `every`-th frame is
-    analysed. `max_width` shrinks frames before detection as the server's video stream does
-    (None: full size). `detect_every` is the server's --detect-every: the whole frame is searched
-    for faces on every `detect_every`-th analysed frame, only around the last faces between.
+    analysed. `max_width` shrinks frames before detection (640: as the server's video stream
+    does; None, the default: the file's own size). `detect_every` is the server's
+    --detect-every: the whole frame is searched for faces on every `detect_every`-th analysed
+    frame, only around the last faces between.
 
     Raises InputError (one line) for a missing file, a non-video, a video without frames. A
     video cut short (a decoding error, or decoding ending well before the end its header

@@ -83,10 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max-width",
         type=int,
-        default=ANALYSIS_MAX_WIDTH,
+        default=ANALYSIS_MAX_WIDTH or 0,
         metavar="PX",
-        help="shrink frames to this width before detection, as the video stream does; 0 = full size "
-        "(default: %(default)s)",
+        help="shrink frames to this width before detection (640: as the video stream does); 0 = the file's own "
+        "size (default: %(default)s)",
     )
     args = p.parse_args(argv)
     if args.every < 1:
