@@ -13,15 +13,18 @@ stateless: no hints means a full detection, and it never remembers a face.
   last `reset()`), so a face that enters the picture is found within N - 1 frames;
 * otherwise the boxes the previous frame's detection returned, whatever kind it was.
 
+A live connection shifts its period by an `offset` (its number modulo N): clients that connect
+together would otherwise all get their full detections in the same batches, every N-th one.
+
 A face the region search does not find is searched for on the whole of the same frame
 (`Search.REGIONS_LOST`; `Analyzer.prepare`), so a track is never left without its face.
 
 The decision and the hints are a pure function of the frame count since `reset()` (modulo N)
 and the previous frame's raw detections: never of a tracker's smoothing or of the clock. So a
-run that starts (or `reset()`s) at a frame whose count is a multiple of N produces exactly the
-raw detections the uninterrupted run produces from that frame on: split a file into chunks
-whose first frames are multiples of N (in analysed frames), reset the schedule at each, and
-the chunks together give the boxes of the whole run.
+run (offset 0, as every file analysis) that starts (or `reset()`s) at a frame whose count is a
+multiple of N produces exactly the raw detections the uninterrupted run produces from that
+frame on: split a file into chunks whose first frames are multiples of N (in analysed
+frames), reset the schedule at each, and the chunks together give the boxes of the whole run.
 
 `DETECT_EVERY` (the `--detect-every` default) is chosen by measurement: see the README, "Detect
 less, track more" (`python -m fer_async.bench.detect_every`). Stdlib only.
@@ -77,10 +80,13 @@ class Hints:
 class DetectionSchedule:
     """Full detection or hints for each frame of ONE stream; see the module docstring. Not thread-safe."""
 
-    def __init__(self, every: int = DETECT_EVERY) -> None:
+    def __init__(self, every: int = DETECT_EVERY, *, offset: int = 0) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         self.every = every
+        # Shifts the period (full detections on frames 0, N - offset, 2N - offset, ...), so that
+        # streams that started together do not all search whole frames in the same batch.
+        self.offset = offset % every
         self._frames = 0  # frames observed since the last reset
         self._last: Hints | None = None
 
@@ -91,7 +97,7 @@ class DetectionSchedule:
 
     def hints(self) -> Hints | None:
         """What the next frame gets: None (a full detection) or the previous frame's faces."""
-        if self._frames % self.every == 0:
+        if (self._frames + self.offset) % self.every == 0:
             return None
         return self._last
 

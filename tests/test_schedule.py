@@ -38,6 +38,16 @@ def test_every_1_is_a_full_detection_on_every_frame() -> None:
     assert decisions(DetectionSchedule(every=1), [[A], [A], [B], []]) == [None] * 4
 
 
+def test_an_offset_shifts_the_period_but_the_first_frame_is_always_searched_whole() -> None:
+    full_frames = {
+        offset: [
+            i for i, hints in enumerate(decisions(DetectionSchedule(4, offset=offset), [[A]] * 10)) if hints is None
+        ]
+        for offset in range(6)
+    }
+    assert full_frames == {0: [0, 4, 8], 1: [0, 3, 7], 2: [0, 2, 6], 3: [0, 1, 5, 9], 4: [0, 4, 8], 5: [0, 3, 7]}
+
+
 def test_reset_forces_a_full_detection_and_restarts_the_period() -> None:
     schedule = DetectionSchedule(every=4)
     decisions(schedule, [[A], [A]])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import socket
 import time
@@ -92,6 +93,8 @@ class Connections:
 class Connection:
     """One WebSocket client: admission, the reader (handler task), its worker task, teardown."""
 
+    _numbers = itertools.count()  # spreads the connections' full face detections over time (schedule)
+
     def __init__(
         self,
         request: web.Request,
@@ -119,7 +122,7 @@ class Connection:
         self.dropped = 0
         # Touched only by the worker, which analyses this connection's frames one at a time, in order.
         self.tracker = tracker_for(settings)
-        self.schedule = DetectionSchedule(settings.detect_every)
+        self.schedule = DetectionSchedule(settings.detect_every, offset=next(Connection._numbers))
 
     @classmethod
     async def serve(
