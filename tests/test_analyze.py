@@ -42,6 +42,7 @@ from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
 from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS
+from fer_async.schedule import DETECT_EVERY
 from fer_async.tracker import iou, tracker_for
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -176,6 +177,9 @@ def test_cli_writes_csv_annotated_video_and_plot(
     report = capsys.readouterr().out
     assert "face.mp4: 12 frames read, 12 analysed (12 with faces), " in report
     assert "  face 1: 0.00-1.10 s, 12 frames: " in report
+    # YuNet searches whole frames on frames 0, N, 2N ... only (--detect-every N); Haar on every frame.
+    share = f"{-(-12 // DETECT_EVERY) / 12:.0%}" if "detector: yunet" in report else "100%"
+    assert f"; full face detection on {share} of the analysed frames" in report
 
 
 def test_cli_jsonl_and_every(tmp_path: Path, clips: dict[str, Path]) -> None:
