@@ -3,9 +3,8 @@
 Used by the CLI and Python API (`fer_async.analyze`) and by the server's upload jobs
 (`fer_async.server.jobs`). Only *how frames reach the Analyzer* differs between them: the
 CLI calls the Analyzer's two stages directly, the server goes through its pipeline and
-batcher; both hand `FileAnalysis` the two `Stages`. Frames are shrunk exactly as the MJPEG
-stream shrinks them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the
-same labels.
+batcher; both hand `FileAnalysis` the two `Stages`. Frames are analysed at their own size
+(`ANALYSIS_MAX_WIDTH`; `max_width=VIDEO_MAX_WIDTH` shrinks them as the MJPEG stream does).
 
 Detection follows the file's own `DetectionSchedule` (fer_async.schedule): a full detection
 every `detect_every` analysed frames, only the regions around the last faces between. So
