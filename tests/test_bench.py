@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 
 from fer_async import synthetic
+from fer_async.analyze.core import AnalysedFrame
 from fer_async.bench import cli, harness, report
+from fer_async.bench.detect_every import Run, compare
 from fer_async.detector import YuNetDetector, create_detector
 from fer_async.metrics import Metrics
 from fer_async.schedule import Search
+from fer_async.tracker import TrackedFace
 
 KEYS = ("clients", "frames", "fps", "p50_ms", "p99_ms", "mean_batch", "dropped")
 
@@ -227,3 +230,33 @@ def test_soak_30s_with_churn(capsys: pytest.CaptureFixture[str]) -> None:
     row = last_json(out)
     assert row["errors"] == 0 and row["frames"] > 0, row
     print(f"server RSS start {row['rss_start_mb']} MB, end {row['rss_end_mb']} MB, max {row['rss_max_mb']} MB")
+
+
+def test_detect_every_counts_missed_extra_and_late_faces() -> None:
+    scores = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+
+    def frames(*per_frame: list[tuple[int, tuple[int, int, int, int]]]) -> list[AnalysedFrame]:
+        return [
+            AnalysedFrame(
+                i, i / 10, True, tuple(TrackedFace(t, box, scores, scores, "happy") for t, box in faces), None
+            )
+            for i, faces in enumerate(per_frame)
+        ]
+
+    a, b, elsewhere = (0, 0, 50, 50), (200, 0, 50, 50), (400, 300, 50, 50)
+    reference = Run(1, frames([(1, a)], [(1, a), (2, b)], [(1, a), (2, b)], [(1, a), (2, b)]), 1.0, 30.0)
+    # The second face found two frames late, and a box where nobody is.
+    run = Run(5, frames([(1, a)], [(1, a)], [(1, a), (3, elsewhere)], [(1, a), (2, b)]), 0.25, 60.0)
+    row = compare(reference, run, fps=10.0)
+    assert row == {
+        "every": 5,
+        "full_pct": 25.0,
+        "missed": 2,
+        "extra": 1,
+        "late_frames": 2,
+        "late_s": 0.2,
+        "ids": 3,
+        "reference_ids": 2,
+        "label_pct": 100.0,
+        "fps": 60.0,
+    }
