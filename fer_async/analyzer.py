@@ -17,12 +17,13 @@ from types import TracebackType
 
 import numpy as np
 
-from fer_async.detector import DETECT_WIDTH, FaceDetector
+from fer_async.detector import DETECT_WIDTH, DetectedFace, FaceDetector, RegionDetector, size_order
 from fer_async.detector_model import DEFAULT_ALIGN
 from fer_async.image_limits import MAX_PIXELS
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
 from fer_async.predictor import Predictor
+from fer_async.schedule import Hints, Search
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,17 @@ def _to_source(box: Box, scale: tuple[float, float], width: int, height: int) ->
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def _to_image(box: Box, scale: tuple[float, float]) -> Box:
+    """A box in the source image's pixels, in a reduced decode's."""
+    sx, sy = scale
+    x, y, w, h = box
+    return (round(x / sx), round(y / sy), max(1, round(w / sx)), max(1, round(h / sy)))
+
+
 @dataclass(frozen=True)
 class Prepared:
+    """One frame decoded, searched and cropped: its size and faces' boxes (source pixels), the 48x48 crops."""
+
     width: int
     height: int
     boxes: list[Box]
@@ -52,6 +62,7 @@ class Prepared:
     decode_ms: float
     detect_ms: float
     crop_ms: float
+    search: Search = Search.FULL
 
 
 def _ms(seconds: float) -> float:
@@ -89,8 +100,14 @@ class Analyzer:
         """The detection threads: the server runs `prepare` there for each frame as it arrives."""
         return self._pool
 
-    def prepare(self, frame: Frame) -> Prepared | ImageError:
-        """Decode, detect and crop one frame (thread-safe; the per-frame half of `analyze`)."""
+    def prepare(self, frame: Frame, hints: Hints | None = None) -> Prepared | ImageError:
+        """Decode, detect and crop one frame (thread-safe; the per-frame half of `analyze`).
+
+        Without `hints` the detector searches the whole frame. With them (a stream's
+        `schedule.DetectionSchedule`), it searches only around the hinted boxes, when the detector
+        can (YuNet; Haar always searches the whole frame), the frame has the hints' size and that
+        is cheaper; a hinted face not found there sends the whole frame to the detector too.
+        """
         started = time.perf_counter()
         scale = (1.0, 1.0)
         if isinstance(frame, np.ndarray):
@@ -108,7 +125,7 @@ class Analyzer:
         else:
             raise TypeError(f"a frame must be bytes or a numpy array, not {type(frame).__name__}")
         decoded_at = time.perf_counter()
-        found = self.detector.detect_faces(image)[:MAX_FACES_PER_FRAME]  # detectors return the largest first
+        found, search = self._detect(image, hints, width, height, scale)
         detected = time.perf_counter()
         boxes = [face.box for face in found]
         faces = crop_faces(image, boxes, [face.landmarks for face in found] if self.align else None)
@@ -116,13 +133,41 @@ class Analyzer:
             boxes = [_to_source(box, scale, width, height) for box in boxes]
         done = time.perf_counter()
         return Prepared(
-            width, height, boxes, faces, _ms(decoded_at - started), _ms(detected - decoded_at), _ms(done - detected)
+            width,
+            height,
+            boxes,
+            faces,
+            _ms(decoded_at - started),
+            _ms(detected - decoded_at),
+            _ms(done - detected),
+            search,
         )
 
-    def analyze(self, frames: Sequence[Frame]) -> list[FrameResult | ImageError]:
+    def _detect(
+        self, image: np.ndarray, hints: Hints | None, width: int, height: int, scale: tuple[float, float]
+    ) -> tuple[list[DetectedFace], Search]:
+        """The frame's faces (largest first, at most MAX_FACES_PER_FRAME) and which search found them."""
+        detector = self.detector
+        if (
+            hints is None
+            or not hints.fit(width, height)
+            or not isinstance(detector, RegionDetector)
+            or not detector.regions_cheaper(len(hints.boxes), image.shape)
+        ):
+            return detector.detect_faces(image)[:MAX_FACES_PER_FRAME], Search.FULL  # the largest first
+        found = detector.detect_regions(image, [_to_image(box, scale) for box in hints.boxes])
+        faces = [face for face in found if face is not None]
+        if len(faces) < len(found):
+            return detector.detect_faces(image)[:MAX_FACES_PER_FRAME], Search.REGIONS_LOST
+        return sorted(faces, key=lambda face: size_order(face.box))[:MAX_FACES_PER_FRAME], Search.REGIONS
+
+    def analyze(
+        self, frames: Sequence[Frame], hints: Sequence[Hints | None] | None = None
+    ) -> list[FrameResult | ImageError]:
         """One result per frame, in order: a FrameResult, or the ImageError of that frame alone.
 
-        `prepare` for every frame (on the detection threads), then `classify`. Timings (ms):
+        `prepare` for every frame (on the detection threads; `hints`: one per frame, or none for
+        full detections), then `classify`. Timings (ms):
         decode, detect, crop, model (the shared call, 0 when the frame had no faces) and total
         (the whole analyze call, which is what each frame waited). An exception from the
         detector or the model propagates: it fails the whole batch.
@@ -130,8 +175,13 @@ class Analyzer:
         started = time.perf_counter()
         if not frames:
             return []
+        if hints is not None and len(hints) != len(frames):
+            raise ValueError(f"{len(hints)} hints for {len(frames)} frames")
+        each = list(hints) if hints is not None else [None] * len(frames)
         # A lone frame is prepared right here: a thread hand-off would only add latency.
-        prepared = [self.prepare(frames[0])] if len(frames) == 1 else list(self._pool.map(self.prepare, frames))
+        prepared = (
+            [self.prepare(frames[0], each[0])] if len(frames) == 1 else list(self._pool.map(self.prepare, frames, each))
+        )
         results = self.classify(prepared)
         total_ms = _ms(time.perf_counter() - started)
         for result in results:
@@ -177,7 +227,7 @@ class Analyzer:
                 "model": frame_model_ms,
                 "total": p.decode_ms + p.detect_ms + p.crop_ms + frame_model_ms,
             }
-            results.append(FrameResult(width=p.width, height=p.height, faces=faces, timings=timings))
+            results.append(FrameResult(width=p.width, height=p.height, faces=faces, timings=timings, search=p.search))
         return results
 
     def close(self) -> None:

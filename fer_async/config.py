@@ -12,9 +12,9 @@ options), the server's parser, the tools' options and the README's table (`optio
 This module holds configuration only, and stays a standard-library leaf: reading the settings
 imports neither numpy nor OpenCV (tests/server/test_config.py checks). A value that belongs to
 a domain (the decode limits, the detectors, the runtimes and precisions, the tracker's tuned
-defaults) is defined, with its reason, in a stdlib-only module of that domain (image_limits,
-detector_model, model_choices, onnx_session, tracker_defaults); here it is only an option's
-default or choices.
+defaults, the detection period) is defined, with its reason, in a stdlib-only module of that
+domain (image_limits, detector_model, model_choices, onnx_session, tracker_defaults, schedule);
+here it is only an option's default or choices.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from fer_async.model_choices import (
 from fer_async.onnx_session import DEVICES
 from fer_async.options import Option, Range, option, options_of, parse_int
 from fer_async.paths import STATIC_DIR
+from fer_async.schedule import DETECT_EVERY
 from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -119,6 +120,13 @@ class Settings:
         "--align",
         "crop each face upright by its landmarks, eyes and mouth where FER2013 has them (YuNet only; Haar faces "
         "keep the box crop; --no-align: box crops)",
+    )
+    detect_every: int = option(
+        DETECT_EVERY,
+        "--detect-every",
+        "full face detection every N frames of a stream (webcam, video, file), only around the last faces between",
+        "N",
+        range=Range(1),
     )
     video_dir: Path = option(
         STATIC_DIR / "videos", "--video-dir", "directory of video files served as MJPEG under /video/NAME", "DIR"

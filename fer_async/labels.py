@@ -64,6 +64,9 @@ class FrameResult:
     height: int
     faces: tuple[Face, ...]
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds, e.g. decode/detect/model
+    # Which face detection ran (a schedule.Search value): "full" (the whole frame), "regions" (only
+    # around the faces the caller's hints named) or "regions_lost" (one was not there: the whole frame too).
+    search: str = "full"
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
+from fer_async.schedule import Search
+
 logger = logging.getLogger(__name__)
 
 # The classic text format: every Prometheus version and most scrapers understand it.
@@ -85,6 +87,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.detections = Counter(
+            "fer_detections",
+            "Analysed frames by the face search they got: full (the whole frame), regions (only around the "
+            "stream's last faces, all found there), regions_lost (one was not: the whole frame too)",
+            ["search"],
+            registry=r,
+        )
         self.connected_clients = Gauge("fer_connected_clients", "Open WebSocket clients", registry=r)
         self.video_viewers = Gauge("fer_video_viewers", "Open MJPEG viewers", registry=r)
         self.stage_seconds = Counter(
@@ -98,6 +107,8 @@ class Metrics:
         self.loop_cpu.set_function(time.thread_time)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for search in Search:
+            self.detections.labels(search.value)
         # Pre-create the label sets so /metrics shows zeros before the first frame arrives.
         for source in SOURCES:
             self.frames.labels(source)
@@ -130,6 +141,11 @@ class Metrics:
             for stage in ANALYZER_STAGES:
                 self.stage_seconds.labels(stage).inc(timings.get(stage, 0.0) / 1000.0)
         self.stage_seconds.labels("model").inc(max((t.get("model", 0.0) for t in timings_ms), default=0.0) / 1000.0)
+
+    def observe_searches(self, searches: Iterable[str]) -> None:
+        """Which face search each frame of a batch got (`FrameResult.search`)."""
+        for search in searches:
+            self.detections.labels(search).inc()
 
     def frame_done(self, source: str, faces: int) -> None:
         self.frames.labels(source).inc()

@@ -10,6 +10,12 @@ detection threads idle during every model call.
 
 The bound of the old design is kept: frames being prepared count against the batcher's queue
 limit, so a burst of uploads is refused ("server busy") instead of piling up in the pool.
+
+A frame may come with `Hints` (the faces of its stream's previous frame, from the caller's
+`schedule.DetectionSchedule`): then only the regions around them are searched. The pipeline
+keeps nothing between frames. `prepare` and `classify` are the two stages on their own, for a
+caller that needs a frame's faces before the next frame starts (a file analysis, whose next
+hints are this frame's boxes) but wants the model calls batched all the same.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from fer_async.analyzer import Analyzer, Frame, Prepared
 from fer_async.batcher import Batcher, BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError
 from fer_async.labels import FrameResult
+from fer_async.schedule import Hints
 
 PreparedBatcher = Batcher[Prepared, FrameResult]
 
 
 class FramePipeline:
-    """`submit(frame) -> FrameResult`, raising what the batcher raises, or the frame's ImageError."""
+    """`submit(frame, hints) -> FrameResult`, raising what the batcher raises, or the frame's ImageError."""
 
     def __init__(self, analyzer: Analyzer, batcher: PreparedBatcher, max_queue: int) -> None:
         self._analyzer = analyzer
@@ -38,7 +45,11 @@ class FramePipeline:
         """Frames accepted and not yet handed to the model: being prepared, or waiting for a batch."""
         return self._preparing + self._batcher.queue_size
 
-    async def submit(self, frame: Frame) -> FrameResult:
+    async def submit(self, frame: Frame, hints: Hints | None = None) -> FrameResult:
+        return await self.classify(await self.prepare(frame, hints))
+
+    async def prepare(self, frame: Frame, hints: Hints | None = None) -> Prepared:
+        """Stage 1 on the detection threads: the frame decoded, searched and cropped (raises ImageError)."""
         if not self._batcher.running:
             raise BatcherClosed("the pipeline is closed")
         if self.queue_size >= self._max_queue:
@@ -46,9 +57,13 @@ class FramePipeline:
         loop = asyncio.get_running_loop()
         self._preparing += 1
         try:
-            prepared = await loop.run_in_executor(self._analyzer.prepare_executor, self._analyzer.prepare, frame)
+            prepared = await loop.run_in_executor(self._analyzer.prepare_executor, self._analyzer.prepare, frame, hints)
         finally:
             self._preparing -= 1
         if isinstance(prepared, ImageError):
             raise prepared
+        return prepared
+
+    async def classify(self, prepared: Prepared) -> FrameResult:
+        """Stage 2: the prepared frame's faces classified in the next shared batch."""
         return await self._batcher.submit(prepared)

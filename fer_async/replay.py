@@ -15,12 +15,14 @@ the clip skips frames exactly as a live camera would, and none is sent twice.
 Per clip it prints the faces found per frame, the boxes drawn (any box on a clip without faces
 is a false detection), for the largest face: label changes per second, the share of frames
 carrying its main track id, the label runs shorter than half a second (flicker), the delay
-from a clip's `--onset` frame to the first frame shown with the onset's label; and the round
-trip. The same figures for the raw per-frame labels of the SAME replies (argmax of
-`raw_scores`) and for the tracker re-run on them with `--smoothing-ms 0` (and the server's
-`--label-margin`; with `--url`, FER_LABEL_MARGIN or its default) show what smoothing
-buys and what it costs in latency. `--sweep` re-runs the tracker on every frame's raw scores
-over a grid of options (how the defaults were chosen). Ends with one line of JSON per clip.
+from a clip's `--onset` frame to the first frame shown with the onset's label; the round trip;
+and how often the server searched the whole frame for faces (from its /metrics: a server that
+other clients also use counts theirs too). The same figures for the raw per-frame labels of
+the SAME replies (argmax of `raw_scores`) and for the tracker re-run on them with
+`--smoothing-ms 0` (and the server's `--label-margin`; with `--url`, FER_LABEL_MARGIN or its
+default) show what smoothing buys and what it costs in latency. `--sweep` re-runs the tracker
+on every frame's raw scores over a grid of options (how the defaults were chosen). Ends with
+one line of JSON per clip.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any
 import aiohttp
 import cv2
 
+from fer_async.bench.report import detection_figures, format_detection, search_counts
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, Face
 from fer_async.tracker import Tracker
@@ -283,20 +286,29 @@ def format_summary(s: dict[str, Any]) -> str:
 
 async def replay_clips(
     url: str, clips: Sequence[Clip], *, timeline: bool = False, realtime: bool = True
-) -> list[tuple[Clip, list[Reply]]]:
-    """Each clip on a connection of its own (fresh tracks), its replies."""
+) -> list[tuple[Clip, list[Reply], dict[str, int] | None]]:
+    """Each clip on a connection of its own (fresh tracks and detection schedule): its replies, and
+    the server's face searches meanwhile (from its /metrics; None when it does not count them)."""
     runs = []
+    metrics_url = url.replace("ws://", "http://").replace("wss://", "https://").removesuffix("/ws") + "/metrics"
     async with aiohttp.ClientSession() as session:
         for clip in clips:
+            before = await _text(session, metrics_url)
             async with session.ws_connect(url, max_msg_size=0) as ws:
                 hello = json.loads((await ws.receive(timeout=REPLY_TIMEOUT_S)).data)
                 if hello.get("type") != "hello":
                     raise ConnectionError(f"expected hello, got {hello}")
                 replies = await play(ws, clip, realtime=realtime)
+            after = await _text(session, metrics_url)
             if timeline:
                 print(format_timeline(replies, clip), flush=True)
-            runs.append((clip, replies))
+            runs.append((clip, replies, search_counts(before, after)))
     return runs
+
+
+async def _text(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url) as resp:
+        return await resp.text() if resp.status == 200 else ""
 
 
 async def _health(url: str) -> dict[str, Any]:
@@ -305,7 +317,7 @@ async def _health(url: str) -> dict[str, Any]:
         return dict(await resp.json())
 
 
-async def _run(ns: argparse.Namespace, clips: list[Clip]) -> list[tuple[Clip, list[Reply]]]:
+async def _run(ns: argparse.Namespace, clips: list[Clip]) -> list[tuple[Clip, list[Reply], dict[str, int] | None]]:
     from fer_async.bench.harness import ServerProcess
 
     server: ServerProcess | None = None
@@ -370,16 +382,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.sweep:
         onset_clip = next((clip.name for clip in clips if clip.name in onsets), None)
         frame, label = onsets.get(onset_clip or "", (None, "happy"))
-        print(sweep(runs, onset_clip=onset_clip, onset_frame=frame, onset_label=label))
+        print(sweep([run[:2] for run in runs], onset_clip=onset_clip, onset_frame=frame, onset_label=label))
         return 0
     summaries = []
-    for clip, replies in runs:
+    for clip, replies, searches in runs:
         frame, label = onsets.get(clip.name, (None, "happy"))
-        summaries.append(
-            summarise(replies, clip, onset_frame=frame, onset_label=label, label_margin=ns.settings.label_margin)
-        )
+        summary = summarise(replies, clip, onset_frame=frame, onset_label=label, label_margin=ns.settings.label_margin)
+        if searches is not None:
+            summary |= detection_figures(searches)
+        summaries.append(summary)
     for summary in summaries:
         print(format_summary(summary))
+        if "searches" in summary:
+            print("  " + format_detection(summary["clip"], summary))
     for summary in summaries:
         print(json.dumps(summary))
     return 0

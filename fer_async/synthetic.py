@@ -2,13 +2,15 @@
 
 Every face is scikit-image's astronaut portrait (Eileen Collins, a NASA photo in the public
 domain), so the repository ships no dataset images: `compose_frame` pastes it, shrunk, on a
-soft face-free gradient; `make_frames` turns that into distinct webcam-like JPEGs; `write_video`
+soft face-free gradient; `make_frames` turns that into distinct webcam-like JPEGs (`moving_frames`:
+a face moving smoothly from one to the next); `write_video`
 and `write_y4m` turn frames into clips (OpenCV video files, or the uncompressed y4m Chromium
 plays as a fake webcam). scikit-image is a dev dependency: only these helpers need it.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,11 +54,20 @@ def compose_frame(
     side: int = FACE_SIDE,
     seed: int = 0,
 ) -> np.ndarray:
-    """`photo` shrunk to `side` x `side` and pasted at (x, y) on a gradient background (BGR)."""
+    """`photo` shrunk to `side` x `side` and pasted at (x, y) (kept inside the frame) on a gradient background (BGR)."""
     frame = background(width, height, seed)
+    paste(frame, photo, max(0, min(x, width - side)), max(0, min(y, height - side)), side)
+    return frame
+
+
+def paste(frame: np.ndarray, photo: np.ndarray, x: int, y: int, side: int) -> np.ndarray:
+    """`photo` shrunk to `side` x `side` and pasted into `frame` at (x, y), in place; the part
+    beyond the frame's edges is cut off (a face entering the picture). Returns `frame`."""
     small = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
-    x0, y0 = max(0, min(x, width - side)), max(0, min(y, height - side))
-    frame[y0 : y0 + side, x0 : x0 + side] = small[: height - y0, : width - x0]
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + side), min(height, y + side)
+    if x0 < x1 and y0 < y1:
+        frame[y0:y1, x0:x1] = small[y0 - y : y1 - y, x0 - x : x1 - x]
     return frame
 
 
@@ -79,6 +90,21 @@ def make_frames(count: int, *, first: int = 0, quality: int = JPEG_QUALITY) -> l
     """`count` distinct 640x480 JPEGs, each with one real face at a different position."""
     photo = astronaut_bgr()
     return [jpeg(compose_frame(photo, *frame_position(i), seed=i), quality) for i in range(first, first + count)]
+
+
+def moving_frames(count: int, *, step: float = 6.0, quality: int = JPEG_QUALITY) -> list[bytes]:
+    """`count` 640x480 JPEGs of one real face moving `step` px a frame around an ellipse: cycled,
+    the face moves on without a jump, as a webcam's would (the bench's clients send these)."""
+    photo = astronaut_bgr()
+    radius_x = min((FRAME_WIDTH - FACE_SIDE) / 2, count * step / (2 * math.pi) * 1.25)
+    radius_y = min((FRAME_HEIGHT - FACE_SIDE) / 2, radius_x / 2)
+    centre_x, centre_y = (FRAME_WIDTH - FACE_SIDE) / 2, (FRAME_HEIGHT - FACE_SIDE) / 2
+    frames = []
+    for i in range(count):
+        angle = 2 * math.pi * i / count
+        x, y = round(centre_x + radius_x * math.cos(angle)), round(centre_y + radius_y * math.sin(angle))
+        frames.append(jpeg(compose_frame(photo, x, y, seed=i), quality))
+    return frames
 
 
 def drifting_face_frames(

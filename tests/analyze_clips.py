@@ -1,7 +1,7 @@
 """Short clips for the analysis tests, written with OpenCV from the real photos in tests/data.
 
-* `face_clip`: the astronaut photo upscaled to 960x720 (so the 640 px analysis width really
-  shrinks it) and panned a few pixels per frame, mp4v in MP4, 10 fps.
+* `face_clip`: the astronaut photo upscaled to 960x720 (wider than the 640 px the MJPEG stream
+  shrinks frames to) and panned a few pixels per frame, mp4v in MP4, 10 fps.
 * `no_face_clip`: the coffee photo, the same way.
 * `truncated_clip`: an MJPG AVI cut in half: its header announces every frame, about half decode.
 * `empty_clip`: an MP4 container with no frame in it; `not_a_video`: text named .mp4.

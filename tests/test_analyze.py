@@ -37,11 +37,12 @@ from fer_async.analyze import (
     open_source,
 )
 from fer_async.analyze.__main__ import main
-from fer_async.analyze.core import analyzer_classify
+from fer_async.analyze.stages import analyzer_stages
 from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
 from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS
+from fer_async.schedule import DETECT_EVERY
 from fer_async.tracker import iou, tracker_for
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -86,10 +87,14 @@ def test_rows_one_per_face_per_frame_with_every_column(analyzer: Analyzer, clips
         assert row["emotion"] in EMOTIONS
         assert sum(row[name] for name in EMOTIONS) == pytest.approx(1.0, abs=2e-3)
         assert sum(row["smoothed_" + name] for name in EMOTIONS) == pytest.approx(1.0, abs=2e-3)
-    # Boxes are in the file's own pixels (960 wide), although detection ran at 640.
+    # Boxes are in the file's own pixels (960 wide), also when the frames were shrunk to 640 first
+    # (as the MJPEG stream's are), and the face is the same either way.
     first = main_face[0]
     assert iou((first["x"], first["y"], first["w"], first["h"]), FACE_REGION) > 0.6
     assert first["x"] + first["w"] <= CLIP_SIZE[0]
+    shrunk = next(r for r in analyze_video(clips["face"], analyzer=analyzer, max_width=640) if r["face"] == 1)
+    assert iou(tuple(shrunk[k] for k in "xywh"), tuple(first[k] for k in "xywh")) > 0.8
+    assert shrunk["emotion"] == first["emotion"]
 
 
 def test_smoothing_and_margin_off_give_raw_scores_and_their_label(analyzer: Analyzer, clips: dict[str, Path]) -> None:
@@ -172,6 +177,9 @@ def test_cli_writes_csv_annotated_video_and_plot(
     report = capsys.readouterr().out
     assert "face.mp4: 12 frames read, 12 analysed (12 with faces), " in report
     assert "  face 1: 0.00-1.10 s, 12 frames: " in report
+    # YuNet searches whole frames on frames 0, N, 2N ... only (--detect-every N); Haar on every frame.
+    share = f"{-(-12 // DETECT_EVERY) / 12:.0%}" if "detector: yunet" in report else "100%"
+    assert f"; full face detection on {share} of the analysed frames" in report
 
 
 def test_cli_jsonl_and_every(tmp_path: Path, clips: dict[str, Path]) -> None:
@@ -239,7 +247,7 @@ def test_a_shortfall_is_cut_short_only_when_large_in_time_and_share(
 ) -> None:
     """12 frames at 10 fps decode; a header announcing more is an estimate until 0.5 s (and 2 %) are missing."""
     info = dataclasses.replace(open_source(clips["face"]), frame_count=announced)
-    analysis = FileAnalysis(info, analyzer_classify(analyzer), tracker_for(Settings()), every=4)
+    analysis = FileAnalysis(info, analyzer_stages(analyzer), tracker_for(Settings()), every=4)
     assert analysis.run(lambda frame: None) is ending
     assert analysis.frames_read == 12
 
@@ -248,7 +256,7 @@ def test_a_truncated_file_is_cut_short_through_the_api_and_the_cli(
     analyzer: Analyzer, clips: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     info = open_source(clips["truncated"])
-    analysis = FileAnalysis(info, analyzer_classify(analyzer), tracker_for(Settings()))
+    analysis = FileAnalysis(info, analyzer_stages(analyzer), tracker_for(Settings()))
     assert analysis.run(lambda frame: None) is Ending.CUT_SHORT
     assert 0 < analysis.frames_read <= 15 and info.frame_count == 20  # half the bytes: about half the frames
     assert main([str(clips["truncated"]), "--out", f"{tmp_path}/"]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from fer_async.tracker import tracker_for  # noqa: E402
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 CHUNK = "16"  # frames per task: several chunks per test clip (the batch of 16 frames is the unit)
+# --detect-every of the runs with chunks of 16 frames: a period that divides the batch keeps that
+# unit, and regions are searched between full detections across every chunk boundary.
+# test_the_default_period_starts_chunks_at_its_multiples runs the default (5: chunks of 80 frames).
+PERIOD = 4
 RAY_CPUS = 2
 RAY_STORE_BYTES = 200 * 1024 * 1024
 
@@ -71,7 +76,7 @@ def both_runs(tmp_path: Path, inputs: list[Path], out: str, *extra: str) -> tupl
     runs = []
     for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
         target = tmp_path / name
-        status = main([*map(str, inputs), "--out", str(target) + out, *extra, *options])
+        status = main([*map(str, inputs), "--out", str(target) + out, "--detect-every", str(PERIOD), *extra, *options])
         runs.append((status, target))
     return runs[0], runs[1]
 
@@ -103,7 +108,30 @@ def test_ray_jsonl_every_and_raw_scores(local_ray: None, tmp_path: Path, clips: 
     assert outputs(ray_dir) == outputs(plain)
     frames = [json.loads(line)["frame"] for line in (plain / "face.jsonl").read_text().splitlines()]
     assert frames == list(range(0, 70, 3))
-    assert chunk_unit(3, 16) == 48  # 16 analysed frames per batch: chunks of 48 frames here
+    assert chunk_unit(3, 16, PERIOD) == 48  # 16 analysed frames per batch: chunks of 48 frames here
+
+
+def test_the_default_period_starts_chunks_at_its_multiples(
+    local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--detect-every 5, the default, with batches of 16 frames: chunks start at multiples of 80 frames."""
+    assert Settings().detect_every == 5
+    assert (chunk_unit(1, 16, 5), chunk_unit(3, 16, 5)) == (80, 240)
+    clip = tmp_path / "two_faces.mp4"
+    write_clip(clip, seconds=12, fps=15)  # 180 frames: chunks at frames 0, 80 and 160
+    written = {}
+    for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
+        target = tmp_path / f"{name}.csv"
+        assert main([str(clip), "--out", str(target), *options]) == 0
+        written[name] = target.read_bytes()
+    report = capsys.readouterr().out
+    assert written["ray"] == written["plain"]
+    assert "ray: 3 chunks on 1 node, 0 decoded from their file's start" in report
+    # Both runs searched the whole frame on the same frames (YuNet: 0, 5, 10, ...; Haar: all).
+    shares = re.findall(r"full face detection on (\d+)% of the analysed frames", report)
+    assert len(shares) == 2 and shares[0] == shares[1], report
+    if "detector: yunet" in report:
+        assert int(shares[0]) < 100
 
 
 def test_real_clips_and_variable_frame_rates_by_timestamp(
@@ -129,7 +157,7 @@ def test_a_chunk_that_lands_on_the_wrong_frame_is_decoded_from_the_start(
     times = frame_times(info.path)
     assert times is not None and len(times) == 75
     monkeypatch.setattr(distributed_module, "frame_times", lambda path: times[3:] + times[:3])
-    settings = Settings().replace(detector=load_detector(Settings())[1])
+    settings = Settings(detect_every=PERIOD).replace(detector=load_detector(Settings())[1])
     run = RayRun([info], settings, max_width=640, chunk_frames=16)
     try:
         analysis = run.analysis(0, tracker_for(settings))
@@ -137,20 +165,23 @@ def test_a_chunk_that_lands_on_the_wrong_frame_is_decoded_from_the_start(
     finally:
         run.close()
     assert run.board.from_start == 4  # every chunk after the first, run again from the file's start
-    assert rows == list(analyze_video(info.path, options={"detector": settings.detector}))
+    plain = analyze_video(info.path, max_width=640, detect_every=PERIOD, options={"detector": settings.detector})
+    assert rows == list(plain)
 
 
 def test_the_api_gives_the_plain_rows_exactly_and_a_file_missing_on_a_node_fails_alone(
     local_ray: None, clips: dict[str, Path], tmp_path: Path
 ) -> None:
     path = clips["two_faces"]
-    plain = list(analyze_video(path))
-    assert list(analyze_video(path, ray="local", chunk_frames=16)) == plain  # the floats themselves
+    plain = list(analyze_video(path, detect_every=PERIOD))
+    assert (
+        list(analyze_video(path, detect_every=PERIOD, ray="local", chunk_frames=16)) == plain
+    )  # the floats themselves
     # A file this machine sees and a node does not (no shared filesystem there) fails with that
     # reason; the files after it are analysed all the same.
     gone = SourceInfo(tmp_path / "only_here.mp4", "video", 15.0, 75, 640, 480)
-    settings = Settings().replace(detector=load_detector(Settings())[1])
-    run = RayRun([gone, open_source(path)], settings, max_width=640, chunk_frames=16)
+    settings = Settings(detect_every=PERIOD).replace(detector=load_detector(Settings())[1])
+    run = RayRun([gone, open_source(path)], settings, max_width=None, chunk_frames=16)
     try:
         with pytest.raises(InputError, match=r"only_here\.mp4: not found on node .*: every node needs the inputs"):
             list(run.analysis(0, tracker_for(settings)))
@@ -177,6 +208,6 @@ def test_analysis_keeps_its_images_with_ray(local_ray: None, tmp_path: Path, cli
     sizes: dict[str, Any] = {}
     for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
         target = tmp_path / f"{name}.mp4"
-        assert main([str(clips["two_faces"]), "--annotate", str(target), *options]) == 0
+        assert main([str(clips["two_faces"]), "--annotate", str(target), "--detect-every", str(PERIOD), *options]) == 0
         sizes[name] = target.read_bytes()
     assert sizes["ray"] == sizes["plain"]

@@ -48,8 +48,18 @@ def two_nodes() -> Iterator[str]:
 def test_two_nodes_share_the_chunks_and_the_rows_are_the_plain_runs(tmp_path: Path, two_nodes: str) -> None:
     inputs = [face_clip(tmp_path / "face.mp4", frames=96), tmp_path / "two_faces.mp4"]
     write_clip(inputs[1], seconds=6.4, fps=15)  # 96 frames
-    assert main([*map(str, inputs), "--out", str(tmp_path / "plain") + "/"]) == 0
-    command = [sys.executable, "-m", "fer_async.analyze", *map(str, inputs), "--out", str(tmp_path / "ray") + "/"]
+    # A detection period that divides the batch of 16 frames: chunks of 16 frames stay possible.
+    period = ["--detect-every", "4"]
+    assert main([*map(str, inputs), "--out", str(tmp_path / "plain") + "/", *period]) == 0
+    command = [
+        sys.executable,
+        "-m",
+        "fer_async.analyze",
+        *map(str, inputs),
+        "--out",
+        str(tmp_path / "ray") + "/",
+        *period,
+    ]
     done = subprocess.run(
         [*command, "--ray", two_nodes, "--chunk-frames", "16"],
         capture_output=True,

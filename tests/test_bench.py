@@ -7,6 +7,7 @@ They check that the tool works end to end and that its last line is the JSON it 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -14,9 +15,13 @@ import numpy as np
 import pytest
 
 from fer_async import synthetic
+from fer_async.analyze.core import AnalysedFrame
 from fer_async.bench import cli, harness, report
-from fer_async.detector import create_detector
+from fer_async.bench.detect_every import Run, compare
+from fer_async.detector import YuNetDetector, create_detector
 from fer_async.metrics import Metrics
+from fer_async.schedule import Search
+from fer_async.tracker import TrackedFace
 
 KEYS = ("clients", "frames", "fps", "p50_ms", "p99_ms", "mean_batch", "dropped")
 
@@ -43,6 +48,19 @@ def check_row(row: dict[str, Any], clients: int) -> None:
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+def test_the_clients_face_moves_a_few_pixels_a_frame_round_a_loop(yunet_model: Path) -> None:
+    frames = synthetic.moving_frames(16)
+    assert len(set(frames)) == 16
+    detector = YuNetDetector(yunet_model)
+    centres = []
+    for data in frames:
+        (box,) = detector.detect(np.asarray(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)))
+        centres.append(np.array([box[0] + box[2] / 2, box[1] + box[3] / 2]))
+    steps = [np.hypot(*(b - a)) for a, b in zip(centres, centres[1:] + centres[:1], strict=True)]  # round the loop
+    assert max(steps) < 0.2 * box[2], steps  # a region around the last box finds it again
+    assert np.ptp(np.array(centres), axis=0).min() > 10  # it does move
 
 
 def test_frames_are_real_faces_at_varied_positions() -> None:
@@ -101,6 +119,21 @@ def test_stage_profile_from_two_scrapes_of_a_real_metrics_page() -> None:
     assert report.stage_profile("", after, wall_s=1.0) is None  # a server without the counters
 
 
+def test_full_detection_share_from_two_scrapes_of_a_real_metrics_page() -> None:
+    metrics = Metrics()
+    before = metrics.render().decode()
+    metrics.observe_searches([Search.FULL, Search.REGIONS, Search.REGIONS, Search.REGIONS, Search.REGIONS_LOST])
+    after = metrics.render().decode()
+    counts = report.search_counts(before, after)
+    assert counts == {"full": 1, "regions": 3, "regions_lost": 1}
+    figures = report.detection_figures(counts)
+    assert figures["full_detection_pct"] == 40.0
+    line = report.format_detection("2 clients", figures)
+    assert line.startswith("detection, 2 clients: full face detection on 40.0% of 5 frames (20.0% scheduled")
+    assert "20.0% after a face was not in its region); regions only on 60.0%" in line
+    assert report.search_counts("", after) is None  # a server without the counter
+
+
 def test_format_table_and_percentile() -> None:
     assert report.percentile([], 50) is None
     assert report.percentile([1.0, 2.0, 3.0], 50) == 2.0
@@ -138,6 +171,10 @@ def test_load_run_prints_table_and_json(capsys: pytest.CaptureFixture[str]) -> N
     assert all(row["profile"][stage] >= 0 for stage in report.PROFILE_STAGES)
     assert row["profile"]["detect"] > 0 and row["profile"]["send"] > 0
     assert "profile, 2 clients, server ms per frame: receive" in out
+    # How often the server searched the whole frame: the clients' faces move a little, so not always.
+    assert 0 < row["full_detection_pct"] < 100, row
+    assert sum(row["searches"].values()) >= row["frames"] and row["searches"]["regions"] > 0, row
+    assert f"detection, 2 clients: full face detection on {row['full_detection_pct']:.1f}% of" in out
     # Where the started server runs its network (its /healthz), so a GPU figure says it was one.
     assert row["server"]["device"] == "CPU" and row["server"]["providers"] == ["CPUExecutionProvider"], row
     assert "server: device CPU, providers ['CPUExecutionProvider']" in out
@@ -170,8 +207,9 @@ def test_short_churn_soak_reports_server_rss(capsys: pytest.CaptureFixture[str])
 
 
 def test_raw_compute_bound(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["--raw", "--max-batch", "2", "--duration", "1", "--warmup", "0", "--frames", "4"]) == 0
-    row = last_json(capsys.readouterr().out)
+    assert cli.main(["--raw", "--max-batch", "2", "--duration", "1", "--warmup", "0", "--frames", "8"]) == 0
+    out = capsys.readouterr().out
+    row = last_json(out)
     for key in KEYS:
         assert key in row
     assert row["mode"] == "raw"
@@ -179,6 +217,8 @@ def test_raw_compute_bound(capsys: pytest.CaptureFixture[str]) -> None:
     assert row["frames"] > 0 and row["frames"] % 2 == 0
     assert row["mean_batch"] == 2.0
     assert row["errors"] == 0  # every frame decoded and had its face found
+    assert row["streams"] == 2 and 0 < row["full_detection_pct"] < 100, row
+    assert "detection, raw, 2 streams: full face detection on" in out
 
 
 @pytest.mark.soak
@@ -190,3 +230,33 @@ def test_soak_30s_with_churn(capsys: pytest.CaptureFixture[str]) -> None:
     row = last_json(out)
     assert row["errors"] == 0 and row["frames"] > 0, row
     print(f"server RSS start {row['rss_start_mb']} MB, end {row['rss_end_mb']} MB, max {row['rss_max_mb']} MB")
+
+
+def test_detect_every_counts_missed_extra_and_late_faces() -> None:
+    scores = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+
+    def frames(*per_frame: list[tuple[int, tuple[int, int, int, int]]]) -> list[AnalysedFrame]:
+        return [
+            AnalysedFrame(
+                i, i / 10, True, tuple(TrackedFace(t, box, scores, scores, "happy") for t, box in faces), None
+            )
+            for i, faces in enumerate(per_frame)
+        ]
+
+    a, b, elsewhere = (0, 0, 50, 50), (200, 0, 50, 50), (400, 300, 50, 50)
+    reference = Run(1, frames([(1, a)], [(1, a), (2, b)], [(1, a), (2, b)], [(1, a), (2, b)]), 1.0, 30.0)
+    # The second face found two frames late, and a box where nobody is.
+    run = Run(5, frames([(1, a)], [(1, a)], [(1, a), (3, elsewhere)], [(1, a), (2, b)]), 0.25, 60.0)
+    row = compare(reference, run, fps=10.0)
+    assert row == {
+        "every": 5,
+        "full_pct": 25.0,
+        "missed": 2,
+        "extra": 1,
+        "late_frames": 2,
+        "late_s": 0.2,
+        "ids": 3,
+        "reference_ids": 2,
+        "label_pct": 100.0,
+        "fps": 60.0,
+    }

@@ -14,8 +14,8 @@ From Python (rows as dicts, ready for pandas)::
 [cluster] extra; "local": a Ray of this machine), with the same rows (`distributed`).
 
 The frames go through the server's own `Analyzer` (detect, crop, one model call per 16
-frames) and a `Tracker` per file, shrunk as the MJPEG stream shrinks them, so a clip gets the
-labels the server shows for it. See `core.columns` for the row keys.
+frames) and a `Tracker` per file, so a clip gets the labels the server shows for it. See
+`core.columns` for the row keys.
 Model, detector and tracker are built from `Settings` as the server builds them
 (`fer_async.loading`, `tracker.tracker_for`).
 """
@@ -37,13 +37,14 @@ from fer_async.analyze.core import (
     FileSummary,
     InputError,
     SourceInfo,
-    analyzer_classify,
     columns,
     frame_rows,
     open_source,
 )
 from fer_async.analyze.distributed import CHUNK_FRAMES
+from fer_async.analyze.stages import Stages, analyzer_stages
 from fer_async.config import Settings
+from fer_async.schedule import DETECT_EVERY
 from fer_async.tracker import tracker_for
 from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
@@ -61,7 +62,9 @@ __all__ = [
     "IncompleteVideoWarning",
     "InputError",
     "SourceInfo",
+    "Stages",
     "analyze_video",
+    "analyzer_stages",
     "columns",
     "frame_rows",
     "load_analyzer",
@@ -130,6 +133,7 @@ def analyze_video(
     smoothing_ms: float = DEFAULT_SMOOTHING_MS,
     label_margin: float = DEFAULT_SWITCH_MARGIN,
     max_width: int | None = ANALYSIS_MAX_WIDTH,
+    detect_every: int = DETECT_EVERY,
     ray: str | None = None,
     chunk_frames: int = CHUNK_FRAMES,
     options: Mapping[str, Any] | None = None,
@@ -141,8 +145,10 @@ def analyze_video(
     hysteresis), one raw probability per emotion, and with smoothing on `smoothed_<emotion>`
     per emotion. `smoothing_ms` and `label_margin` are the server's --smoothing-ms and
     --label-margin (both 0: raw scores, label = their argmax). Every `every`-th frame is
-    analysed. `max_width` shrinks frames before detection as the server's video stream does
-    (None: full size).
+    analysed. `max_width` shrinks frames before detection (640: as the server's video stream
+    does; None, the default: the file's own size). `detect_every` is the server's
+    --detect-every: the whole frame is searched for faces on every `detect_every`-th analysed
+    frame, only around the last faces between.
 
     `ray` runs the file in chunks of about `chunk_frames` frames as Ray tasks (the [cluster]
     extra), with the same rows: "local" starts a Ray on this machine for this call, "auto" or
@@ -164,7 +170,7 @@ def analyze_video(
             from fer_async.analyze.distributed import RayRun, ray_session
             from fer_async.loading import load_detector
 
-            settings = _settings(options or {})
+            settings = _settings(options or {}).replace(detect_every=detect_every)
             settings = settings.replace(detector=load_detector(settings)[1])  # what every worker must run
             stack.enter_context(ray_session(ray))
             run = RayRun([info], settings, every=every, max_width=max_width, chunk_frames=chunk_frames)
@@ -172,7 +178,8 @@ def analyze_video(
             analysis = run.analysis(0, tracker)
         else:
             active = analyzer if analyzer is not None else stack.enter_context(load_analyzer(**(options or {})))
-            analysis = FileAnalysis(info, analyzer_classify(active), tracker, every=every, max_width=max_width)
+            stages = analyzer_stages(active)
+            analysis = FileAnalysis(info, stages, tracker, every=every, max_width=max_width, detect_every=detect_every)
         name = str(info.path)
         for frame in analysis:
             if frame.analysed:

@@ -9,12 +9,12 @@ With several inputs, --out/--annotate/--plot take a directory (ending in /) or a
 Outputs are written under a temporary name and renamed when the file was analysed to its end.
 Interrupted (Ctrl-C) or cut short (a decoding error, or decoding that ends well before the end
 the header announces: truncated or corrupt), they are kept as NAME.incomplete.EXT with every row
-up to that point. Model, detector and tracker options are the server's, with its FER_* variables
-and defaults. With --ray [ADDRESS] the files, and long files in chunks, run as Ray tasks (the
-[cluster] extra): on this machine's CPUs without ADDRESS, on a cluster with `auto` or HOST:PORT
-(give it after the inputs). The rows are the plain run's; one progress bar covers all files.
-Exit status: 0 all files complete; 1 some input could not be analysed (or only partly); 2 usage
-error; 130 interrupted.
+up to that point. Model, detector, tracker and detection schedule (--detect-every) options are
+the server's, with its FER_* variables and defaults. With --ray [ADDRESS] the files, and long
+files in chunks, run as Ray tasks (the [cluster] extra): on this machine's CPUs without
+ADDRESS, on a cluster with `auto` or HOST:PORT (give it after the inputs). The rows are the
+plain run's; one progress bar covers all files. Exit status: 0 all files complete; 1 some
+input could not be analysed (or only partly); 2 usage error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from fer_async.analyze.core import (
     FileSummary,
     InputError,
     SourceInfo,
-    analyzer_classify,
     columns,
     frame_rows,
     open_source,
@@ -51,14 +50,18 @@ from fer_async.analyze.outputs import (
     plot_timeline,
 )
 from fer_async.analyze.source import IMAGE_EXTENSIONS, video_files
+from fer_async.analyze.stages import analyzer_stages
 from fer_async.config import MODEL_OPTIONS, add_model_options, resolve_options
 from fer_async.loading import load_analyzer, load_detector
+from fer_async.schedule import SCHEDULE_OPTIONS, full_share
 from fer_async.tracker import TRACKER_OPTIONS, tracker_for
 from fer_async.video import VIDEO_EXTENSIONS
 
 PROG = "python -m fer_async.analyze"
 INPUT_SUFFIXES = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# The server's options this command takes, with the server's defaults.
+SERVER_OPTIONS = TRACKER_OPTIONS + SCHEDULE_OPTIONS + MODEL_OPTIONS
 EXIT_STATUS = {
     Ending.DONE: 0,
     Ending.STOPPED: EXIT_INTERRUPTED,
@@ -94,18 +97,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--chunk-frames",
         type=int,
         metavar="N",
-        help=f"with --ray: frames per task of a long file (default: {CHUNK_FRAMES}, rounded up to whole batches)",
+        help=f"with --ray: frames per task of a long file (default: {CHUNK_FRAMES}, rounded up to whole batches "
+        "and detection periods)",
     )
-    # --smoothing-ms --label-margin --weights --model-name --runtime --model-precision --flip-tta
-    # --detector(-model) --align: the server's own options, so a file gets the server's labels.
-    add_model_options(p, TRACKER_OPTIONS + MODEL_OPTIONS)
+    # --smoothing-ms --label-margin --detect-every --weights --model-name --runtime --model-precision
+    # --flip-tta --detector(-model) --align: the server's own options, so a file gets the server's labels.
+    add_model_options(p, SERVER_OPTIONS)
     p.add_argument(
         "--max-width",
         type=int,
-        default=ANALYSIS_MAX_WIDTH,
+        default=ANALYSIS_MAX_WIDTH or 0,
         metavar="PX",
-        help="shrink frames to this width before detection, as the video stream does; 0 = full size "
-        "(default: %(default)s)",
+        help="shrink frames to this width before detection (640: as the video stream does); 0 = the file's own "
+        "size (default: %(default)s)",
     )
     args = p.parse_args(argv)
     if args.every < 1:
@@ -117,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.chunk_frames is not None and (args.ray is None or args.chunk_frames < 1):
         p.error("--chunk-frames needs --ray and must be at least 1")
     # Command line > FER_* > default, checked as the server checks them.
-    args.settings = resolve_options(p, args, TRACKER_OPTIONS + MODEL_OPTIONS)
+    args.settings = resolve_options(p, args, SERVER_OPTIONS)
     return args
 
 
@@ -217,9 +221,11 @@ def _analyse_file(
     timing = (
         f"; {_speed(analysis.frames_read, elapsed, info.fps if info.kind == 'video' else 0)}" if bar is not None else ""
     )
+    share = full_share(analysis.searches)
+    full = "" if share is None else f"; full face detection on {share:.0%} of the analysed frames"
     print(
         f"{info.path.name}: {analysis.frames_read} frames read, {summary.frames_analysed} analysed "
-        f"({summary.frames_with_faces} with faces), {summary.rows} rows, {len(summary.tracks)} tracks{timing}",
+        f"({summary.frames_with_faces} with faces), {summary.rows} rows, {len(summary.tracks)} tracks{timing}{full}",
         file=report,
     )
     for line in summary.lines():
@@ -282,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         analyses = (
             FileAnalysis(
                 info,
-                analyzer_classify(analyzer),
+                analyzer_stages(analyzer),
                 tracker_for(args.settings),
                 every=args.every,
                 max_width=args.max_width or None,
                 keep_images=args.annotate is not None,
+                detect_every=args.settings.detect_every,
             )
             for info in sources
         )

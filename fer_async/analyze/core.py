@@ -10,9 +10,15 @@ the same rows.
 
 Used by the CLI and Python API (`fer_async.analyze`) and by the server's upload jobs
 (`fer_async.server.jobs`). Only *how frames reach the Analyzer* differs between them: the
-CLI calls `Analyzer.analyze` directly, the server goes through its batcher; both hand
-`FileAnalysis` a `classify` function. Frames are shrunk exactly as the MJPEG stream shrinks
-them (`video.shrink_to_width`, `VIDEO_MAX_WIDTH`), so the same clip gets the same labels.
+CLI calls the Analyzer's two stages directly, the server goes through its pipeline and
+batcher; both hand `FileAnalysis` the two `Stages`. Frames are analysed at their own size
+(`ANALYSIS_MAX_WIDTH`; `max_width=VIDEO_MAX_WIDTH` shrinks them as the MJPEG stream does).
+
+Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), reset at its
+first frame: a full detection every `detect_every` analysed frames, only the regions around the
+last faces between. So frame i+1's detection needs frame i's boxes: frames are prepared one after
+the other on one thread, while the file is decoded on the caller's thread and the faces of the
+frames prepared before are classified in one model call per batch on a third.
 
 Memory stays flat: frames are decoded, classified in batches and dropped; only the per-track
 counters (and, when asked for, a compact timeline) grow with the file.
@@ -25,10 +31,11 @@ import enum
 import logging
 import math
 from array import array
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -36,22 +43,30 @@ from fer_async.analyze.source import FrameReader
 from fer_async.analyze.source import InputError as InputError  # re-exported: the jobs and the API name it here
 from fer_async.analyze.source import SourceInfo as SourceInfo
 from fer_async.analyze.source import open_source as open_source
-from fer_async.labels import EMOTIONS, Box, Face, FrameResult
+from fer_async.analyze.stages import Batch, Stages
+from fer_async.labels import EMOTIONS, Box, Face
+from fer_async.schedule import DETECT_EVERY, DetectionSchedule
 from fer_async.tracker import TrackedFace, Tracker
-from fer_async.video import DEFAULT_FPS, VIDEO_MAX_WIDTH, shrink_to_width
+from fer_async.video import DEFAULT_FPS, shrink_to_width
+
+if TYPE_CHECKING:
+    from fer_async.analyzer import Prepared
 
 logger = logging.getLogger(__name__)
 
-# The width the MJPEG stream analyses its frames at: the same frames give the same labels.
-ANALYSIS_MAX_WIDTH = VIDEO_MAX_WIDTH
+# Frames are analysed at their own size: the detector searches a 320 px copy on a full detection
+# anyway, and only the faces (and the regions around them) are cut from the frame. Shrinking
+# every frame to the MJPEG stream's 640 px first cost more than detecting (OpenCV's INTER_AREA
+# at 960 -> 640: 3.4 ms, at 1920 -> 640: 5.4 ms) and changed no label: on the two 960x540 clips
+# of ../shared, all 144 faces got the same label, the probabilities differing by <= 0.012 at the
+# 95th percentile (README, "Detect less, track more"). VIDEO_MAX_WIDTH gives the stream's frames.
+ANALYSIS_MAX_WIDTH: int | None = None
+# The most decoded frames waiting for their face search: a file decodes faster than it is searched
+# at times (a 4K frame's full detection), and those frames are at full size.
+MAX_AWAITING_DETECTION = 8
 FRAMES_PER_CALL = 16  # frames per Analyzer call in the CLI: the model's batch, as the server's max_batch
 # With --every N and --annotate the skipped frames wait for their batch too; bound that buffer.
 MAX_BUFFERED_FRAMES = 64
-# Frames from one full-frame detection to the next. A detection schedule (full detections every
-# this many frames, region searches between them, decided only from the detections since the last
-# full one) restarts with each RawStage; chunks of a file start at multiples of it, so each chunk
-# starts with the full detection the plain run makes there. 1: every frame is a full detection.
-DETECTION_PERIOD = 1
 
 BASE_COLUMNS: tuple[str, ...] = ("file", "frame", "time_s", "face", "x", "y", "w", "h", "emotion")
 SMOOTHED_PREFIX = "smoothed_"
@@ -60,8 +75,6 @@ SMOOTHED_PREFIX = "smoothed_"
 # that ends short of it by at least this much time AND this share of the file is called cut short.
 CUT_SHORT_MIN_S = 0.5
 CUT_SHORT_MIN_SHARE = 0.02
-
-Classify = Callable[[list[np.ndarray]], Sequence[FrameResult]]
 
 
 class Ending(enum.StrEnum):
@@ -98,6 +111,7 @@ class RawFrame:
     faces: tuple[Face, ...] | None  # boxes in the analysed (shrunk) frame's pixels; None: not analysed
     scale: float = 1.0  # from the analysed frame's pixels to the file's
     image: np.ndarray | None = None  # the decoded frame at full size, only when kept
+    search: str | None = None  # the face search it got (schedule.Search); None: not analysed
 
 
 class RawSource(Protocol):
@@ -117,11 +131,13 @@ def batch_span(every: int, frames_per_call: int) -> int:
     return min(frames_per_call * every, MAX_BUFFERED_FRAMES)
 
 
-def chunk_unit(every: int, frames_per_call: int, detection_period: int = DETECTION_PERIOD) -> int:
+def chunk_unit(every: int, frames_per_call: int, detection_period: int) -> int:
     """Chunk boundaries are multiples of this: batches and detection schedules fall as in the plain run.
 
-    `detection_period` counts analysed frames (full detections every that many), so in frame
-    indices a schedule restarts every `every * detection_period` frames.
+    `detection_period` is --detect-every: it counts analysed frames (a full detection every that
+    many, counted from the schedule's reset), so in frame indices a schedule restarts every
+    `every * detection_period` frames. A chunk that starts there, its schedule reset, gets the
+    plain run's full detection on its first frame and the same region searches after it.
     """
     return math.lcm(batch_span(every, frames_per_call), every * detection_period)
 
@@ -130,21 +146,26 @@ def chunk_unit(every: int, frames_per_call: int, detection_period: int = DETECTI
 class RawStage:
     """Decode, detect, crop and classify the frames `reader` yields: RawFrames in order.
 
-    Every `every`-th frame (by index in the file, frame 0 first) is classified, in batches
-    that `batch_span` fixes by frame index, so a chunk that starts at a multiple of
-    `chunk_unit` classifies exactly the batches the plain run does.
+    Every `every`-th frame (by index in the file, frame 0 first) is analysed. Its faces are
+    searched for in frame order on a thread of their own, as this stage's `schedule` says (reset
+    at the reader's first frame); they are classified in batches that `batch_span` fixes by
+    frame index, on another thread. So a chunk that starts at a multiple of `chunk_unit` detects
+    and classifies exactly as the plain run does there. `stages` reach the Analyzer
+    (`analyzer_stages` for one in this process); frames are shrunk to `max_width` first.
     """
 
     reader: FrameReader
-    classify: Classify
+    stages: Stages
     every: int = 1
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
+    detect_every: int = DETECT_EVERY
+    schedule: DetectionSchedule = field(init=False, repr=False)
+    frames_read: int = field(default=0, init=False)  # frames handed out so far (decoding runs ahead)
 
-    @property
-    def frames_read(self) -> int:
-        return self.reader.frames_read
+    def __post_init__(self) -> None:
+        self.schedule = DetectionSchedule(self.detect_every)
 
     @property
     def decode_failed(self) -> bool:
@@ -152,25 +173,51 @@ class RawStage:
 
     def __iter__(self) -> Iterator[RawFrame]:
         span = batch_span(self.every, self.frames_per_call)
-        pending: list[tuple[int, np.ndarray | None]] = []
-        for index, frame in self.reader.frames(lambda i: self.keep_images or i % self.every == 0):
-            pending.append((index, frame))
-            if (index + 1) % span == 0:
-                yield from self._flush(pending)
-                pending = []
-        if pending:
-            yield from self._flush(pending)
+        self.schedule.reset()
+        detect = ThreadPoolExecutor(1, thread_name_prefix="fer-file-detect")
+        classify = ThreadPoolExecutor(1, thread_name_prefix="fer-file-classify")
+        started: deque[Batch] = deque()  # batches whose classification was started, oldest first
+        awaiting: deque[Future[Prepared]] = deque()  # frames waiting for their face search
+        batch = Batch()
+        try:
+            for index, frame in self.reader.frames(lambda i: self.keep_images or i % self.every == 0):
+                prepared = None
+                if frame is not None and index % self.every == 0:
+                    while awaiting and (awaiting[0].done() or len(awaiting) >= MAX_AWAITING_DETECTION):
+                        awaiting.popleft().result()
+                    prepared = detect.submit(self._prepare, frame)
+                    awaiting.append(prepared)
+                batch.frames.append((index, frame if self.keep_images else None, prepared))
+                batch.widths[index] = 0 if frame is None else frame.shape[1]
+                if (index + 1) % span == 0:
+                    started.append(batch.classify_on(classify, self.stages.classify))
+                    batch = Batch()
+                    # One batch classified while the next is prepared and the one after decoded.
+                    while len(started) > 1:
+                        yield from self._deliver(started.popleft())
+            if batch.frames:
+                started.append(batch.classify_on(classify, self.stages.classify))
+            while started:
+                yield from self._deliver(started.popleft())
+        finally:
+            detect.shutdown(wait=True, cancel_futures=True)
+            classify.shutdown(wait=True, cancel_futures=True)
 
-    def _flush(self, pending: list[tuple[int, np.ndarray | None]]) -> Iterator[RawFrame]:
-        to_classify = [(i, f) for i, f in pending if i % self.every == 0 and f is not None]
-        shrunk = [shrink_to_width(f, self.max_width) for _, f in to_classify]
-        results = list(self.classify(shrunk)) if shrunk else []
-        if len(results) != len(shrunk):
-            raise RuntimeError(f"classify returned {len(results)} results for {len(shrunk)} frames")
-        found = {i: RawFrame(i, r.faces, f.shape[1] / r.width) for (i, f), r in zip(to_classify, results, strict=True)}
-        for index, frame in pending:
-            raw = found.get(index) or RawFrame(index, None)
-            yield dataclasses.replace(raw, image=frame) if self.keep_images else raw
+    def _prepare(self, frame: np.ndarray) -> Prepared:
+        """Detect and crop one frame with the schedule's hints (on the detection thread, in frame order)."""
+        prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), self.schedule.hints())
+        self.schedule.observe(prepared.width, prepared.height, prepared.boxes)
+        return prepared
+
+    def _deliver(self, batch: Batch) -> Iterator[RawFrame]:
+        results = batch.results()
+        for index, image, prepared in batch.frames:
+            self.frames_read = index + 1
+            if prepared is None:
+                yield RawFrame(index, None, image=image)
+            else:
+                result = results[index]
+                yield RawFrame(index, result.faces, batch.widths[index] / result.width, image, result.search)
 
 
 def _scaled(box: Box, scale: float) -> Box:
@@ -184,22 +231,26 @@ def _scaled(box: Box, scale: float) -> Box:
 class FileAnalysis:
     """Analyse `info.path` with `run` (or iterate it); `ending` and `describe_ending` say how it ended.
 
-    `classify` gets a list of BGR frames (shrunk to `max_width`) and returns one FrameResult
-    each, in order. Every `every`-th frame is analysed (frame 0 first). `tracker` (build it with
-    `tracker.tracker_for(settings)`, as every other consumer does) gets each analysed frame's
-    time, index / fps. `raw` replaces the raw stage this builds from `classify` (then None) with
-    raw frames classified elsewhere: the chunks of a Ray run.
+    `stages` reach the Analyzer (`analyzer_stages` for one in this process); frames are shrunk
+    to `max_width`. Every `every`-th frame is analysed (frame 0 first), with a full face
+    detection on every `detect_every`-th analysed frame and the regions around the last faces
+    between (`RawStage`). `tracker` (build it with `tracker.tracker_for(settings)`, as every
+    other consumer does) gets each analysed frame's time, index / fps. `raw` replaces the raw
+    stage this builds from `stages` (then None) with raw frames analysed elsewhere: the chunks of
+    a Ray run. `searches` counts the analysed frames by the face search they got (schedule.Search).
     """
 
     info: SourceInfo
-    classify: Classify | None
+    stages: Stages | None
     tracker: Tracker
     every: int = 1
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
+    detect_every: int = DETECT_EVERY
     raw: RawSource | None = None
     frames_analysed: int = field(default=0, init=False)
+    searches: Counter[str] = field(default_factory=Counter, init=False)
     _last_faces: tuple[TrackedFace, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -207,12 +258,18 @@ class FileAnalysis:
             raise ValueError(f"every must be at least 1, got {self.every}")
         if self.frames_per_call < 1:
             raise ValueError(f"frames_per_call must be at least 1, got {self.frames_per_call}")
-        if (self.raw is None) == (self.classify is None):
-            raise ValueError("give FileAnalysis either classify or raw")
-        if self.raw is None and self.classify is not None:
+        if (self.raw is None) == (self.stages is None):
+            raise ValueError("give FileAnalysis either stages or raw")
+        if self.raw is None and self.stages is not None:
             reader = FrameReader(self.info)
             self.raw = RawStage(
-                reader, self.classify, self.every, self.max_width, self.frames_per_call, self.keep_images
+                reader,
+                self.stages,
+                self.every,
+                self.max_width,
+                self.frames_per_call,
+                self.keep_images,
+                self.detect_every,
             )
 
     @property
@@ -273,6 +330,8 @@ class FileAnalysis:
         for raw in self.raw:
             time_s = raw.index / fps if self.info.kind == "video" else 0.0
             if raw.faces is not None:
+                if raw.search is not None:
+                    self.searches[raw.search] += 1
                 tracked = self.tracker.update(raw.faces, time_s)
                 self._last_faces = tuple(dataclasses.replace(t, box=_scaled(t.box, raw.scale)) for t in tracked)
                 self.frames_analysed += 1
@@ -365,16 +424,3 @@ class FileSummary:
             }
             for track_id, stats in sorted(self.tracks.items())
         ]
-
-
-def analyzer_classify(analyzer: Any) -> Classify:
-    """`classify` for FileAnalysis that calls `Analyzer.analyze` directly (the CLI, the API)."""
-
-    def classify(frames: list[np.ndarray]) -> list[FrameResult]:
-        results = analyzer.analyze(frames)
-        for result in results:
-            if not isinstance(result, FrameResult):  # decoded frames cannot fail to decode
-                raise RuntimeError(f"analysis failed on a decoded frame: {result}")
-        return list(results)
-
-    return classify

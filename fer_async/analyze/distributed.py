@@ -2,7 +2,8 @@
 
 `python -m fer_async.analyze VIDEOS... --out DIR/ --ray [ADDRESS]` and `analyze_video(..., ray=...)`.
 Each file is cut into chunks of about `CHUNK_FRAMES` frames at multiples of `core.chunk_unit`
-(the batches of the model and the detection schedule fall where the plain run has them). A task
+(the batches of the model and the full detections of the --detect-every schedule fall where the
+plain run has them; each chunk's schedule restarts at its first frame). A task
 runs the raw stage of one chunk (`analyse_chunk`: decode, detect, crop, classify) and returns its
 `RawFrame`s: boxes and scores, a few hundred bytes a frame, never pixels. The driver feeds them,
 chunk after chunk, to the one `FileAnalysis` (tracker, rows, ending) of the file, the code the
@@ -26,16 +27,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fer_async.analyze.core import (
-    DETECTION_PERIOD,
-    FRAMES_PER_CALL,
-    FileAnalysis,
-    RawFrame,
-    RawStage,
-    analyzer_classify,
-    chunk_unit,
-)
+from fer_async.analyze.core import FRAMES_PER_CALL, FileAnalysis, RawFrame, RawStage, chunk_unit
 from fer_async.analyze.source import FrameMarker, FrameReader, InputError, SourceInfo, frame_times
+from fer_async.analyze.stages import analyzer_stages
 from fer_async.config import Settings
 from fer_async.tracker import Tracker
 
@@ -60,7 +54,7 @@ class RayUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class ChunkSpec:
-    """One task: frames `start` to `stop` (None: the end) of `info`, classified as `settings` say."""
+    """One task: frames `start` to `stop` (None: the end) of `info`, detected and classified as `settings` say."""
 
     info: SourceInfo
     settings: Settings
@@ -122,7 +116,14 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
         raise InputError(f"{spec.info.path}: not found on node {_node()}: every node needs the inputs at the same path")
     analyzer, stack = _analyzer(spec.settings)
     reader = FrameReader(spec.info, spec.start, spec.stop, spec.start_ms, spec.sequential)
-    stage = RawStage(reader, analyzer_classify(analyzer), spec.every, spec.max_width, FRAMES_PER_CALL)
+    stage = RawStage(
+        reader,
+        analyzer_stages(analyzer),
+        spec.every,
+        spec.max_width,
+        FRAMES_PER_CALL,
+        detect_every=spec.settings.detect_every,
+    )
     frames = tuple(stage)
     return ChunkResult(
         frames,
@@ -137,16 +138,9 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
     )
 
 
-def plan(
-    info: SourceInfo,
-    settings: Settings,
-    every: int,
-    max_width: int | None,
-    chunk_frames: int,
-    detection_period: int = DETECTION_PERIOD,
-) -> list[ChunkSpec]:
+def plan(info: SourceInfo, settings: Settings, every: int, max_width: int | None, chunk_frames: int) -> list[ChunkSpec]:
     """The chunks of one file: one for an image or a short video, else about `chunk_frames` frames each."""
-    unit = chunk_unit(every, FRAMES_PER_CALL, detection_period)
+    unit = chunk_unit(every, FRAMES_PER_CALL, settings.detect_every)
     size = max(unit, math.ceil(chunk_frames / unit) * unit)
     whole = [ChunkSpec(info, settings, every, max_width, 0, None, None)]
     if info.kind != "video" or 0 < info.frame_count <= size:
@@ -262,7 +256,7 @@ class StitchedChunks:
                 if images is not None:
                     for index, image in images:
                         if index == raw.index:
-                            raw = RawFrame(raw.index, raw.faces, raw.scale, image)
+                            raw = dataclasses.replace(raw, image=image)
                             break
                     else:
                         assert local is not None

@@ -7,9 +7,12 @@
     python -m fer_async.bench --soak --churn --clients 16 --duration 600
 
 Each client keeps exactly ONE real face frame in flight: it sends a 640x480 JPEG (the
-astronaut photo of `skimage.data`, placed at a different spot per client), waits for the
-reply to that frame (`result`, `error` or `dropped`), then sends the next. So the server's
-throughput is measured closed-loop, and the latency is what one browser tab would see.
+astronaut photo of `skimage.data`, moving 6 px a frame around an ellipse of `--frames`
+frames, each client starting at a different one), waits for the reply to that frame
+(`result`, `error` or `dropped`), then sends the next. So the server's throughput is measured
+closed-loop, and the latency is what one browser tab would see. The face moves as a webcam's
+does, so the server's `--detect-every` schedule works as it does for a person: a full face
+detection every N frames of a client, YuNet around the last face between.
 
 Where the server runs. Without `--url` the bench starts the real server as a SUBPROCESS,
 `python -m fer_async --host 127.0.0.1 --port <free> ...`, and waits for `/healthz`. Not in
@@ -24,7 +27,10 @@ JSON object with at least `clients, frames, fps, p50_ms, p99_ms, mean_batch, dro
 With `--sweep` that object describes the last row and carries every row under `"rows"`.
 `mean_batch` is read from the server's `/metrics` (the batch-size histogram's
 sum/count delta over the measured window); `null` when the server does not export it.
-After each row a `profile, N clients, server ms per frame: ...` line splits the server's time
+After each row a `detection, N clients: full face detection on X% of F frames ...` line says
+how often the server searched whole frames (`fer_detections_total{search}` over the measured
+window; `full_detection_pct` and `searches` in the JSON), and a
+`profile, N clients, server ms per frame: ...` line splits the server's time
 per WebSocket frame into stages (receive, decode, detect, crop, model, json, send; the model's
 batch call shared among its frames) and gives the event loop's idle share, from the deltas of
 `fer_stage_seconds_total`, `fer_frames_total{source="ws"}` and `fer_event_loop_cpu_seconds`
@@ -33,7 +39,8 @@ thread's CPU time over wall time, so time spent waiting for the GIL counts as id
 
 `--raw` skips the server: the same frames go straight through `Analyzer.analyze` in batches
 of `--max-batch` (real model, real detector, this process), which is the fps the server
-could at best reach on this machine.
+could at best reach on this machine. Each batch holds the next frame of `--max-batch`
+streams, each with its own detection schedule, as the server's clients are.
 
 `--soak` runs for `--duration` seconds (bounded), samples the server's RSS at the start,
 every `--rss-interval` seconds and at the end; with `--churn` clients come and go
@@ -57,19 +64,20 @@ import aiohttp
 from fer_async.bench.harness import InProcessServer, ServerProcess, check_loopback, rss_kb
 from fer_async.bench.load import DEFAULT_RSS_INTERVAL_S, RunConfig, run_load, wait_for_hello
 from fer_async.bench.raw import run_raw
-from fer_async.bench.report import emit, format_profile, format_table
+from fer_async.bench.report import emit, format_detection, format_profile, format_table
 from fer_async.config import MODEL_OPTIONS, Settings, add_model_options, command_line, resolve_options
-from fer_async.synthetic import make_frames
+from fer_async.schedule import SCHEDULE_OPTIONS
+from fer_async.synthetic import moving_frames
 
 logger = logging.getLogger("fer_async.bench")  # not "__main__" under python -m
 
-FRAMES_PER_CLIENT = 4  # a few positions per client, cycled, so the detector sees motion
+DEFAULT_FRAMES = 32  # one loop of the moving face: 32 positions 6 px apart
 DEFAULT_WARMUP_S = 3.0
 DEFAULT_LIFETIME_S = (1.0, 6.0)  # --churn: each connection lives uniform(lo, hi) seconds
 MAX_CLIENTS = 1024  # a sanity bound on --clients / --sweep entries
 MAX_DURATION_S = 24 * 3600.0  # everything stops by itself
 # The server's options the bench takes, passed on to the server it starts (--raw: its own batches).
-SERVER_OPTIONS = ("max_batch", "max_wait_ms", *MODEL_OPTIONS)
+SERVER_OPTIONS = ("max_batch", "max_wait_ms", *SCHEDULE_OPTIONS, *MODEL_OPTIONS)
 
 
 def _positive_float(text: str) -> float:
@@ -127,9 +135,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--server-arg", action="append", default=[], help="extra argument for the started server (repeatable)"
     )
-    p.add_argument(
-        "--frames", type=int, default=FRAMES_PER_CLIENT * 8, help="distinct JPEGs to cycle (default %(default)s)"
-    )
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="JPEGs in the face's loop (default %(default)s)")
     p.add_argument("--soak", action="store_true", help="long run that samples the server's RSS")
     p.add_argument("--churn", action="store_true", help="clients join and leave continuously")
     p.add_argument(
@@ -215,6 +221,8 @@ async def _run_server_mode(ns: argparse.Namespace, frames: Sequence[bytes]) -> l
                 emit(format_table([row]).splitlines()[-1] if len(rows) > 1 else format_table([row]))
                 if "profile" in row:
                     emit(format_profile(count, row["profile"]))
+                if "searches" in row:
+                    emit(format_detection(f"{count} clients", row))
                 rss = rss_kb(rss_pid) if rss_pid is not None and server is not None else None
                 if rss is not None and not ns.soak:
                     row["server_rss_mb"] = round(rss / 1024, 1)
@@ -239,11 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-    frames = make_frames(max(1, ns.frames))
+    frames = moving_frames(max(1, ns.frames))
     logger.info("%d frames of %d bytes on average", len(frames), sum(map(len, frames)) // len(frames))
     if ns.raw:
         row = run_raw(ns, frames)
         emit(format_table([row]))
+        emit(format_detection(f"raw, {row['streams']} streams", row))
         emit(json.dumps(row))
         return 0
     rows = asyncio.run(_run_server_mode(ns, frames))

@@ -20,7 +20,15 @@ import aiohttp
 import numpy as np
 
 from fer_async.bench.harness import rss_kb
-from fer_async.bench.report import emit, parse_histogram, percentile, round_or_none, stage_profile
+from fer_async.bench.report import (
+    detection_figures,
+    emit,
+    parse_histogram,
+    percentile,
+    round_or_none,
+    search_counts,
+    stage_profile,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -291,15 +299,18 @@ async def run_load(session: aiohttp.ClientSession, cfg: RunConfig) -> dict[str, 
             rss_samples.append((loop.time() - window_start, end_value))
             emit(f"server RSS at end: {end_value / 1024:.1f} MB")
 
-    mean_batch = profile = None
+    mean_batch = profile = searches = None
     if metrics_start is not None and metrics_end is not None:
         hist_start, hist_end = parse_histogram(metrics_start), parse_histogram(metrics_end)
         if hist_start is not None and hist_end is not None and hist_end[1] > hist_start[1]:
             mean_batch = (hist_end[0] - hist_start[0]) / (hist_end[1] - hist_start[1])
         profile = stage_profile(metrics_start, metrics_end, window_end - window_start)
+        searches = search_counts(metrics_start, metrics_end)
     row = summarize(stats, (window_start, window_end), cfg.clients, mean_batch)
     if profile is not None:
         row["profile"] = profile
+    if searches is not None:
+        row |= detection_figures(searches)
     if stats.error_samples:
         row["error_samples"] = stats.error_samples
     if cfg.rss_pid is not None and rss_samples:

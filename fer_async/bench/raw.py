@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from fer_async.bench.report import percentile, round_or_none
+from fer_async.bench.report import detection_figures, percentile, round_or_none
+from fer_async.schedule import DetectionSchedule
 
 
 def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
@@ -26,23 +28,36 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     model = FacialExpressionModel.from_options(settings)
     detector, _name = create_detector_for(settings.detector, settings.detector_model)
     batch = ns.max_batch
-    frames_done = errors = offset = 0
+    frames_done = errors = step = 0
     latencies: list[float] = []
+    # One stream per slot of the batch, each at its own place in the frames' loop, with its own schedule.
+    schedules = [DetectionSchedule(settings.detect_every) for _ in range(batch)]
+    starts = [stream * len(frames) // batch for stream in range(batch)]
+    searches: Counter[str] = Counter()
     with Analyzer(model, detector, align=settings.align) as analyzer:
 
         def one_batch() -> tuple[float, int]:
-            nonlocal offset
-            chunk = [frames[(offset + i) % len(frames)] for i in range(batch)]
-            offset += batch
+            nonlocal step
+            chunk = [frames[(start + step) % len(frames)] for start in starts]
+            step += 1
             started = time.perf_counter()
-            results = analyzer.analyze(chunk)
-            failed = sum(1 for r in results if isinstance(r, Exception) or not r.faces)
-            return (time.perf_counter() - started) * 1000.0, failed
+            results = analyzer.analyze(chunk, [schedule.hints() for schedule in schedules])
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            failed = 0
+            for schedule, result in zip(schedules, results, strict=True):
+                if isinstance(result, Exception):
+                    failed += 1
+                    continue
+                failed += not result.faces
+                schedule.observe(result.width, result.height, [face.box for face in result.faces])
+                searches[result.search] += 1
+            return elapsed_ms, failed
 
         warm_until = time.perf_counter() + ns.warmup
         one_batch()  # at least one, so the first measured batch never pays a first-call cost
         while time.perf_counter() < warm_until:
             one_batch()
+        searches.clear()
         started = time.perf_counter()
         end = started + ns.duration
         while time.perf_counter() < end or not latencies:
@@ -68,4 +83,6 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
         "errors": errors,  # frames that failed or had no face (should be 0: each has one)
         "timeouts": 0,
         "seconds": round(seconds, 2),
+        "streams": batch,
+        **detection_figures(searches),
     }

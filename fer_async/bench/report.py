@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from fer_async.schedule import Search, full_share
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -97,6 +99,37 @@ def stage_profile(before: str, after: str, wall_s: float) -> dict[str, float] | 
         busy = (end[loop_key] - start[loop_key]) / wall_s / _loops(after)  # the mean loop's
         profile["loop_idle_pct"] = round(max(0.0, 100.0 * (1.0 - busy)), 1)
     return profile
+
+
+def search_counts(before: str, after: str) -> dict[str, int] | None:
+    """Frames by the face search they got (`fer_detections_total{search}`) between two scrapes; None without it."""
+    start, end = parse_samples(before), parse_samples(after)
+    counts = {}
+    for search in Search:
+        key = ("fer_detections_total", f'{{search="{search.value}"}}')
+        if key not in start or key not in end:
+            return None
+        counts[search.value] = round(end[key] - start[key])
+    return counts
+
+
+def detection_figures(counts: Mapping[str, int]) -> dict[str, Any]:
+    """How often full detection ran: the share (%) of frames, and the counts by search."""
+    share = full_share(counts)
+    return {"full_detection_pct": None if share is None else round(100 * share, 1), "searches": dict(counts)}
+
+
+def format_detection(label: str, figures: Mapping[str, Any]) -> str:
+    counts = figures["searches"]
+    total = sum(counts.values())
+    if not total:
+        return f"detection, {label}: no frames"
+    pct = {search: 100 * counts.get(search, 0) / total for search in Search}
+    return (
+        f"detection, {label}: full face detection on {figures['full_detection_pct']:.1f}% of {total} frames "
+        f"({pct[Search.FULL]:.1f}% scheduled or without hints, {pct[Search.REGIONS_LOST]:.1f}% after a face was "
+        f"not in its region); regions only on {pct[Search.REGIONS]:.1f}%"
+    )
 
 
 def format_profile(clients: int, profile: dict[str, float]) -> str:

@@ -110,7 +110,9 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
             # Logged once here, with the traceback; each client only hears "analysis failed".
             logger.exception("analysis of a batch of %d frames failed", len(prepared))
             raise
-        metrics.observe_analysis([r.timings for r in results if isinstance(r, FrameResult)])
+        analysed = [r for r in results if isinstance(r, FrameResult)]
+        metrics.observe_analysis([r.timings for r in analysed])
+        metrics.observe_searches(r.search for r in analysed)
         return results
 
     def on_batch(stats: BatchStats) -> None:
@@ -132,7 +134,9 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
     trackers = functools.partial(tracker_for, app[SETTINGS])  # one per video channel
-    hub = VideoHub(app[PIPELINE], app[METRICS], executor, tracker_factory=trackers)
+    hub = VideoHub(
+        app[PIPELINE], app[METRICS], executor, tracker_factory=trackers, detect_every=app[SETTINGS].detect_every
+    )
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()

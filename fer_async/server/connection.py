@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import socket
 import time
@@ -28,6 +29,7 @@ from fer_async.config import Settings
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
+from fer_async.schedule import DetectionSchedule
 from fer_async.server import protocol
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
 from fer_async.tracker import tracker_for
@@ -91,6 +93,8 @@ class Connections:
 class Connection:
     """One WebSocket client: admission, the reader (handler task), its worker task, teardown."""
 
+    _numbers = itertools.count()  # spreads the connections' full face detections over time (schedule)
+
     def __init__(
         self,
         request: web.Request,
@@ -118,6 +122,7 @@ class Connection:
         self.dropped = 0
         # Touched only by the worker, which analyses this connection's frames one at a time, in order.
         self.tracker = tracker_for(settings)
+        self.schedule = DetectionSchedule(settings.detect_every, offset=next(Connection._numbers))
 
     @classmethod
     async def serve(
@@ -308,9 +313,10 @@ class Connection:
 
     async def _analyse(self, frame: _Frame) -> str:
         """The reply to `frame`, already encoded (so its JSON cost is measured here, not in send)."""
-        outcome = await submit(self.batcher, self.metrics, "ws", frame.data)
+        outcome = await submit(self.batcher, self.metrics, "ws", frame.data, self.schedule.hints())
         if isinstance(outcome, Refused):
             return protocol.encode(protocol.error(outcome.message, frame.id))
+        self.schedule.observe(outcome.width, outcome.height, [face.box for face in outcome.faces])
         started = time.perf_counter()
         payload = outcome.to_json()
         # Time of receipt, not of analysis: the smoothing follows the client's own frame rate.

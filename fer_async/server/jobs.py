@@ -14,10 +14,10 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,15 +32,19 @@ from fer_async.analyze.core import (
     open_source,
 )
 from fer_async.analyze.outputs import RowWriter
+from fer_async.analyze.stages import Stages
+from fer_async.analyzer import Prepared
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
-from fer_async.server.outcomes import Reason, submit
+from fer_async.schedule import Hints
+from fer_async.server.outcomes import Reason, Refused, attempt
 from fer_async.server.results_dir import HEARTBEAT_S, RUNNING_STATES, ResultsDir, ended_at, new_job_id
 from fer_async.tracker import tracker_for
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JOB_FRAMES_IN_FLIGHT = 2
 MAX_RUNNING_JOBS = 2  # per server process: each has its own model and batcher
@@ -272,26 +276,37 @@ class AnalysisJobs:
         finally:
             del self.running[job.id]
 
-    def _classifier(self, job: Job) -> Callable[[list[np.ndarray]], list[FrameResult]]:
-        def classify(frames: list[np.ndarray]) -> list[FrameResult]:
-            """Runs on the job's thread: submits the frames to the shared batcher and waits."""
+    def _stages(self, job: Job) -> Stages:
+        """The two stages through the server's pipeline, called from the job's threads (they wait)."""
+
+        def prepare(frame: np.ndarray, hints: Hints | None) -> Prepared:
+            work = self._attempt(lambda: self.batcher.prepare(frame, hints))
+            return asyncio.run_coroutine_threadsafe(work, self._loop).result(BATCH_RESULT_TIMEOUT_S)
+
+        def classify(prepared: list[Prepared]) -> list[FrameResult]:
             started = time.monotonic()
-            future = asyncio.run_coroutine_threadsafe(self._submit_all(frames), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._classify_all(prepared), self._loop)
             results = future.result(timeout=BATCH_RESULT_TIMEOUT_S)
             if self.live_consumers() > 0:  # an int read from this thread: a snapshot is enough
                 job.stop.wait(LIVE_REST * (time.monotonic() - started))
             return results
 
-        return classify
+        return Stages(prepare, classify)
 
-    async def _submit_all(self, frames: list[np.ndarray]) -> list[FrameResult]:
-        return list(await asyncio.gather(*(self._submit(frame) for frame in frames)))
+    async def _classify_all(self, prepared: list[Prepared]) -> list[FrameResult]:
+        async def one(frame: Prepared) -> FrameResult:
+            result = await self._attempt(lambda: self.batcher.classify(frame))
+            self.metrics.frame_done("analysis", len(result.faces))
+            return result
 
-    async def _submit(self, frame: np.ndarray) -> FrameResult:
+        return list(await asyncio.gather(*(one(frame) for frame in prepared)))
+
+    async def _attempt(self, stage: Callable[[], Awaitable[T]]) -> T:
+        """What a pipeline stage returns, tried again while the server is busy or its --executor is briefly down."""
         outage_started: float | None = None
         while True:
-            outcome = await submit(self.batcher, self.metrics, "analysis", frame)
-            if isinstance(outcome, FrameResult):
+            outcome = await attempt(self.metrics, stage())
+            if not isinstance(outcome, Refused):
                 return outcome
             if outcome.retry_after_s is None:
                 raise RuntimeError(outcome.message)  # shutdown, or the batch failed: the job fails
@@ -305,7 +320,7 @@ class AnalysisJobs:
             await asyncio.sleep(outcome.retry_after_s)
 
     def _analyse(self, job: Job) -> tuple[str, str | None, str | None]:
-        """The job's thread: the CLI's FileAnalysis with the batcher as classifier, rows to CSV.
+        """The job's thread: the CLI's FileAnalysis through the server's pipeline (its two stages), rows to CSV.
 
         Returns the job's final (state, error, warning), for `_run` to publish.
         """
@@ -316,7 +331,11 @@ class AnalysisJobs:
         job.frames_total, job.fps, job.state = info.frame_count, info.fps, "running"
         self._publish(job)
         analysis = FileAnalysis(
-            info, self._classifier(job), tracker_for(self.settings), frames_per_call=JOB_FRAMES_IN_FLIGHT
+            info,
+            self._stages(job),
+            tracker_for(self.settings),
+            frames_per_call=JOB_FRAMES_IN_FLIGHT,
+            detect_every=self.settings.detect_every,
         )
         writer = RowWriter(self.results.rows_target(job.id), columns(analysis.smoothed))
 

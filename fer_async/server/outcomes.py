@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fer_async.analyzer import Frame
 from fer_async.batcher import BatcherClosed, BatcherOverloaded
@@ -20,6 +22,9 @@ from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.predictor import ExecutorUnavailable
+from fer_async.schedule import Hints
+
+T = TypeVar("T")
 
 
 class Reason(enum.StrEnum):
@@ -84,10 +89,20 @@ def check_frame(
     return None
 
 
-async def submit(pipeline: FramePipeline, metrics: Metrics, source: str, frame: Frame) -> FrameResult | Refused:
+async def submit(
+    pipeline: FramePipeline, metrics: Metrics, source: str, frame: Frame, hints: Hints | None = None
+) -> FrameResult | Refused:
     """The frame's result through the shared pipeline (prepare, then the batcher), or why there is none."""
+    result = await attempt(metrics, pipeline.submit(frame, hints))
+    if isinstance(result, FrameResult):
+        metrics.frame_done(source, len(result.faces))
+    return result
+
+
+async def attempt(metrics: Metrics, work: Awaitable[T]) -> T | Refused:
+    """What `work` (a pipeline stage, or both) returns, or the Refused its failure means, counted."""
     try:
-        result = await pipeline.submit(frame)
+        return await work
     except ImageTooLarge as exc:
         return refuse(metrics, Reason.TOO_LARGE, str(exc))
     except ImageError as exc:
@@ -101,8 +116,6 @@ async def submit(pipeline: FramePipeline, metrics: Metrics, source: str, frame: 
     except Exception:
         # The batch handler has logged the traceback once for the whole batch.
         return refuse(metrics, Reason.ANALYSIS_FAILED, FAILED_MESSAGE)
-    metrics.frame_done(source, len(result.faces))
-    return result
 
 
 def server_timings(result: FrameResult, received: float) -> dict[str, float]:

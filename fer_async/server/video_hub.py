@@ -2,11 +2,12 @@
 
 It runs one producer per (file, loop) while anyone watches it: a reader task decodes the file
 at its own frame rate into a one-slot mailbox, and the producer takes the newest frame, sends
-it through the same batcher as the webcam frames, draws the faces and encodes a JPEG (in an
-executor thread, never on the event loop), then offers the JPEG to every viewer's own one-slot
-mailbox. So analysis that is slower than the video skips frames instead of slowing the video,
-and a slow viewer loses frames without holding up the producer or the other viewers. The
-producer stops when its last viewer leaves. `fer_async.server.mjpeg` serves the JPEGs.
+it through the same batcher as the webcam frames (with the hints of the channel's own
+`DetectionSchedule`), draws the faces and encodes a JPEG (in an executor thread, never on the
+event loop), then offers the JPEG to every viewer's own one-slot mailbox. So analysis that is
+slower than the video skips frames instead of slowing the video, and a slow viewer loses frames
+without holding up the producer or the other viewers. The producer stops when its last viewer
+leaves. `fer_async.server.mjpeg` serves the JPEGs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fer_async.labels import Face
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
+from fer_async.schedule import DETECT_EVERY, DetectionSchedule
 from fer_async.server.outcomes import Reason, Refused, submit
 from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import VIDEO_MAX_WIDTH, VideoError, VideoReader
@@ -62,9 +64,11 @@ class VideoHub:
         executor: Executor,
         *,
         tracker_factory: Callable[[], Tracker],  # tracker.tracker_for with the server's settings
+        detect_every: int = DETECT_EVERY,  # the server's --detect-every
     ) -> None:
         self._batcher = batcher
         self._tracker_factory = tracker_factory
+        self._detect_every = detect_every
         self._metrics = metrics
         self._executor = executor
         self._channels: dict[tuple[Path, bool], _Channel] = {}
@@ -122,13 +126,14 @@ class VideoHub:
         loop = asyncio.get_running_loop()
         # One tracker per channel: its viewers share one decode, so they share the tracks too.
         tracker = self._tracker_factory()
+        schedule = DetectionSchedule(self._detect_every)
         try:
             while True:
                 try:
                     frame = await latest.get()
                 except MailboxClosed:
                     break  # the end of a non-looping file, or an unreadable one
-                faces = await self._analyse(frame)
+                faces = await self._analyse(frame, schedule)
                 if faces is None:
                     break
                 tracked = tracker.update(faces, loop.time())
@@ -160,11 +165,12 @@ class VideoHub:
         finally:
             latest.close()
 
-    async def _analyse(self, frame: np.ndarray) -> tuple[Face, ...] | None:
+    async def _analyse(self, frame: np.ndarray, schedule: DetectionSchedule) -> tuple[Face, ...] | None:
         """The faces of `frame`; () when they cannot be had now; None when the server stops."""
-        outcome = await submit(self._batcher, self._metrics, "video", frame)
+        outcome = await submit(self._batcher, self._metrics, "video", frame, schedule.hints())
         if isinstance(outcome, Refused):
             # Busy or failed: the webcam clients come first, so show this frame without boxes
             # rather than wait.
             return None if outcome.reason is Reason.SHUTDOWN else ()
+        schedule.observe(outcome.width, outcome.height, [face.box for face in outcome.faces])
         return outcome.faces

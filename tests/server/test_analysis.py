@@ -17,10 +17,11 @@ from testsupport import FORMULA_NAMES, raw_upload
 from fer_async.analyze import analyze_video, columns
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS
+from fer_async.schedule import DetectionSchedule
 from fer_async.server.app import create_app
 from fer_async.server.job_routes import ANALYSIS_JOBS
 from fer_async.server.jobs import JOB_FRAMES_IN_FLIGHT
-from fer_async.server.keys import ANALYZER, METRICS, PIPELINE
+from fer_async.server.keys import ANALYZER, METRICS, PIPELINE, SETTINGS
 from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
 
 from .helpers import CLIP_NAME, Client, upload_form, wait_for_job
@@ -88,16 +89,19 @@ async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
 
 
 async def test_labels_agree_with_what_the_stream_path_computes(make_analysis_client: MakeAnalysisClient) -> None:
-    """The MJPEG stream reads a file with VideoReader (<= 640 px) and submits each frame to the pipeline."""
+    """The MJPEG stream reads a file with VideoReader (<= 640 px) and submits each frame to the pipeline,
+    with the hints of its detection schedule: the analysis searches the same regions of the same frames."""
     clip = SHARED_VIDEOS / "single_face.mp4"
     if not clip.is_file():
         pytest.skip(f"real clip not found at {clip}")
     client = await make_analysis_client()
     pipeline = client.app[PIPELINE]
+    schedule = DetectionSchedule(client.app[SETTINGS].detect_every)
     stream: list[tuple[int, tuple[int, ...], str]] = []
     frame_index = 0
     async for frame in VideoReader(clip, loop=False, max_width=VIDEO_MAX_WIDTH).frames():
-        result = await pipeline.submit(frame)
+        result = await pipeline.submit(frame, schedule.hints())
+        schedule.observe(result.width, result.height, [face.box for face in result.faces])
         scale = 640 / result.width  # single_face.mp4 is 640 wide: nothing is shrunk
         for face in result.faces:
             stream.append((frame_index, tuple(round(v * scale) for v in face.box), face.emotion))

@@ -12,7 +12,7 @@ import pytest
 import yarl
 from testsupport import eventually
 
-from fer_async.server.keys import METRICS, VIDEO_HUB
+from fer_async.server.keys import DETECTOR_NAME, METRICS, VIDEO_HUB
 from fer_async.server.mjpeg import BOUNDARY
 
 from .helpers import CLIP_NAME, CLIP_SIZE, REPLY_TIMEOUT_S, Client
@@ -62,6 +62,9 @@ async def test_parts_are_jpegs_and_the_producer_stops_when_the_viewer_leaves(cli
     faces = client.app[METRICS].registry.get_sample_value("fer_faces_total", {"source": "video"})
     assert frames is not None and frames >= 1
     assert faces is not None and faces >= 1  # the clip shows a real face
+    # The channel's own schedule: after its first frame, YuNet searched around the face (Haar never does).
+    regions = client.app[METRICS].registry.get_sample_value("fer_detections_total", {"search": "regions"})
+    assert regions is not None and (regions >= 1) == (client.app[DETECTOR_NAME] == "yunet"), regions
 
 
 async def test_viewers_of_one_file_share_one_producer(client: Client) -> None:

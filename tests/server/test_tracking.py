@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fer_async.labels import EMOTIONS
-from fer_async.server.keys import ANALYZER, METRICS
+from fer_async.schedule import DETECT_EVERY
+from fer_async.server.keys import ANALYZER, DETECTOR_NAME, METRICS
 
 from .helpers import CLIP_NAME, REPLY_TIMEOUT_S, MakeClient, connect, make_frame_jpeg, reply_for
 from .test_mjpeg import read_part
@@ -32,6 +33,14 @@ async def test_ws_faces_carry_a_stable_id_smoothed_and_raw_scores(
     faces = [reply["faces"] for reply in replies]
     assert all(len(f) == 1 for f in faces), faces
     assert {f[0]["id"] for f in faces} == {1}
+    # Frames 2-5 were searched around the face of the frame before, but for the schedule's full
+    # detections (its period shifted by the connection's number): YuNet; Haar searches whole frames.
+    regions = client.app[METRICS].registry.get_sample_value("fer_detections_total", {"search": "regions"})
+    assert regions is not None
+    if client.app[DETECTOR_NAME] == "yunet":
+        assert 4 - -(-4 // DETECT_EVERY) <= regions <= 4 - 4 // DETECT_EVERY, regions
+    else:
+        assert regions == 0
     first, later = faces[0][0], faces[-1][0]
     assert first["scores"] == first["raw_scores"]  # a new track starts at its first frame's scores
     assert list(later["raw_scores"]) == list(EMOTIONS)
