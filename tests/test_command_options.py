@@ -13,6 +13,7 @@ import pytest
 from fer_async.analyze.__main__ import parse_args as analyze_args
 from fer_async.bench.cli import _server_args
 from fer_async.bench.cli import parse_args as bench_args
+from fer_async.bench.detect_every import parse_args as detect_every_args
 from fer_async.config import Settings
 from fer_async.paths import REPO_ROOT
 from fer_async.replay import parse_args as replay_args
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[list[str], Resolve]] = {
     "bench": ([], lambda argv: bench_args(argv).settings),
     "bench --raw": (["--raw"], lambda argv: bench_args(argv).settings),
     "replay": (["clip.mp4"], lambda argv: replay_args(argv).settings),
+    "bench.detect_every": (["clip.mp4"], lambda argv: detect_every_args(argv).settings),
     "training.evaluate": ([], evaluate_args),
     "training.clip": (["clip.mp4"], clip_args),
     "training.photos": (["photos"], photos_args),
@@ -66,6 +68,31 @@ def test_the_bench_passes_what_it_resolved_to_the_server_it_starts(server_enviro
         model_precision="fp32",
         align=False,
     )
+
+
+@pytest.mark.parametrize("command", ["server", "analyze", "bench", "bench --raw", "replay"])
+def test_the_detection_period_is_resolved_by_each_command_that_takes_it(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FER_DETECT_EVERY", "7")
+    fixed, parse = COMMANDS[command]
+    assert parse(fixed).detect_every == 7
+    given = ["--server-arg=--detect-every=3"] if command == "replay" else ["--detect-every", "3"]
+    assert parse([*fixed, *given]).detect_every == 3
+    # The bench starts its server with the period it resolved (FER_* of the bench, not of the server).
+    if command == "bench":
+        assert Settings.from_args(_server_args(bench_args([])), env={}).detect_every == 7
+
+
+def test_a_detection_period_below_one_stops_a_command_as_it_stops_the_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("server", "analyze", "bench --raw"):
+        fixed, parse = COMMANDS[command]
+        with pytest.raises(SystemExit) as info:
+            parse([*fixed, "--detect-every", "0"])
+        assert info.value.code == 2
+        assert "--detect-every must be >= 1, got 0" in capsys.readouterr().err, command
 
 
 @pytest.mark.parametrize("command", ["analyze", "bench", "training.clip"])
