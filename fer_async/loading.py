@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
-from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
 from fer_async.detector import FaceDetector, create_detector_for
 from fer_async.predictor import Predictor
+from fer_async.recognition import Analyzer
 
 logger = logging.getLogger(__name__)
 

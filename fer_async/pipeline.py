@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fer_async.analyzer import Analyzer, Frame, Prepared
 from fer_async.batcher import Batcher, BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError
 from fer_async.labels import FrameResult
+from fer_async.recognition import Analyzer, Frame, Prepared
 from fer_async.schedule import Hints
 
 PreparedBatcher = Batcher[Prepared, FrameResult]

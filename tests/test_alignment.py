@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from fer_async.alignment import TEMPLATE, aligned_face, alignment_matrix, roll_degrees
-from fer_async.analyzer import Analyzer
 from fer_async.detector import HaarDetector, YuNetDetector
 from fer_async.imaging import crop_faces
 from fer_async.labels import Box
+from fer_async.recognition import Analyzer
 
 
 def decoded(jpeg: bytes) -> np.ndarray:

@@ -38,10 +38,10 @@ from fer_async.analyze import (
 )
 from fer_async.analyze.__main__ import main
 from fer_async.analyze.stages import analyzer_stages
-from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
 from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS
+from fer_async.recognition import Analyzer
 from fer_async.schedule import DETECT_EVERY
 from fer_async.tracker import iou, tracker_for
 

@@ -16,10 +16,10 @@ import pytest
 
 from fer_async.alignment import roll_degrees
 from fer_async.analyze import FileAnalysis, analyzer_stages, open_source
-from fer_async.analyzer import Analyzer, Prepared
 from fer_async.config import Settings
 from fer_async.detector import REGION_SAME_FACE_IOU, HaarDetector, YuNetDetector
 from fer_async.imaging import ImageError
+from fer_async.recognition import Analyzer, Prepared
 from fer_async.schedule import DETECT_EVERY, DetectionSchedule, Hints, Search
 from fer_async.synthetic import astronaut_bgr, compose_frame, jpeg, paste
 from fer_async.tracker import iou, tracker_for

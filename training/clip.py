@@ -5,7 +5,7 @@
         --detector-model ../shared/models/face_detection_yunet.onnx
 
 Every frame of the file (scaled to at most 640 px wide, as the MJPEG stream does) goes through
-`fer_async.analyzer.Analyzer` (detector, crop, one model call per 16 frames) with the weights
+`fer_async.recognition.Analyzer` (detector, crop, one model call per 16 frames) with the weights
 the server would load. Prints how often faces were found, the share of each label over all
 faces, the mean top probability, and how often the largest face's label changes from one frame
 to the next (flicker: the clip's faces do not change expression, so every change is noise).
@@ -35,10 +35,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_async.analyzer import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
 from fer_async.config import add_model_options, resolve_options
 from fer_async.imaging import ImageError, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, FrameResult
+from fer_async.recognition import Analyzer  # OpenCV only; fer_async.model (TensorFlow) loads later
 from fer_async.video import VIDEO_MAX_WIDTH, shrink_to_width
 from training.cameras import CAMERAS, Camera
 

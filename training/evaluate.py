@@ -29,7 +29,7 @@ Exit status 2, with a one-line message on stderr, when the split or the weights 
 crops: each face is upscaled to 160x160 (INTER_CUBIC), pasted in the middle of a neutral grey
 320x240 BGR frame (80 px of background left and right, 40 px above and below, so the detector
 sees a whole face with context), JPEG-encoded at quality 80 as the browser client does, and
-sent through `fer_async.analyzer.Analyzer` (decode, `--detector` yunet|haar, by default the
+sent through `fer_async.recognition.Analyzer` (decode, `--detector` yunet|haar, by default the
 server's, crop, one model call per 16 frames). It reports the detection rate, the accuracy on
 the detected faces (the largest face of each frame), the accuracy counting misses as wrong, and
 the plain 48x48 accuracy on the same detected faces, in a "via_detector" object of the JSON line:

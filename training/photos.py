@@ -4,7 +4,7 @@
 
 Every image in DIR whose file name contains an expression (`angry_1.jpg`, `sad_crying_child.png`;
 the first of `fer_async.labels.EMOTIONS` found in the name, case-insensitive) is decoded, its
-largest face found and cropped as the server does (`fer_async.analyzer.Analyzer`: detector,
+largest face found and cropped as the server does (`fer_async.recognition.Analyzer`: detector,
 alignment, the network with flip TTA), at each camera condition of `training.cameras` asked for.
 Prints one line per photo and condition (the label, its score and the named expression's
 score), the share read as named, and which other labels the misses got; `--against DIR`
@@ -26,10 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_async.analyzer import Analyzer
 from fer_async.config import add_model_options, resolve_options
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS, FrameResult
+from fer_async.recognition import Analyzer
 from training.cameras import CAMERAS
 from training.data import IMAGE_SUFFIXES
 

@@ -2,7 +2,7 @@
 
 Each 48x48 face is upscaled to 160x160 (INTER_CUBIC), pasted in the middle of a neutral grey
 320x240 frame, rendered through a camera condition of `training.cameras`, JPEG-encoded at quality
-80 as the browser client does, and sent through `fer_async.analyzer.Analyzer` (decode, detect,
+80 as the browser client does, and sent through `fer_async.recognition.Analyzer` (decode, detect,
 crop, one model call per 16 frames): the figures are what the server makes of the face.
 """
 
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from fer_async.analyzer import Analyzer
 from fer_async.imaging import ImageError, encode_jpeg
 from fer_async.labels import EMOTIONS
+from fer_async.recognition import Analyzer
 from training.cameras import CAMERAS, Camera
 from training.data import Split
 from training.metrics import report

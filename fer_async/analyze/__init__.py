@@ -49,7 +49,7 @@ from fer_async.tracker import tracker_for
 from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 if TYPE_CHECKING:
-    from fer_async.analyzer import Analyzer
+    from fer_async.recognition import Analyzer
 
 __all__ = [
     "ANALYSIS_MAX_WIDTH",

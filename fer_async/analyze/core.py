@@ -50,7 +50,7 @@ from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import DEFAULT_FPS, shrink_to_width
 
 if TYPE_CHECKING:
-    from fer_async.analyzer import Prepared
+    from fer_async.recognition import Prepared
 
 logger = logging.getLogger(__name__)
 

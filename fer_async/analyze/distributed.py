@@ -34,7 +34,7 @@ from fer_async.config import Settings
 from fer_async.tracker import Tracker
 
 if TYPE_CHECKING:
-    from fer_async.analyzer import Analyzer
+    from fer_async.recognition import Analyzer
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from fer_async.labels import FrameResult
 from fer_async.schedule import Hints
 
 if TYPE_CHECKING:
-    from fer_async.analyzer import Analyzer, Prepared
+    from fer_async.recognition import Analyzer, Prepared
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ import numpy as np
 
 from fer_async.analyze.core import AnalysedFrame, FileAnalysis, open_source
 from fer_async.analyze.stages import analyzer_stages
-from fer_async.analyzer import Analyzer
 from fer_async.config import MODEL_OPTIONS, Settings, add_model_options, resolve_options
 from fer_async.loading import load_analyzer
+from fer_async.recognition import Analyzer
 from fer_async.schedule import full_share
 from fer_async.synthetic import astronaut_bgr, paste, write_video
 from fer_async.tracker import iou, tracker_for

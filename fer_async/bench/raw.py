@@ -20,9 +20,9 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     Built like the server builds it (real model, real detector, the analyzer's own detection
     threads), in this process and on this thread; no sockets, no JSON, no batcher waits.
     """
-    from fer_async.analyzer import Analyzer
     from fer_async.detector import create_detector_for
     from fer_async.model import FacialExpressionModel
+    from fer_async.recognition import Analyzer
 
     settings = ns.settings  # the server's options as the server resolves them (cli.parse_args)
     model = FacialExpressionModel.from_options(settings)

@@ -12,7 +12,6 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import WSCloseCode, web
 
-from fer_async.analyzer import Prepared
 from fer_async.batcher import Batcher, BatchStats
 from fer_async.config import Settings
 from fer_async.labels import FrameResult
@@ -21,6 +20,7 @@ from fer_async.metrics import Metrics
 from fer_async.paths import STATIC_DIR, TEMPLATES_DIR
 from fer_async.pipeline import FramePipeline, PreparedBatcher
 from fer_async.predictor import ExecutorUnavailable, Predictor
+from fer_async.recognition import Prepared
 from fer_async.remote import RemotePredictor
 from fer_async.server import job_routes, mjpeg, views, ws
 from fer_async.server.connection import Connections

@@ -33,11 +33,11 @@ from fer_async.analyze.core import (
 )
 from fer_async.analyze.outputs import RowWriter
 from fer_async.analyze.stages import Stages
-from fer_async.analyzer import Prepared
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
+from fer_async.recognition import Prepared
 from fer_async.schedule import Hints
 from fer_async.server.outcomes import Reason, Refused, attempt
 from fer_async.server.results_dir import HEARTBEAT_S, RUNNING_STATES, ResultsDir, ended_at, new_job_id

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from fer_async.analyzer import Analyzer
 from fer_async.config import Settings
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.predictor import Predictor
+from fer_async.recognition import Analyzer
 from fer_async.server.connection import Connections
 from fer_async.server.video_hub import VideoHub
 

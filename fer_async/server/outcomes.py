@@ -15,13 +15,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from fer_async.analyzer import Frame
 from fer_async.batcher import BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError, ImageTooLarge, check_image_header
 from fer_async.labels import FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.predictor import ExecutorUnavailable
+from fer_async.recognition import Frame
 from fer_async.schedule import Hints
 
 T = TypeVar("T")

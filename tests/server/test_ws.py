@@ -20,8 +20,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestServer
 from testsupport import eventually
 
-from fer_async.analyzer import Analyzer
 from fer_async.labels import EMOTIONS, Box, FrameResult
+from fer_async.recognition import Analyzer
 from fer_async.schedule import DetectionSchedule
 from fer_async.server.app import create_app
 from fer_async.server.keys import ANALYZER, METRICS, SETTINGS, WEBSOCKETS

@@ -12,10 +12,10 @@ import pytest
 from server.helpers import iou
 from testsupport import CountingModel
 
-from fer_async.analyzer import MAX_FACES_PER_FRAME, Analyzer
 from fer_async.detector import DetectedFace, HaarDetector
 from fer_async.imaging import ImageError, ImageTooLarge, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, Box, FrameResult
+from fer_async.recognition import MAX_FACES_PER_FRAME, Analyzer
 
 if TYPE_CHECKING:
     from fer_async.model import FacialExpressionModel
