@@ -1,4 +1,5 @@
-"""Face detection with OpenCV: YuNet (default, its file resolved by detector_model) or the Haar cascade.
+"""Face detection: YuNet (default, its file resolved by detector_model, run by fer_async.yunet) or
+OpenCV's Haar cascade.
 
 Both detectors find faces on a copy of the frame shrunk to `detect_width` pixels: faces in a
 webcam frame are large, so detection at 320 px finds the same faces several times faster than
@@ -7,11 +8,10 @@ at full size. Boxes are scaled back and returned in SOURCE pixels, clamped to th
 YuNet can also search only small regions around given boxes (`detect_regions`: the faces of a
 stream's previous frame, fer_async.schedule); Haar always searches the whole frame.
 
-Neither OpenCV object may be shared between threads: `CascadeClassifier.detectMultiScale` is
-not const (it keeps per-call scratch state in the classifier, opencv/opencv#4287) and
-`FaceDetectorYN` needs `setInputSize` before each frame of a new size. So every detector keeps
-one OpenCV object per thread (`threading.local`), and one detector instance can safely be used
-by the analyzer's whole thread pool.
+The cascade may not be shared between threads: `CascadeClassifier.detectMultiScale` is not
+const (it keeps per-call scratch state in the classifier, opencv/opencv#4287), so the Haar
+detector keeps one per thread (`threading.local`). YuNet's onnxruntime session is thread-safe
+and shared. Either detector instance can safely be used by the analyzer's whole thread pool.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 from fer_async.detector_model import DEFAULT_DETECTOR, DETECTOR_KINDS, resolve_yunet_model
 from fer_async.labels import Box
 from fer_async.tracker import iou
+from fer_async.yunet import YuNetNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ YUNET_SQUARE_FROM_HEIGHT = 1.0
 # at 64 px small faces were lost, at 80 px the boxes matched the full detection's less well.
 REGION_MARGIN = 0.5
 REGION_SIZE = 96
-# What one network call costs beyond its pixels, in pixels: YuNet at 96x96 took a quarter of its
-# time at 320x240 (not the 12 % its pixels are; at 64x64 and 80x80 alike). More regions than a
+# What one network call costs beyond its pixels, in pixels: YuNet at 96x96 takes a quarter of its
+# time at 320x240 (not the 12 % its pixels are; `python -m fer_async.yunet MODEL --speed`). More regions than a
 # full detection's worth (4 in a 320x240 frame, 3 in a 320x180 one) get a full detection instead.
 REGION_CALL_PIXELS = 10_000
 REGION_SAME_FACE_IOU = 0.5
@@ -185,7 +186,7 @@ class HaarDetector:
 
 
 class YuNetDetector:
-    """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) from an ONNX file the user supplies."""
+    """The YuNet CNN detector from an ONNX file the user supplies (on onnxruntime: fer_async.yunet)."""
 
     name = "yunet"
 
@@ -207,22 +208,7 @@ class YuNetDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.detect_width = detect_width
-        self._local = threading.local()
-        try:
-            self._net((detect_width, detect_width * 3 // 4))  # a bad file fails here, at start-up
-        except cv2.error as exc:
-            raise ValueError(f"could not load YuNet model {path}: {exc}") from exc
-
-    def _net(self, size: tuple[int, int]) -> cv2.FaceDetectorYN:
-        net: cv2.FaceDetectorYN | None = getattr(self._local, "net", None)
-        if net is None:
-            net = cv2.FaceDetectorYN.create(str(self.model_path), "", size, self.score_threshold, self.nms_threshold)
-            self._local.net = net
-            self._local.size = size
-        elif self._local.size != size:
-            net.setInputSize(size)
-            self._local.size = size
-        return net
+        self._network = YuNetNetwork(path, score_threshold, nms_threshold)  # a bad file fails here, at start-up
 
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         return [face.box for face in self.detect_faces(image_bgr)]
@@ -231,11 +217,7 @@ class YuNetDetector:
         _check_image(image_bgr)
         height, width = image_bgr.shape[:2]
         small, scale = _shrink(_bgr(image_bgr), self.detect_width)
-        sh, sw = small.shape[:2]
-        _, found = self._net((sw, sh)).detect(small)
-        if found is None:
-            return []
-        faces = [_face(row, scale, (0.0, 0.0), width, height) for row in found]
+        faces = [_face(row, scale, (0.0, 0.0), width, height) for row in self._network.detect(small)]
         return sorted((face for face in faces if face is not None), key=lambda face: size_order(face.box))
 
     def detect_regions(self, image_bgr: np.ndarray, around: Sequence[Box]) -> list[DetectedFace | None]:
@@ -248,7 +230,6 @@ class YuNetDetector:
         _check_image(image_bgr)
         height, width = image_bgr.shape[:2]
         bgr = _bgr(image_bgr)
-        net = self._region_net()
         found: list[DetectedFace | None] = []
         for x, y, w, h in around:
             side = max(1, round(max(w, h) * (1 + 2 * REGION_MARGIN)))
@@ -265,8 +246,8 @@ class YuNetDetector:
             region = cv2.resize(
                 crop, (REGION_SIZE, REGION_SIZE), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
             )
-            _, rows = net.detect(region)
-            face = None if rows is None else _nearest_face(rows, side / REGION_SIZE, (left, top), width, height)
+            rows = self._network.detect(region)
+            face = None if not len(rows) else _nearest_face(rows, side / REGION_SIZE, (left, top), width, height)
             if face is not None and any(f is not None and iou(f.box, face.box) >= REGION_SAME_FACE_IOU for f in found):
                 face = None
             found.append(face)
@@ -277,16 +258,6 @@ class YuNetDetector:
         detect_width = min(width, self.detect_width)
         full_pixels = detect_width * max(1, round(height * detect_width / width))
         return regions * (REGION_SIZE * REGION_SIZE + REGION_CALL_PIXELS) < full_pixels + REGION_CALL_PIXELS
-
-    def _region_net(self) -> cv2.FaceDetectorYN:
-        # A second network per thread, fixed at REGION_SIZE: switching one network between the two
-        # input sizes (setInputSize) cost more than a region search itself.
-        net: cv2.FaceDetectorYN | None = getattr(self._local, "region_net", None)
-        if net is None:
-            size = (REGION_SIZE, REGION_SIZE)
-            net = cv2.FaceDetectorYN.create(str(self.model_path), "", size, self.score_threshold, self.nms_threshold)
-            self._local.region_net = net
-        return net
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:
