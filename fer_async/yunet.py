@@ -64,8 +64,8 @@ class YuNetNetwork:
         faces = np.concatenate(rows) if rows else np.zeros((0, ROW), np.float32)
         if len(faces) <= 1:
             return faces
-        boxes = faces[:, :4].astype(np.int32)  # truncated toward zero, as OpenCV's int() does
-        keep = cv2.dnn.NMSBoxes(boxes, faces[:, 14], self.score_threshold, self.nms_threshold, 1.0, TOP_K)
+        boxes = faces[:, :4].astype(np.int32).tolist()  # truncated toward zero, as OpenCV's int() does
+        keep = cv2.dnn.NMSBoxes(boxes, faces[:, 14].tolist(), self.score_threshold, self.nms_threshold, 1.0, TOP_K)
         return faces[np.asarray(keep, np.int64).reshape(-1)]
 
     def _decode(self, outputs: list[np.ndarray], i: int, stride: int, columns: int) -> np.ndarray:
