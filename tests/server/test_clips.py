@@ -1,6 +1,6 @@
 """What a person sees on real clips (../shared/data/videos), through the real app's /ws, played by fer_async.replay.
 
-Properties only; the figures (latency, onset delay, changes per second) are in the README, measured
+Properties only; the figures (latency, onset delay, changes per second) are in docs/benchmarks.md, measured
 with `python -m fer_async.replay` (a speed figure is never a test assertion).
 """
 

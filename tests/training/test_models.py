@@ -16,7 +16,7 @@ def test_fernet_fits_the_compute_budget() -> None:
 
 
 def test_classic_costs_what_its_docstring_says() -> None:
-    # 0.29 GMAC is the figure quoted in the card and README for the baseline.
+    # 0.29 GMAC is the figure quoted in the card and docs/training.md for the baseline.
     assert models.count_macs(models.build("classic")) / 1e9 == pytest.approx(0.29, abs=0.01)
 
 
