@@ -7,7 +7,7 @@ Precedence: command line > environment variable > default, for every command: th
 Each option is written once: a field of `Settings` made by `option(...)` (fer_async.options),
 holding its default, flag, help and, where it has them, its choices and range. From those
 fields come the checks (`__post_init__`: each field's own, plus the few rules that join two
-options), the server's parser, the tools' options and the README's table (`options_table`).
+options), the server's parser, the tools' options and the options page docs/options.md (`options_table`).
 
 This module holds configuration only, and stays a standard-library leaf: reading the settings
 imports neither numpy nor OpenCV (tests/server/test_config.py checks). A value that belongs to
@@ -265,7 +265,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-# Every option, in the order of --help and the README's table.
+# Every option, in the order of --help and docs/options.md.
 _OPTIONS = options_of(Settings)
 OPTIONS = tuple(_OPTIONS)
 # The options that say which model and detector to run; the training tools and the bench take
@@ -351,7 +351,7 @@ def command_line(settings: Settings, names: Sequence[str]) -> list[str]:
 
 
 def options_table() -> str:
-    """The README's options table (markdown), made from the declarations above."""
+    """The options table of docs/options.md (markdown), made from the declarations above."""
     rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
     for declared in _OPTIONS.values():
         usage = declared.usage.replace("|", "\\|")
