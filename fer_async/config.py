@@ -91,7 +91,7 @@ class Settings:
         "when that file is missing or stale, and always with --runtime keras) or fp32 (NAME.onnx)",
         choices=MODEL_PRECISIONS,
     )
-    # On by default: +1.5 points on PublicTest (weights/fernet.md); the model is a small part of a frame's cost.
+    # On by default: +1.5 points on PublicTest (docs/training.md); the model is a small part of a frame's cost.
     flip_tta: bool = option(
         True, "--flip-tta", "also classify each face mirrored and average, in the same model call (--no-flip-tta: off)"
     )

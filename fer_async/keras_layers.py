@@ -16,7 +16,7 @@ from keras import ops
 # Per-face gain cap: a face whose grey levels span fewer than 255 / MAX_GAIN levels holds no
 # expression to read, only noise; it is stretched by MAX_GAIN, around its middle grey level, so
 # that one-level sensor or JPEG noise is not blown up into a full-contrast texture. Measured on
-# darkened PublicTest faces (weights/fernet.md, "Per-face contrast"): a cap that already binds at
+# darkened PublicTest faces (docs/training.md, "Per-face contrast"): a cap that already binds at
 # 32 levels (8) or more cost 9-12 points there, so the cap only guards faces under 8 levels.
 MAX_GAIN = 32.0
 # The training faces (FER2013 as distributed in fer2013.npz) span exactly 0..255.

@@ -204,7 +204,7 @@ class FacialExpressionModel:
     `fer_async.predictor.FlipTTA`) each face is also classified mirrored, in the same call, and
     the two probability vectors are averaged: it doubles the model's share of the work, which is
     small next to face detection, and gains about 1.5 points of accuracy on PublicTest (see
-    weights/fernet.md).
+    docs/training.md, "Baselines and progress").
     """
 
     def __init__(

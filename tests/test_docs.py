@@ -11,7 +11,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
+CARD = REPO / "weights" / "fernet.md"
 README_MAX_LINES = 400
+CARD_MAX_LINES = 250
+# Mitchell et al. 2019 and the Hugging Face layout, in the words of the card's headings.
+CARD_SECTIONS = (
+    "## Model details",
+    "## Intended use",
+    "## Out-of-scope uses",
+    "## Training data",
+    "## Evaluation",
+    "## Cost",
+    "## Limitations and biases",
+    "## Ethical considerations",
+)
 
 _FENCE = re.compile(r"^(```|~~~)")
 _CODE_SPAN = re.compile(r"`+[^`]*`+")
@@ -19,7 +32,7 @@ _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def _pages() -> list[Path]:
-    return [README, *sorted(DOCS.glob("*.md"))]
+    return [README, CARD, *sorted(DOCS.glob("*.md"))]
 
 
 def _prose_lines(text: str) -> list[str]:
@@ -80,6 +93,18 @@ def _section(text: str, heading: str) -> str:
 def test_readme_is_short() -> None:
     lines = README.read_text().count("\n")
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines, at most {README_MAX_LINES}: move detail to docs/"
+
+
+def test_model_card_has_the_standard_sections() -> None:
+    text = CARD.read_text()
+    assert text.count("\n") <= CARD_MAX_LINES
+    headings = [line for line in _prose_lines(text) if line.startswith("## ")]
+    missing = [s for s in CARD_SECTIONS if not any(h.startswith(s) for h in headings)]
+    assert not missing, f"weights/fernet.md lacks {missing}"
+    # Sections the code cites by name (alignment.py, keras_layers.py, model_choices.py).
+    assert {"## Alignment", "## int8", "## Per-face contrast"} <= set(headings)
+    assert "Art. 5(1)(f)" in _section(text, "## Ethical considerations")
+    assert "FER+ majority" in _section(text, "## Evaluation") and "<!--" not in text
 
 
 def test_every_relative_link_leads_to_a_file_and_heading() -> None:

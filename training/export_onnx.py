@@ -62,7 +62,7 @@ OPSET = 17
 
 # --int8. The calibration sample: small enough to run in seconds, large enough that every class
 # (disgust is 1.5 % of the training faces: 23 of them) is in it. Seeds 1, 2, 3 and 2026 and 500 or
-# 2000 faces all gave PublicTest within 0.3 points of each other (weights/fernet.md, "int8").
+# 2000 faces all gave PublicTest within 0.3 points of each other (docs/training.md, "int8: the choices compared").
 CALIBRATION_FACES = 1500
 CALIBRATION_SEED = 2026
 CALIBRATION_BATCH = 64

@@ -109,7 +109,7 @@ def make_optimizer(args: argparse.Namespace, steps_per_epoch: int) -> keras.opti
 def build_training_model(args: argparse.Namespace) -> keras.Model:
     # bf16 is Keras' mixed_bfloat16 policy. oneDNN's graph rewrite
     # (`auto_mixed_precision_onednn_bfloat16`) measured the same CPU time per step (issue 14,
-    # weights/fernet.md) but decides itself what to downcast and applies to every graph of the
+    # docs/training.md, "Fast training path") but decides itself what to downcast and applies to every graph of the
     # process, the final evaluation included; the policy keeps the softmax float32 explicitly.
     return models.build(args.model, fused_bn=args.batch_norm == "fused", precision=args.precision)
 
