@@ -106,7 +106,8 @@ def test_ray_jsonl_every_and_raw_scores(local_ray: None, tmp_path: Path, clips: 
     (plain_status, plain), (ray_status, ray_dir) = both_runs(tmp_path, inputs, "/{stem}.jsonl", *extra)
     assert plain_status == ray_status == 0
     assert outputs(ray_dir) == outputs(plain)
-    frames = [json.loads(line)["frame"] for line in (plain / "face.jsonl").read_text().splitlines()]
+    # A row per face: Haar (no YuNet file here) may see a second face in a frame.
+    frames = sorted({json.loads(line)["frame"] for line in (plain / "face.jsonl").read_text().splitlines()})
     assert frames == list(range(0, 70, 3))
     assert chunk_unit(3, 16, PERIOD) == 48  # 16 analysed frames per batch: chunks of 48 frames here
 

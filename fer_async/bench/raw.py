@@ -26,7 +26,7 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
 
     settings = ns.settings  # the server's options as the server resolves them (cli.parse_args)
     model = FacialExpressionModel.from_options(settings)
-    detector, _name = create_detector_for(settings.detector, settings.detector_model)
+    detector, detector_name = create_detector_for(settings.detector, settings.detector_model)
     batch = ns.max_batch
     frames_done = errors = step = 0
     latencies: list[float] = []
@@ -70,6 +70,7 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
         "mode": "raw",
         "device": model.device,  # GPU when onnxruntime runs the network through CUDA
         "providers": model.providers,
+        "detector": detector_name,  # "haar" when YuNet's file could not be had: whole frames only
         "clients": 0,
         "frames": frames_done,
         "fps": round(frames_done / seconds, 2),
