@@ -40,7 +40,7 @@ from fer_async.model_choices import (
 from fer_async.onnx_session import DEVICES
 from fer_async.options import Option, Range, option, options_of, parse_int
 from fer_async.paths import STATIC_DIR
-from fer_async.schedule import DETECT_EVERY
+from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY
 from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -127,6 +127,13 @@ class Settings:
         "full face detection every N frames of a stream (webcam, video, file), only around the last faces between",
         "N",
         range=Range(1),
+    )
+    alternate_flip: bool = option(
+        ALTERNATE_FLIP,
+        "--alternate-flip",
+        "with flip TTA, classify a stream's faces (webcam, video, file) as seen on even frames and mirrored on odd "
+        "ones, which the tracker's smoothing averages: half the network's work; photos always get both views "
+        "(--no-alternate-flip: both views on every frame)",
     )
     video_dir: Path = option(
         STATIC_DIR / "videos", "--video-dir", "directory of video files served as MJPEG under /video/NAME", "DIR"

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,6 +42,7 @@ from fer_async.model_choices import (
 from fer_async.native_stderr import without_stderr_lines
 from fer_async.onnx_session import CPU, CUDA, DEVICES, create_session, onnxruntime_available, providers_for
 from fer_async.predictor import served
+from fer_async.schedule import View
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +328,10 @@ class FacialExpressionModel:
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Probabilities `[N, 7]` (float32, FER2013 order) for uint8 faces `[N, 48, 48(, 1)]`."""
         return self._predictor.predict(faces)
+
+    def predict_views(self, faces: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """As `predict`, each face in its own view (fer_async.schedule.View) where flip TTA is on."""
+        return self._predictor.predict_views(faces, views)
 
     def predict_emotion(self, face: np.ndarray) -> str:
         """The most likely emotion of one uint8 face `[48, 48]` or `[48, 48, 1]`."""

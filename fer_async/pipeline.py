@@ -26,7 +26,7 @@ from fer_async.batcher import Batcher, BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError
 from fer_async.labels import FrameResult
 from fer_async.recognition import Analyzer, Frame, Prepared
-from fer_async.schedule import Hints
+from fer_async.schedule import Hints, View
 
 PreparedBatcher = Batcher[Prepared, FrameResult]
 
@@ -45,10 +45,10 @@ class FramePipeline:
         """Frames accepted and not yet handed to the model: being prepared, or waiting for a batch."""
         return self._preparing + self._batcher.queue_size
 
-    async def submit(self, frame: Frame, hints: Hints | None = None) -> FrameResult:
-        return await self.classify(await self.prepare(frame, hints))
+    async def submit(self, frame: Frame, hints: Hints | None = None, view: View = View.BOTH) -> FrameResult:
+        return await self.classify(await self.prepare(frame, hints, view))
 
-    async def prepare(self, frame: Frame, hints: Hints | None = None) -> Prepared:
+    async def prepare(self, frame: Frame, hints: Hints | None = None, view: View = View.BOTH) -> Prepared:
         """Stage 1 on the detection threads: the frame decoded, searched and cropped (raises ImageError)."""
         if not self._batcher.running:
             raise BatcherClosed("the pipeline is closed")
@@ -57,7 +57,9 @@ class FramePipeline:
         loop = asyncio.get_running_loop()
         self._preparing += 1
         try:
-            prepared = await loop.run_in_executor(self._analyzer.prepare_executor, self._analyzer.prepare, frame, hints)
+            prepared = await loop.run_in_executor(
+                self._analyzer.prepare_executor, self._analyzer.prepare, frame, hints, view
+            )
         finally:
             self._preparing -= 1
         if isinstance(prepared, ImageError):

@@ -8,12 +8,13 @@ A predictor maps uint8 grey faces `[N, 48, 48]` (or `[N, 48, 48, 1]`) to float32
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from fer_async.labels import FACE_SIZE
+from fer_async.schedule import View
 
 
 class ExecutorUnavailable(RuntimeError):
@@ -26,6 +27,12 @@ class ExecutorUnavailable(RuntimeError):
 class Predictor(Protocol):
     def predict(self, faces: np.ndarray) -> np.ndarray:
         """Probabilities [N, 7] in EMOTIONS order for uint8 faces [N, 48, 48]."""
+        ...
+
+
+class ViewPredictor(Predictor, Protocol):
+    def predict_views(self, faces: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """As `predict`, each face classified in its own view (`views`, one per face) where flip TTA is on."""
         ...
 
 
@@ -53,6 +60,10 @@ class Network:
     def predict(self, faces: np.ndarray) -> np.ndarray:
         return self._classify(validate_faces(faces))
 
+    def predict_views(self, faces: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """Without flip TTA every face is classified as seen, whatever its view."""
+        return self.predict(faces)
+
 
 class FlipTTA:
     """`predictor` with each face also classified mirrored, in the same call, and the two averaged.
@@ -70,8 +81,23 @@ class FlipTTA:
         probs = self.predictor.predict(np.concatenate([faces, faces[:, :, ::-1]]))
         return (probs[:n] + probs[n:]) / 2.0
 
+    def predict_views(self, faces: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """Faces of View.BOTH as `predict` does; the others in their one view: all in one call."""
+        faces = validate_faces(faces)
+        if len(views) != len(faces):
+            raise ValueError(f"{len(views)} views for {len(faces)} faces")
+        n = len(faces)
+        mirrors = faces[:, :, ::-1]
+        mirrored = np.array([view is View.MIRRORED for view in views])
+        both = np.flatnonzero([view is View.BOTH for view in views])
+        seen = np.where(mirrored[:, None, None], mirrors, faces)
+        probs = self.predictor.predict(np.concatenate([seen, mirrors[both]]))
+        result = probs[:n].copy()
+        result[both] = (result[both] + probs[n:]) / 2.0
+        return result
 
-def served(classify: Callable[[np.ndarray], np.ndarray], *, flip_tta: bool) -> Predictor:
+
+def served(classify: Callable[[np.ndarray], np.ndarray], *, flip_tta: bool) -> ViewPredictor:
     """The predictor an executor serves: `classify` as a `Network`, in `FlipTTA` when it is on."""
     network = Network(classify)
     return FlipTTA(network) if flip_tta else network

@@ -23,7 +23,7 @@ from fer_async.image_limits import MAX_PIXELS
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
 from fer_async.predictor import Predictor
-from fer_async.schedule import Hints, Search
+from fer_async.schedule import Hints, Search, View
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Prepared:
     detect_ms: float
     crop_ms: float
     search: Search = Search.FULL
+    view: View = View.BOTH  # which view of the faces the network classifies (flip TTA)
 
 
 def _ms(seconds: float) -> float:
@@ -100,13 +101,14 @@ class Analyzer:
         """The detection threads: the server runs `prepare` there for each frame as it arrives."""
         return self._pool
 
-    def prepare(self, frame: Frame, hints: Hints | None = None) -> Prepared | ImageError:
+    def prepare(self, frame: Frame, hints: Hints | None = None, view: View = View.BOTH) -> Prepared | ImageError:
         """Decode, detect and crop one frame (thread-safe; the per-frame half of `analyze`).
 
         Without `hints` the detector searches the whole frame. With them (a stream's
         `schedule.DetectionSchedule`), it searches only around the hinted boxes, when the detector
         can (YuNet; Haar always searches the whole frame), the frame has the hints' size and that
         is cheaper; a hinted face not found there sends the whole frame to the detector too.
+        `view` (the stream's `schedule.DetectionSchedule.view()`) travels with the faces to `classify`.
         """
         started = time.perf_counter()
         scale = (1.0, 1.0)
@@ -141,6 +143,7 @@ class Analyzer:
             _ms(detected - decoded_at),
             _ms(done - detected),
             search,
+            view,
         )
 
     def _detect(
@@ -162,12 +165,15 @@ class Analyzer:
         return sorted(faces, key=lambda face: size_order(face.box))[:MAX_FACES_PER_FRAME], Search.REGIONS
 
     def analyze(
-        self, frames: Sequence[Frame], hints: Sequence[Hints | None] | None = None
+        self,
+        frames: Sequence[Frame],
+        hints: Sequence[Hints | None] | None = None,
+        views: Sequence[View] | None = None,
     ) -> list[FrameResult | ImageError]:
         """One result per frame, in order: a FrameResult, or the ImageError of that frame alone.
 
         `prepare` for every frame (on the detection threads; `hints`: one per frame, or none for
-        full detections), then `classify`. Timings (ms):
+        full detections; `views`: one per frame, or View.BOTH for all), then `classify`. Timings (ms):
         decode, detect, crop, model (the shared call, 0 when the frame had no faces) and total
         (the whole analyze call, which is what each frame waited). An exception from the
         detector or the model propagates: it fails the whole batch.
@@ -177,10 +183,15 @@ class Analyzer:
             return []
         if hints is not None and len(hints) != len(frames):
             raise ValueError(f"{len(hints)} hints for {len(frames)} frames")
+        if views is not None and len(views) != len(frames):
+            raise ValueError(f"{len(views)} views for {len(frames)} frames")
         each = list(hints) if hints is not None else [None] * len(frames)
+        each_view = list(views) if views is not None else [View.BOTH] * len(frames)
         # A lone frame is prepared right here: a thread hand-off would only add latency.
         prepared = (
-            [self.prepare(frames[0], each[0])] if len(frames) == 1 else list(self._pool.map(self.prepare, frames, each))
+            [self.prepare(frames[0], each[0], each_view[0])]
+            if len(frames) == 1
+            else list(self._pool.map(self.prepare, frames, each, each_view))
         )
         results = self.classify(prepared)
         total_ms = _ms(time.perf_counter() - started)
@@ -201,7 +212,7 @@ class Analyzer:
         if with_faces:
             batch = np.concatenate([p.faces for p in with_faces])
             model_started = time.perf_counter()
-            probs = np.asarray(self.model.predict(batch))
+            probs = np.asarray(self._predict(batch, [p.view for p in with_faces for _ in p.boxes]))
             model_ms = _ms(time.perf_counter() - model_started)
             if probs.shape != (len(batch), len(EMOTIONS)):
                 raise ValueError(f"model returned shape {list(probs.shape)} for {len(batch)} faces")
@@ -229,6 +240,13 @@ class Analyzer:
             }
             results.append(FrameResult(width=p.width, height=p.height, faces=faces, timings=timings, search=p.search))
         return results
+
+    def _predict(self, faces: np.ndarray, views: list[View]) -> np.ndarray:
+        """The model's probabilities, each face in its own view when some frame asked for one."""
+        predict_views = getattr(self.model, "predict_views", None)
+        if predict_views is None or all(view is View.BOTH for view in views):
+            return self.model.predict(faces)
+        return predict_views(faces, views)
 
     def close(self) -> None:
         """Stop the detection threads (waits for running work; later calls to analyze fail)."""

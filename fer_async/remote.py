@@ -30,6 +30,7 @@ import concurrent.futures
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -39,6 +40,7 @@ import numpy as np
 
 from fer_async.oip import ExecutorMisconfigured, ModelSignature, decode_response, encode_request, parse_metadata
 from fer_async.predictor import ExecutorUnavailable, served, validate_faces
+from fer_async.schedule import View
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,10 @@ class RemotePredictor:
         through the in-process network in one call, so both executors give the same probabilities.
         """
         return self._predictor.predict(faces)
+
+    def predict_views(self, faces: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """As `predict`, each face in its own view (fer_async.schedule.View) where flip TTA is on."""
+        return self._predictor.predict_views(faces, views)
 
     def _infer_from_thread(self, faces: np.ndarray) -> np.ndarray:
         """`infer_async` on the server's loop, waited for by the calling (model) thread."""

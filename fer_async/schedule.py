@@ -27,7 +27,16 @@ frame on: split a file into chunks whose first frames are multiples of N (in ana
 frames), reset the schedule at each, and the chunks together give the boxes of the whole run.
 
 `DETECT_EVERY` (the `--detect-every` default) is chosen by measurement: see the README, "Detect
-less, track more" (`python -m fer_async.bench.detect_every`). Stdlib only.
+less, track more" (`python -m fer_async.bench.detect_every`).
+
+The schedule also says which view of its faces a frame's classification gets (`view()`). With
+flip TTA every face is classified as seen and mirrored, which doubles the model's work. A stream
+need not pay that on every frame: with `alternate_flip` its faces are classified as seen on even
+frames and mirrored on odd ones, and the tracker's smoothing averages the two views over
+consecutive frames (`--alternate-flip`; measured in docs/benchmarks.md, "Flip TTA across
+frames"). Photos and a schedule without it get both views on every frame. The view too is a pure
+function of the frame count since `reset()`, so chunks that start at even counts classify as the
+uninterrupted run does. Stdlib only.
 """
 
 from __future__ import annotations
@@ -40,8 +49,12 @@ from fer_async.labels import Box
 
 # The --detect-every default, chosen by measurement (see above); the settings read it from here.
 DETECT_EVERY = 5
+# The --alternate-flip default (see above).
+ALTERNATE_FLIP = True
+# Frames after which the views repeat: chunks of a file start at multiples of it.
+VIEW_PERIOD = 2
 # The settings a schedule is built from; `python -m fer_async.analyze` takes them as the server does.
-SCHEDULE_OPTIONS = ("detect_every",)
+SCHEDULE_OPTIONS = ("detect_every", "alternate_flip")
 
 
 class Search(enum.StrEnum):
@@ -50,6 +63,14 @@ class Search(enum.StrEnum):
     FULL = "full"  # the whole frame: no hints (the schedule's period, a new stream), or a detector without regions
     REGIONS = "regions"  # only around the hinted faces, and every one of them was found there
     REGIONS_LOST = "regions_lost"  # a hinted face was not found around its box: the whole frame was searched too
+
+
+class View(enum.StrEnum):
+    """Which view of a frame's faces the network classifies, where flip TTA is on (without it: the face as seen)."""
+
+    BOTH = "both"  # as seen and mirrored, averaged: photos, and streams without --alternate-flip
+    AS_SEEN = "as_seen"
+    MIRRORED = "mirrored"
 
 
 FULL_SEARCHES = frozenset({Search.FULL, Search.REGIONS_LOST})
@@ -80,13 +101,14 @@ class Hints:
 class DetectionSchedule:
     """Full detection or hints for each frame of ONE stream; see the module docstring. Not thread-safe."""
 
-    def __init__(self, every: int = DETECT_EVERY, *, offset: int = 0) -> None:
+    def __init__(self, every: int = DETECT_EVERY, *, offset: int = 0, alternate_flip: bool = False) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         self.every = every
         # Shifts the period (full detections on frames 0, N - offset, 2N - offset, ...), so that
         # streams that started together do not all search whole frames in the same batch.
         self.offset = offset % every
+        self.alternate_flip = alternate_flip
         self._frames = 0  # frames observed since the last reset
         self._last: Hints | None = None
 
@@ -100,6 +122,12 @@ class DetectionSchedule:
         if (self._frames + self.offset) % self.every == 0:
             return None
         return self._last
+
+    def view(self) -> View:
+        """Which view of its faces the next frame's classification gets."""
+        if not self.alternate_flip:
+            return View.BOTH
+        return View.AS_SEEN if self._frames % VIEW_PERIOD == 0 else View.MIRRORED
 
     def observe(self, width: int, height: int, boxes: Sequence[Box]) -> None:
         """The raw detections of the frame just analysed (the boxes the detector returned, in its pixels)."""

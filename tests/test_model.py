@@ -13,7 +13,8 @@ from testsupport import CountingModel
 from fer_async.labels import EMOTIONS
 from fer_async.model import FacialExpressionModel
 from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
-from fer_async.predictor import FlipTTA
+from fer_async.predictor import FlipTTA, Network
+from fer_async.schedule import View
 
 RNG = np.random.default_rng(0)
 
@@ -92,6 +93,27 @@ def test_flip_tta_wraps_any_predictor_in_one_call(
     with pytest.raises(ValueError, match="empty"):
         FlipTTA(counting).predict(faces(0))
     assert counting.calls == [10]  # refused before the wrapped predictor is called
+
+
+def test_views_classify_each_face_as_seen_mirrored_or_both_in_one_call(
+    model: FacialExpressionModel, tta_model: FacialExpressionModel
+) -> None:
+    """--alternate-flip: a stream's face is classified in one view a frame; photos in both; one call for all."""
+    counting = CountingModel(model)
+    x = faces(4)
+    views = [View.AS_SEEN, View.MIRRORED, View.BOTH, View.MIRRORED]
+    probs = FlipTTA(counting).predict_views(x, views)
+    assert counting.calls == [5]  # four faces, one of them twice
+    mirrors = np.ascontiguousarray(x[:, :, ::-1])
+    np.testing.assert_allclose(probs[0], model.predict(x[:1])[0], atol=1e-5)
+    np.testing.assert_allclose(probs[[1, 3]], model.predict(mirrors[[1, 3]]), atol=1e-5)
+    np.testing.assert_allclose(probs[2], tta_model.predict(x[2:3])[0], atol=1e-5)
+    # All BOTH is exactly `predict`; the served model and a network without TTA take views too.
+    np.testing.assert_array_equal(tta_model.predict_views(x, [View.BOTH] * 4), tta_model.predict(x))
+    np.testing.assert_allclose(tta_model.predict_views(x, views), probs, atol=1e-5)
+    np.testing.assert_array_equal(Network(model.predict).predict_views(x, views), model.predict(x))
+    with pytest.raises(ValueError, match="3 views for 4 faces"):
+        FlipTTA(counting).predict_views(x, views[:3])
 
 
 def test_missing_weights_dir(tmp_path: Path) -> None:

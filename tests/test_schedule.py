@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fer_async.config import Settings, SettingsError
-from fer_async.schedule import DETECT_EVERY, DetectionSchedule, Hints, Search, full_share
+from fer_async.schedule import DETECT_EVERY, DetectionSchedule, Hints, Search, View, full_share
 
 A, B = (10, 20, 50, 50), (200, 40, 60, 60)
 
@@ -89,3 +89,24 @@ def test_the_period_is_a_setting_checked_at_the_edge() -> None:
         Settings(detect_every=0)
     with pytest.raises(ValueError, match="every must be at least 1"):
         DetectionSchedule(every=0)
+
+
+def test_alternate_flip_gives_views_as_seen_then_mirrored_from_each_reset() -> None:
+    schedule = DetectionSchedule(5, offset=3, alternate_flip=True)  # the offset shifts detections, not views
+    views = []
+    for _ in range(5):
+        views.append(schedule.view())
+        schedule.observe(640, 480, [A])
+    assert views == [View.AS_SEEN, View.MIRRORED] * 2 + [View.AS_SEEN]
+    schedule.observe(640, 480, [A])
+    schedule.reset()
+    assert schedule.view() is View.AS_SEEN
+    # Without it (and for photos, which have no schedule) every frame gets both views.
+    plain = DetectionSchedule(5)
+    assert {plain.view() for _ in range(3)} == {View.BOTH}
+
+
+def test_alternate_flip_is_a_setting_on_by_default() -> None:
+    assert Settings().alternate_flip is True
+    assert Settings.from_args(["--no-alternate-flip"], env={}).alternate_flip is False
+    assert Settings.from_args([], env={"FER_ALTERNATE_FLIP": "0"}).alternate_flip is False

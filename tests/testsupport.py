@@ -10,7 +10,7 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from fer_async.predictor import Predictor
+from fer_async.schedule import View
 
 
 class CountingModel:
@@ -31,6 +32,10 @@ class CountingModel:
     def predict(self, faces: np.ndarray) -> np.ndarray:
         self.calls.append(len(faces))
         return self.model.predict(faces)
+
+    def predict_views(self, faces: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        self.calls.append(len(faces))
+        return self.model.predict_views(faces, views)  # type: ignore[attr-defined]
 
 
 async def eventually(check: Callable[[], bool], within_s: float = 30.0, what: str = "condition") -> None:

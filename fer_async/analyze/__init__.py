@@ -44,7 +44,7 @@ from fer_async.analyze.core import (
 from fer_async.analyze.distributed import CHUNK_FRAMES
 from fer_async.analyze.stages import Stages, analyzer_stages
 from fer_async.config import Settings
-from fer_async.schedule import DETECT_EVERY
+from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY
 from fer_async.tracker import tracker_for
 from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
@@ -134,6 +134,7 @@ def analyze_video(
     label_margin: float = DEFAULT_SWITCH_MARGIN,
     max_width: int | None = ANALYSIS_MAX_WIDTH,
     detect_every: int = DETECT_EVERY,
+    alternate_flip: bool = ALTERNATE_FLIP,
     ray: str | None = None,
     chunk_frames: int = CHUNK_FRAMES,
     options: Mapping[str, Any] | None = None,
@@ -148,7 +149,8 @@ def analyze_video(
     analysed. `max_width` shrinks frames before detection (640: as the server's video stream
     does; None, the default: the file's own size). `detect_every` is the server's
     --detect-every: the whole frame is searched for faces on every `detect_every`-th analysed
-    frame, only around the last faces between.
+    frame, only around the last faces between. `alternate_flip` is --alternate-flip: with flip
+    TTA, faces as seen on even analysed frames and mirrored on odd ones (False: both on every frame).
 
     `ray` runs the file in chunks of about `chunk_frames` frames as Ray tasks (the [cluster]
     extra), with the same rows: "local" starts a Ray on this machine for this call, "auto" or
@@ -170,7 +172,7 @@ def analyze_video(
             from fer_async.analyze.distributed import RayRun, ray_session
             from fer_async.loading import load_detector
 
-            settings = _settings(options or {}).replace(detect_every=detect_every)
+            settings = _settings(options or {}).replace(detect_every=detect_every, alternate_flip=alternate_flip)
             settings = settings.replace(detector=load_detector(settings)[1])  # what every worker must run
             stack.enter_context(ray_session(ray))
             run = RayRun([info], settings, every=every, max_width=max_width, chunk_frames=chunk_frames)
@@ -179,7 +181,15 @@ def analyze_video(
         else:
             active = analyzer if analyzer is not None else stack.enter_context(load_analyzer(**(options or {})))
             stages = analyzer_stages(active)
-            analysis = FileAnalysis(info, stages, tracker, every=every, max_width=max_width, detect_every=detect_every)
+            analysis = FileAnalysis(
+                info,
+                stages,
+                tracker,
+                every=every,
+                max_width=max_width,
+                detect_every=detect_every,
+                alternate_flip=alternate_flip,
+            )
         name = str(info.path)
         for frame in analysis:
             if frame.analysed:

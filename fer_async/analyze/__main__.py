@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_width=args.max_width or None,
                 keep_images=args.annotate is not None,
                 detect_every=args.settings.detect_every,
+                alternate_flip=args.settings.alternate_flip,
             )
             for info in sources
         )

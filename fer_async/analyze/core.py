@@ -45,7 +45,7 @@ from fer_async.analyze.source import SourceInfo as SourceInfo
 from fer_async.analyze.source import open_source as open_source
 from fer_async.analyze.stages import Batch, Stages
 from fer_async.labels import EMOTIONS, Box, Face
-from fer_async.schedule import DETECT_EVERY, DetectionSchedule
+from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY, VIEW_PERIOD, DetectionSchedule
 from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import DEFAULT_FPS, shrink_to_width
 
@@ -137,9 +137,10 @@ def chunk_unit(every: int, frames_per_call: int, detection_period: int) -> int:
     `detection_period` is --detect-every: it counts analysed frames (a full detection every that
     many, counted from the schedule's reset), so in frame indices a schedule restarts every
     `every * detection_period` frames. A chunk that starts there, its schedule reset, gets the
-    plain run's full detection on its first frame and the same region searches after it.
+    plain run's full detection on its first frame and the same region searches after it, and
+    (VIEW_PERIOD) the same views of its faces.
     """
-    return math.lcm(batch_span(every, frames_per_call), every * detection_period)
+    return math.lcm(batch_span(every, frames_per_call), every * detection_period, every * VIEW_PERIOD)
 
 
 @dataclass
@@ -161,11 +162,12 @@ class RawStage:
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
     detect_every: int = DETECT_EVERY
+    alternate_flip: bool = ALTERNATE_FLIP
     schedule: DetectionSchedule = field(init=False, repr=False)
     frames_read: int = field(default=0, init=False)  # frames handed out so far (decoding runs ahead)
 
     def __post_init__(self) -> None:
-        self.schedule = DetectionSchedule(self.detect_every)
+        self.schedule = DetectionSchedule(self.detect_every, alternate_flip=self.alternate_flip)
 
     @property
     def decode_failed(self) -> bool:
@@ -205,8 +207,9 @@ class RawStage:
 
     def _prepare(self, frame: np.ndarray) -> Prepared:
         """Detect and crop one frame with the schedule's hints (on the detection thread, in frame order)."""
-        prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), self.schedule.hints())
-        self.schedule.observe(prepared.width, prepared.height, prepared.boxes)
+        schedule = self.schedule
+        prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), schedule.hints(), schedule.view())
+        schedule.observe(prepared.width, prepared.height, prepared.boxes)
         return prepared
 
     def _deliver(self, batch: Batch) -> Iterator[RawFrame]:
@@ -248,6 +251,7 @@ class FileAnalysis:
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
     detect_every: int = DETECT_EVERY
+    alternate_flip: bool = ALTERNATE_FLIP
     raw: RawSource | None = None
     frames_analysed: int = field(default=0, init=False)
     searches: Counter[str] = field(default_factory=Counter, init=False)
@@ -270,6 +274,7 @@ class FileAnalysis:
                 self.frames_per_call,
                 self.keep_images,
                 self.detect_every,
+                self.alternate_flip,
             )
 
     @property

@@ -123,6 +123,7 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
         spec.max_width,
         FRAMES_PER_CALL,
         detect_every=spec.settings.detect_every,
+        alternate_flip=spec.settings.alternate_flip,
     )
     frames = tuple(stage)
     return ChunkResult(

@@ -31,7 +31,7 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     frames_done = errors = step = 0
     latencies: list[float] = []
     # One stream per slot of the batch, each at its own place in the frames' loop, with its own schedule.
-    schedules = [DetectionSchedule(settings.detect_every) for _ in range(batch)]
+    schedules = [DetectionSchedule(settings.detect_every, alternate_flip=settings.alternate_flip) for _ in range(batch)]
     starts = [stream * len(frames) // batch for stream in range(batch)]
     searches: Counter[str] = Counter()
     with Analyzer(model, detector, align=settings.align) as analyzer:
@@ -41,7 +41,9 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
             chunk = [frames[(start + step) % len(frames)] for start in starts]
             step += 1
             started = time.perf_counter()
-            results = analyzer.analyze(chunk, [schedule.hints() for schedule in schedules])
+            results = analyzer.analyze(
+                chunk, [schedule.hints() for schedule in schedules], [schedule.view() for schedule in schedules]
+            )
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             failed = 0
             for schedule, result in zip(schedules, results, strict=True):

@@ -134,8 +134,14 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
     trackers = functools.partial(tracker_for, app[SETTINGS])  # one per video channel
+    settings = app[SETTINGS]
     hub = VideoHub(
-        app[PIPELINE], app[METRICS], executor, tracker_factory=trackers, detect_every=app[SETTINGS].detect_every
+        app[PIPELINE],
+        app[METRICS],
+        executor,
+        tracker_factory=trackers,
+        detect_every=settings.detect_every,
+        alternate_flip=settings.alternate_flip,
     )
     app[VIDEO_HUB] = hub
     yield

@@ -122,7 +122,9 @@ class Connection:
         self.dropped = 0
         # Touched only by the worker, which analyses this connection's frames one at a time, in order.
         self.tracker = tracker_for(settings)
-        self.schedule = DetectionSchedule(settings.detect_every, offset=next(Connection._numbers))
+        self.schedule = DetectionSchedule(
+            settings.detect_every, offset=next(Connection._numbers), alternate_flip=settings.alternate_flip
+        )
 
     @classmethod
     async def serve(
@@ -313,7 +315,8 @@ class Connection:
 
     async def _analyse(self, frame: _Frame) -> str:
         """The reply to `frame`, already encoded (so its JSON cost is measured here, not in send)."""
-        outcome = await submit(self.batcher, self.metrics, "ws", frame.data, self.schedule.hints())
+        schedule = self.schedule
+        outcome = await submit(self.batcher, self.metrics, "ws", frame.data, schedule.hints(), schedule.view())
         if isinstance(outcome, Refused):
             return protocol.encode(protocol.error(outcome.message, frame.id))
         self.schedule.observe(outcome.width, outcome.height, [face.box for face in outcome.faces])

@@ -38,7 +38,7 @@ from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.recognition import Prepared
-from fer_async.schedule import Hints
+from fer_async.schedule import Hints, View
 from fer_async.server.outcomes import Reason, Refused, attempt
 from fer_async.server.results_dir import HEARTBEAT_S, RUNNING_STATES, ResultsDir, ended_at, new_job_id
 from fer_async.tracker import tracker_for
@@ -279,8 +279,8 @@ class AnalysisJobs:
     def _stages(self, job: Job) -> Stages:
         """The two stages through the server's pipeline, called from the job's threads (they wait)."""
 
-        def prepare(frame: np.ndarray, hints: Hints | None) -> Prepared:
-            work = self._attempt(lambda: self.batcher.prepare(frame, hints))
+        def prepare(frame: np.ndarray, hints: Hints | None, view: View) -> Prepared:
+            work = self._attempt(lambda: self.batcher.prepare(frame, hints, view))
             return asyncio.run_coroutine_threadsafe(work, self._loop).result(BATCH_RESULT_TIMEOUT_S)
 
         def classify(prepared: list[Prepared]) -> list[FrameResult]:
@@ -336,6 +336,7 @@ class AnalysisJobs:
             tracker_for(self.settings),
             frames_per_call=JOB_FRAMES_IN_FLIGHT,
             detect_every=self.settings.detect_every,
+            alternate_flip=self.settings.alternate_flip,
         )
         writer = RowWriter(self.results.rows_target(job.id), columns(analysis.smoothed))
 

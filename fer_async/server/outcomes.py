@@ -22,7 +22,7 @@ from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.predictor import ExecutorUnavailable
 from fer_async.recognition import Frame
-from fer_async.schedule import Hints
+from fer_async.schedule import Hints, View
 
 T = TypeVar("T")
 
@@ -90,10 +90,15 @@ def check_frame(
 
 
 async def submit(
-    pipeline: FramePipeline, metrics: Metrics, source: str, frame: Frame, hints: Hints | None = None
+    pipeline: FramePipeline,
+    metrics: Metrics,
+    source: str,
+    frame: Frame,
+    hints: Hints | None = None,
+    view: View = View.BOTH,
 ) -> FrameResult | Refused:
     """The frame's result through the shared pipeline (prepare, then the batcher), or why there is none."""
-    result = await attempt(metrics, pipeline.submit(frame, hints))
+    result = await attempt(metrics, pipeline.submit(frame, hints, view))
     if isinstance(result, FrameResult):
         metrics.frame_done(source, len(result.faces))
     return result

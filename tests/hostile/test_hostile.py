@@ -574,6 +574,9 @@ class RaisingWrapper:
             raise RuntimeError("secret internal failure /opt/model/weights.h5 line 42")
         return np.asarray(self.model.predict(faces))
 
+    def predict_views(self, faces: np.ndarray, views: Any) -> np.ndarray:
+        return self.predict(faces)  # the views do not matter here: each call may raise
+
     def __getattr__(self, name: str) -> Any:  # device, flip_tta, ... whatever the app reads
         return getattr(self.model, name)
 
