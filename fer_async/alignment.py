@@ -66,10 +66,27 @@ def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
     return np.hstack([rotate_scale, shift[:, None]])
 
 
+_TEMPLATE_CENTRED = [(float(x), float(y)) for x, y in TEMPLATE - TEMPLATE.mean(axis=0)]
+
+
 def roll_degrees(landmarks: np.ndarray) -> float:
-    """How far the face is turned in the image plane, clockwise as seen (y down), in degrees."""
-    matrix = alignment_matrix(landmarks)
-    return -math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
+    """How far the face is turned in the image plane, clockwise as seen (y down), in degrees.
+
+    The angle of `alignment_matrix`'s rotation, in plain floats: five points are too few for
+    numpy to pay, and this runs for every face of every frame on the detection thread.
+    """
+    points = np.asarray(landmarks, np.float64).reshape(LANDMARKS, 2).tolist()
+    mean_x = sum(x for x, _ in points) / LANDMARKS
+    mean_y = sum(y for _, y in points) / LANDMARKS
+    along = across = spread = 0.0
+    for (x, y), (tx, ty) in zip(points, _TEMPLATE_CENTRED, strict=True):
+        sx, sy = x - mean_x, y - mean_y
+        along += sx * tx + sy * ty
+        across += sx * ty - sy * tx
+        spread += sx * sx + sy * sy
+    if not math.isfinite(spread) or spread < 1e-6:
+        raise ValueError("the landmarks coincide: no face to align")
+    return -math.degrees(math.atan2(across, along))
 
 
 def aligned_face(image: np.ndarray, box: Box, landmarks: np.ndarray) -> np.ndarray:

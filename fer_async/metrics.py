@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ class Metrics:
         self.shared_dir = shared_dir
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Which process answered: how a scraper (the bench) tells that two scrapes through a
+        # proxy reached different replicas. A random id, as pids and start times repeat across hosts.
+        self.instance = Gauge(
+            "fer_instance", "1 for each server process, labelled with its random id", ["id"], registry=r
+        )
+        self.instance.labels(uuid.uuid4().hex).set(1)
         self.frames = Counter("fer_frames", "Frames analysed", ["source"], registry=r)
         self.faces = Counter("fer_faces", "Faces found in analysed frames", ["source"], registry=r)
         self.frames_dropped = Counter(

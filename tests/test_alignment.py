@@ -36,11 +36,19 @@ def test_the_template_aligns_to_itself_and_a_moved_template_back_onto_it() -> No
     np.testing.assert_allclose(back, TEMPLATE, atol=1e-9)
     assert roll_degrees(moved) == pytest.approx(20.0)
     assert roll_degrees(turned(TEMPLATE, -12.0, 0.5, (0.0, 0.0))) == pytest.approx(-12.0)
+    # The plain-float angle is the similarity's, for any five points.
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        points = TEMPLATE * rng.uniform(0.5, 4) + rng.normal(0, 3, (5, 2)) + rng.uniform(0, 300, 2)
+        matrix = alignment_matrix(points)
+        assert roll_degrees(points) == pytest.approx(-np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])), abs=1e-9)
 
 
 def test_coinciding_landmarks_are_refused() -> None:
     with pytest.raises(ValueError, match="coincide"):
         alignment_matrix(np.full((5, 2), 7.0))
+    with pytest.raises(ValueError, match="coincide"):
+        roll_degrees(np.full((5, 2), 7.0))
 
 
 def test_a_tilted_face_is_turned_back_upright() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from fer_async import synthetic
 from fer_async.analyze.core import AnalysedFrame
-from fer_async.bench import cli, harness, report
+from fer_async.bench import cli, decode, harness, report
 from fer_async.bench.detect_every import Run, compare
 from fer_async.detector import YuNetDetector, create_detector
 from fer_async.metrics import Metrics
@@ -270,3 +270,15 @@ def test_detect_every_counts_missed_extra_and_late_faces() -> None:
         "label_pct": 100.0,
         "fps": 60.0,
     }
+
+
+def test_decode_only_reads_every_frame_as_the_analysis_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The analysis' bound: each file decoded and nothing else, with its frames/s and x real time."""
+    frames = [cv2.resize(synthetic.astronaut_bgr(), (320, 240))] * 12
+    clip = synthetic.write_video(tmp_path / "clip.mp4", frames, 24.0)
+    assert decode.main([str(clip)]) == 0
+    row = last_json(capsys.readouterr().out)["rows"][0]
+    assert row["file"] == "clip.mp4" and row["frames"] == 12 and row["size"] == "320x240"
+    assert row["fps"] > 0 and row["x_real_time"] == pytest.approx(row["fps"] / 24.0, rel=0.01)
+    assert decode.main([str(tmp_path / "missing.mp4")]) == 1
+    assert "no such file" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from fer_async.bench.report import (
     parse_histogram,
     percentile,
     round_or_none,
+    same_processes,
     search_counts,
     stage_profile,
 )
@@ -300,6 +301,12 @@ async def run_load(session: aiohttp.ClientSession, cfg: RunConfig) -> dict[str, 
             emit(f"server RSS at end: {end_value / 1024:.1f} MB")
 
     mean_batch = profile = searches = None
+    if metrics_start is not None and metrics_end is not None and not same_processes(metrics_start, metrics_end):
+        emit(
+            "the two /metrics scrapes reached different server processes (replicas behind a proxy?): "
+            "no batch sizes, profile or detection figures"
+        )
+        metrics_start = metrics_end = None
     if metrics_start is not None and metrics_end is not None:
         hist_start, hist_end = parse_histogram(metrics_start), parse_histogram(metrics_end)
         if hist_start is not None and hist_end is not None and hist_end[1] > hist_start[1]:

@@ -101,6 +101,17 @@ def stage_profile(before: str, after: str, wall_s: float) -> dict[str, float] | 
     return profile
 
 
+def same_processes(before: str, after: str) -> bool:
+    """Whether two scrapes came from the same server processes (`fer_instance{id}`).
+
+    Behind a proxy with several replicas, each scrape reaches any of them, and the difference
+    of two replicas' counters means nothing. A page without ids (an older server) counts as
+    the same.
+    """
+    start, end = parse_samples(before), parse_samples(after)
+    return {key for key in start if key[0] == "fer_instance"} == {key for key in end if key[0] == "fer_instance"}
+
+
 def search_counts(before: str, after: str) -> dict[str, int] | None:
     """Frames by the face search they got (`fer_detections_total{search}`) between two scrapes; None without it."""
     start, end = parse_samples(before), parse_samples(after)

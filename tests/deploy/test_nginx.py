@@ -25,6 +25,7 @@ from analyze_clips import face_clip
 from testsupport import eventually
 
 from fer_async.bench.harness import free_port
+from fer_async.bench.report import same_processes
 
 from .procs import REPO_ROOT, healthz, server_process, tail, wait_until_serving
 
@@ -124,6 +125,22 @@ async def replicas(tmp_path: Path) -> AsyncIterator[list[tuple[int, asyncio.subp
                 proc.send_signal(signal.SIGTERM)
         for _, proc, _ in started:
             await asyncio.wait_for(proc.wait(), 45)
+
+
+async def test_the_bench_tells_the_metrics_of_two_replicas_apart(
+    replicas: list[tuple[int, asyncio.subprocess.Process, Path]],
+) -> None:
+    """Through a proxy the bench's two scrapes may reach different replicas: their deltas would mean nothing."""
+    async with aiohttp.ClientSession() as session:
+
+        async def page(port: int) -> str:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                return await response.text()
+
+        first, second = [await page(port) for port, _, _ in replicas]
+        assert "fer_instance{" in first
+        assert same_processes(first, await page(replicas[0][0]))
+        assert not same_processes(first, second)
 
 
 async def test_nginx_spreads_clients_and_fails_over(
