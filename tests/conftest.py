@@ -109,7 +109,7 @@ def real_model() -> Iterator[FacialExpressionModel]:
 
 @pytest.fixture(scope="session")
 def real_fp32_model() -> Iterator[FacialExpressionModel]:
-    """The shipped weights' fp32 network (weights/fernet.onnx), what a remote executor serves."""
+    """The shipped weights' fp32 network (weights/fernet.onnx), what a GPU inference server serves."""
     from fer_async.model import FacialExpressionModel
     from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 

@@ -50,6 +50,15 @@ def mlserver(oip_python: Path, fernet_onnx: Path, tmp_path_factory: pytest.TempP
     yield from _serve(oip_python, fernet_onnx, tmp_path_factory.mktemp("mlserver"))
 
 
+@pytest.fixture(scope="module")
+def int8_mlserver(oip_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServer]:
+    """MLServer serving the shipped int8 file, as a CPU deployment should (deploy/mlserver/README.md)."""
+    int8_file = DEFAULT_WEIGHTS_DIR / f"{DEFAULT_MODEL_NAME}.int8.onnx"
+    if not int8_file.is_file():
+        pytest.skip(f"{int8_file} is not shipped")
+    yield from _serve(oip_python, int8_file, tmp_path_factory.mktemp("mlserver-int8"))
+
+
 @pytest.fixture
 def own_mlserver(oip_python: Path, fernet_onnx: Path, tmp_path: Path) -> Iterator[MLServer]:
     """An MLServer for one test alone: the fault tests kill and restart it."""

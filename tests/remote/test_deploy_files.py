@@ -50,9 +50,19 @@ def _onnx_tensors(onnx_file: Path) -> dict[str, list[dict[str, Any]]]:
     return {"input": [describe(v) for v in graph.input], "output": [describe(v) for v in graph.output]}
 
 
-def test_triton_config_matches_the_onnx_export(fernet_onnx: Path) -> None:
+@pytest.fixture(params=["fp32", "int8"])
+def served_file(request: pytest.FixtureRequest, fernet_onnx: Path) -> Path:
+    """The files the deploy READMEs serve: fp32 on a GPU, int8 on a CPU."""
+    if request.param == "fp32":
+        return fernet_onnx
+    from fer_async.model_choices import DEFAULT_MODEL_NAME, DEFAULT_WEIGHTS_DIR
+
+    return DEFAULT_WEIGHTS_DIR / f"{DEFAULT_MODEL_NAME}.int8.onnx"
+
+
+def test_triton_config_matches_the_onnx_export(served_file: Path) -> None:
     config = TRITON_CONFIG.read_text()
-    exported = _onnx_tensors(fernet_onnx)
+    exported = _onnx_tensors(served_file)
     for kind in ("input", "output"):
         declared = _triton_tensors(config, kind)
         assert [t["name"] for t in declared] == [t["name"] for t in exported[kind]]
@@ -75,9 +85,9 @@ def test_triton_config_matches_the_onnx_export(fernet_onnx: Path) -> None:
     assert parse_metadata(triton_metadata) == ModelSignature("faces", "UINT8", (48, 48, 1), "probabilities")
 
 
-def test_mlserver_settings_match_the_onnx_export(fernet_onnx: Path) -> None:
+def test_mlserver_settings_match_the_onnx_export(served_file: Path) -> None:
     settings = json.loads(MLSERVER_SETTINGS.read_text())
-    exported = _onnx_tensors(fernet_onnx)
+    exported = _onnx_tensors(served_file)
     for kind in ("input", "output"):
         declared = settings[kind + "s"]
         assert [t["name"] for t in declared] == [t["name"] for t in exported[kind]]

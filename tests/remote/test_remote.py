@@ -88,6 +88,18 @@ async def test_same_probabilities_as_the_in_process_model(
           f"{np.abs(plain - keras_plain).max():.2e} (plain)")  # fmt: skip
 
 
+async def test_the_int8_file_served_gives_the_in_process_int8_probabilities(
+    int8_mlserver: MLServer, real_model: Any, real_faces: np.ndarray
+) -> None:
+    """A CPU inference server serves NAME.int8.onnx, the file the in-process server runs by default."""
+    assert real_model.precision == "int8"
+    remote = await _predict(int8_mlserver.url, real_faces, flip_tta=True)
+    local = real_model.predict(real_faces)
+    np.testing.assert_allclose(remote, local, atol=PARITY_TOLERANCE, rtol=0)
+    assert np.array_equal(remote.argmax(1), local.argmax(1))
+    print(f"\n{len(real_faces)} faces: max |remote int8 - in-process int8| = {np.abs(remote - local).max():.2e}")
+
+
 async def test_the_server_merges_concurrent_requests_into_batches(mlserver: MLServer, real_faces: np.ndarray) -> None:
     requests, rows_each = 16, 4
     remote = RemotePredictor(
