@@ -77,12 +77,10 @@ class FlipTTA:
 
     def predict(self, faces: np.ndarray) -> np.ndarray:
         faces = validate_faces(faces)
-        n = len(faces)
-        probs = self.predictor.predict(np.concatenate([faces, faces[:, :, ::-1]]))
-        return (probs[:n] + probs[n:]) / 2.0
+        return self.predict_views(faces, [View.BOTH] * len(faces))
 
     def predict_views(self, faces: np.ndarray, views: Sequence[View]) -> np.ndarray:
-        """Faces of View.BOTH as `predict` does; the others in their one view: all in one call."""
+        """Each face in its view (View.BOTH: as seen and mirrored, averaged), all in one call of the predictor."""
         faces = validate_faces(faces)
         if len(views) != len(faces):
             raise ValueError(f"{len(views)} views for {len(faces)} faces")
