@@ -50,30 +50,16 @@ TEMPLATE = np.array(
 LANDMARKS = len(TEMPLATE)
 
 
-def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
-    """The 2x3 similarity (rotation, uniform scale, shift) taking `landmarks` [5, 2] (image pixels)
-    closest to `TEMPLATE` in the least-squares sense (closed form, no iteration)."""
-    points = np.asarray(landmarks, np.float64).reshape(LANDMARKS, 2)
-    source_mean, target_mean = points.mean(axis=0), TEMPLATE.mean(axis=0)
-    source, target = points - source_mean, TEMPLATE - target_mean
-    spread = float((source**2).sum())
-    if not math.isfinite(spread) or spread < 1e-6:
-        raise ValueError("the landmarks coincide: no face to align")
-    a = float((source * target).sum()) / spread
-    b = float((source[:, 0] * target[:, 1] - source[:, 1] * target[:, 0]).sum()) / spread
-    rotate_scale = np.array([[a, -b], [b, a]])
-    shift = target_mean - rotate_scale @ source_mean
-    return np.hstack([rotate_scale, shift[:, None]])
+_TEMPLATE_MEAN = TEMPLATE.mean(axis=0)
+_TEMPLATE_CENTRED = [(float(x), float(y)) for x, y in TEMPLATE - _TEMPLATE_MEAN]
 
 
-_TEMPLATE_CENTRED = [(float(x), float(y)) for x, y in TEMPLATE - TEMPLATE.mean(axis=0)]
+def _similarity(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    """The least-squares similarity taking `landmarks` [5, 2] onto `TEMPLATE` (closed form):
+    (a, b) of its rotation-and-scale [[a, -b], [b, a]], and the landmarks' mean x, y.
 
-
-def roll_degrees(landmarks: np.ndarray) -> float:
-    """How far the face is turned in the image plane, clockwise as seen (y down), in degrees.
-
-    The angle of `alignment_matrix`'s rotation, in plain floats: five points are too few for
-    numpy to pay, and this runs for every face of every frame on the detection thread.
+    Plain floats: five points are too few for numpy to pay, and this runs for every face of
+    every frame on the detection thread.
     """
     points = np.asarray(landmarks, np.float64).reshape(LANDMARKS, 2).tolist()
     mean_x = sum(x for x, _ in points) / LANDMARKS
@@ -86,7 +72,22 @@ def roll_degrees(landmarks: np.ndarray) -> float:
         spread += sx * sx + sy * sy
     if not math.isfinite(spread) or spread < 1e-6:
         raise ValueError("the landmarks coincide: no face to align")
-    return -math.degrees(math.atan2(across, along))
+    return along / spread, across / spread, mean_x, mean_y
+
+
+def alignment_matrix(landmarks: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity (rotation, uniform scale, shift) taking `landmarks` [5, 2] (image pixels)
+    closest to `TEMPLATE` in the least-squares sense (closed form, no iteration)."""
+    a, b, mean_x, mean_y = _similarity(landmarks)
+    rotate_scale = np.array([[a, -b], [b, a]])
+    shift = _TEMPLATE_MEAN - rotate_scale @ np.array([mean_x, mean_y])
+    return np.hstack([rotate_scale, shift[:, None]])
+
+
+def roll_degrees(landmarks: np.ndarray) -> float:
+    """How far the face is turned in the image plane, clockwise as seen (y down), in degrees."""
+    a, b, _, _ = _similarity(landmarks)
+    return -math.degrees(math.atan2(b, a))
 
 
 def aligned_face(image: np.ndarray, box: Box, landmarks: np.ndarray) -> np.ndarray:
