@@ -159,14 +159,25 @@ def plan(info: SourceInfo, settings: Settings, every: int, max_width: int | None
 
 
 class ChunkBoard:
-    """Every chunk of every file, submitted at once to Ray; results taken in any order, used in order."""
+    """Every chunk of every file, queued in the order they are used and run at most `window` at a time;
+    results taken in any order, used in order.
 
-    def __init__(self, on_done: Callable[[int], None]) -> None:
+    A chunk no longer wanted (its file ended early, failed, or the run stopped) is dropped from the
+    queue, or, once running, left to finish unread: the waste is bounded by the window. Never
+    `ray.cancel`: a cancel that races with the task's reply aborts the driver in Ray 2.60 (a failed
+    RAY_CHECK in TaskManager::CompletePendingTask: "Tried to complete task that was not pending").
+    """
+
+    def __init__(self, on_done: Callable[[int], None], window: int | None = None) -> None:
         import ray
 
         self._ray = ray
         self._remote = ray.remote(num_cpus=1)(analyse_chunk)
+        # Enough queued on every CPU that a worker finishing a chunk finds the next one waiting.
+        self.window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        self._queued: dict[tuple[int, int], ChunkSpec] = {}  # in the order they are used
         self._running: dict[Any, tuple[int, int]] = {}  # object ref -> (file, chunk)
+        self._unread: set[Any] = set()  # running, no longer wanted: they still hold a place in the window
         self._done: dict[tuple[int, int], ChunkResult | BaseException] = {}
         self._counted: set[tuple[int, int]] = set()
         self._on_done = on_done  # called with the frames of each chunk, once per chunk
@@ -174,24 +185,43 @@ class ChunkBoard:
         self.nodes: set[str] = set()
         self.chunks = 0
         self.from_start = 0  # chunks decoded from the file's start
+        self.most_running = 0
+
+    def add(self, key: tuple[int, int], spec: ChunkSpec) -> None:
+        """Queue a chunk: it starts when the window has room."""
+        self._queued[key] = spec
+        self._fill()
 
     def submit(self, key: tuple[int, int], spec: ChunkSpec) -> None:
+        """Start a chunk now, whatever the window (the run again of a chunk that is needed next)."""
         self._running[self._remote.remote(spec)] = key
+        self.most_running = max(self.most_running, len(self._running) + len(self._unread))
+
+    def _fill(self) -> None:
+        while self._queued and len(self._running) + len(self._unread) < self.window:
+            key = next(iter(self._queued))
+            self.submit(key, self._queued.pop(key))
 
     def result(self, key: tuple[int, int]) -> ChunkResult:
         """The result of chunk `key`, waiting for it (and taking in whatever else finishes meanwhile)."""
         while key not in self._done:
-            if key not in self._running.values():
+            if key in self._queued:  # needed now: ahead of the window
+                self.submit(key, self._queued.pop(key))
+            elif key not in self._running.values():
                 raise RuntimeError(f"chunk {key} was never submitted")
-            ready, _ = self._ray.wait(list(self._running), num_returns=1, timeout=WAIT_S)
+            ready, _ = self._ray.wait([*self._running, *self._unread], num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 self._take(ref)
+            self._fill()
         outcome = self._done.pop(key)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     def _take(self, ref: Any) -> None:
+        if ref in self._unread:
+            self._unread.discard(ref)
+            return
         key = self._running.pop(ref)
         try:
             result: ChunkResult = self._ray.get(ref)
@@ -199,7 +229,7 @@ class ChunkBoard:
             cause = getattr(exc, "cause", None)
             self._done[key] = cause if isinstance(cause, Exception) else RuntimeError(str(exc))
             return
-        except Exception as exc:  # a worker or node that died, a cancelled task
+        except Exception as exc:  # a worker or node that died
             self._done[key] = exc
             return
         self.chunks += 1
@@ -219,18 +249,23 @@ class ChunkBoard:
             self._on_done(len(result.frames))
 
     def forget(self, file: int) -> None:
-        """Cancel and drop what is left of one file (it ended, failed or was stopped)."""
+        """Drop what is left of one file (it ended, failed or was stopped)."""
+        for key in [k for k in self._queued if k[0] == file]:
+            del self._queued[key]
         for ref, (f, _) in list(self._running.items()):
             if f == file:
-                self._ray.cancel(ref)
                 del self._running[ref]
+                self._unread.add(ref)
         for key in [k for k in self._done if k[0] == file]:
             del self._done[key]
+        self._fill()
 
-    def cancel_all(self) -> None:
-        for ref in self._running:
-            self._ray.cancel(ref)
+    def close(self) -> None:
+        """Drop everything. What runs still finishes: a local Ray stops with the run, and a cluster
+        ends a job's tasks when its driver leaves."""
+        self._queued.clear()
         self._running.clear()
+        self._unread.clear()
         self._done.clear()
 
 
@@ -296,7 +331,8 @@ class StitchedChunks:
 
 
 class RayRun:
-    """The files of one run, every chunk submitted at once; `analysis(n, ...)` is file n's FileAnalysis."""
+    """The files of one run, every chunk queued at once (`window` running at a time, default twice the
+    cluster's CPUs); `analysis(n, ...)` is file n's FileAnalysis."""
 
     def __init__(
         self,
@@ -307,15 +343,16 @@ class RayRun:
         max_width: int | None,
         chunk_frames: int = CHUNK_FRAMES,
         on_frames: Callable[[int], None] = lambda n: None,
+        window: int | None = None,
     ) -> None:
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
-        self.board = ChunkBoard(on_frames)
+        self.board = ChunkBoard(on_frames, window)
         self.plans: list[list[ChunkSpec]] = []
         for file, info in enumerate(sources):  # the packet pass of each file, then its chunks go
             specs = plan(info, settings, every, max_width, chunk_frames)
             for number, spec in enumerate(specs):
-                self.board.submit((file, number), spec)
+                self.board.add((file, number), spec)
             self.plans.append(specs)
         self.every = every
         self.max_width = max_width
@@ -326,7 +363,7 @@ class RayRun:
         return FileAnalysis(specs[0].info, None, tracker, every=self.every, max_width=self.max_width, raw=raw)
 
     def close(self) -> None:
-        self.board.cancel_all()
+        self.board.close()
 
 
 def describe(board: ChunkBoard) -> str:
