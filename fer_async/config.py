@@ -40,7 +40,7 @@ from fer_async.model_choices import (
 from fer_async.onnx_session import DEVICES
 from fer_async.options import Option, Range, option, options_of, parse_int
 from fer_async.paths import STATIC_DIR
-from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY
+from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY, Cadence
 from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -253,6 +253,10 @@ class Settings:
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+    @property
+    def cadence(self) -> Cadence:
+        return Cadence(self.detect_every, self.alternate_flip)
 
     @property
     def url(self) -> str:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from fer_async.labels import Box
 
@@ -53,8 +53,6 @@ DETECT_EVERY = 5
 ALTERNATE_FLIP = True
 # Frames after which the views repeat: chunks of a file start at multiples of it.
 VIEW_PERIOD = 2
-# The settings a schedule is built from; `python -m fer_async.analyze` takes them as the server does.
-SCHEDULE_OPTIONS = ("detect_every", "alternate_flip")
 
 
 class Search(enum.StrEnum):
@@ -138,3 +136,20 @@ class DetectionSchedule:
         """Force a full detection on the next frame and count the period from it."""
         self._frames = 0
         self._last = None
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """What every stream's schedule is made from: --detect-every and --alternate-flip (`Settings.cadence`)."""
+
+    detect_every: int = DETECT_EVERY
+    alternate_flip: bool = ALTERNATE_FLIP
+
+    def schedule(self, offset: int = 0) -> DetectionSchedule:
+        """A new stream's schedule; `offset` shifts its full detections (see DetectionSchedule)."""
+        return DetectionSchedule(self.detect_every, offset=offset, alternate_flip=self.alternate_flip)
+
+
+DEFAULT_CADENCE = Cadence()
+# The settings a schedule is built from; `python -m fer_async.analyze` takes them as the server does.
+SCHEDULE_OPTIONS = tuple(f.name for f in fields(Cadence))

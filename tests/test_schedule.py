@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from fer_async.config import Settings, SettingsError
-from fer_async.schedule import DETECT_EVERY, DetectionSchedule, Hints, Search, View, full_share
+from fer_async.schedule import (
+    DEFAULT_CADENCE,
+    DETECT_EVERY,
+    SCHEDULE_OPTIONS,
+    Cadence,
+    DetectionSchedule,
+    Hints,
+    Search,
+    View,
+    full_share,
+)
 
 A, B = (10, 20, 50, 50), (200, 40, 60, 60)
 
@@ -110,3 +120,12 @@ def test_alternate_flip_is_a_setting_on_by_default() -> None:
     assert Settings().alternate_flip is True
     assert Settings.from_args(["--no-alternate-flip"], env={}).alternate_flip is False
     assert Settings.from_args([], env={"FER_ALTERNATE_FLIP": "0"}).alternate_flip is False
+
+
+def test_every_stream_makes_its_schedule_from_the_settings_cadence() -> None:
+    settings = Settings.from_args(["--detect-every", "3", "--no-alternate-flip"], env={})
+    schedule = settings.cadence.schedule(offset=1)
+    assert (schedule.every, schedule.offset, schedule.alternate_flip) == (3, 1, False)
+    # The options that make a cadence are the settings the analysis CLI and the bench take over.
+    assert SCHEDULE_OPTIONS == ("detect_every", "alternate_flip")
+    assert Settings().cadence == DEFAULT_CADENCE == Cadence(DETECT_EVERY, Settings().alternate_flip)

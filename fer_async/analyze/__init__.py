@@ -44,7 +44,7 @@ from fer_async.analyze.core import (
 from fer_async.analyze.distributed import CHUNK_FRAMES
 from fer_async.analyze.stages import Stages, analyzer_stages
 from fer_async.config import Settings
-from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY
+from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY, Cadence
 from fer_async.tracker import tracker_for
 from fer_async.tracker_defaults import DEFAULT_SMOOTHING_MS, DEFAULT_SWITCH_MARGIN
 
@@ -187,8 +187,7 @@ def analyze_video(
                 tracker,
                 every=every,
                 max_width=max_width,
-                detect_every=detect_every,
-                alternate_flip=alternate_flip,
+                cadence=Cadence(detect_every, alternate_flip),
             )
         name = str(info.path)
         for frame in analysis:

@@ -293,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 every=args.every,
                 max_width=args.max_width or None,
                 keep_images=args.annotate is not None,
-                detect_every=args.settings.detect_every,
-                alternate_flip=args.settings.alternate_flip,
+                cadence=args.settings.cadence,
             )
             for info in sources
         )

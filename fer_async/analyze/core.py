@@ -15,9 +15,9 @@ batcher; both hand `FileAnalysis` the two `Stages`. Frames are analysed at their
 (`ANALYSIS_MAX_WIDTH`; `max_width=VIDEO_MAX_WIDTH` shrinks them as the MJPEG stream does).
 
 Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), reset at its
-first frame: a full detection every `detect_every` analysed frames, only the regions around the
-last faces between. So frame i+1's detection needs frame i's boxes: frames are prepared one after
-the other on one thread, while the file is decoded on the caller's thread and the faces of the
+first frame: a full detection every `cadence.detect_every` analysed frames, only the regions
+around the last faces between. So frame i+1's detection needs frame i's boxes: frames are prepared
+one after the other on one thread, while the file is decoded on the caller's thread and the faces of the
 frames prepared before are classified in one model call per batch on a third.
 
 Memory stays flat: frames are decoded, classified in batches and dropped; only the per-track
@@ -45,7 +45,7 @@ from fer_async.analyze.source import SourceInfo as SourceInfo
 from fer_async.analyze.source import open_source as open_source
 from fer_async.analyze.stages import Batch, Stages
 from fer_async.labels import EMOTIONS, Box, Face
-from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY, VIEW_PERIOD, DetectionSchedule
+from fer_async.schedule import DEFAULT_CADENCE, VIEW_PERIOD, Cadence, DetectionSchedule
 from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import DEFAULT_FPS, shrink_to_width
 
@@ -161,13 +161,12 @@ class RawStage:
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
-    detect_every: int = DETECT_EVERY
-    alternate_flip: bool = ALTERNATE_FLIP
+    cadence: Cadence = DEFAULT_CADENCE
     schedule: DetectionSchedule = field(init=False, repr=False)
     frames_read: int = field(default=0, init=False)  # frames handed out so far (decoding runs ahead)
 
     def __post_init__(self) -> None:
-        self.schedule = DetectionSchedule(self.detect_every, alternate_flip=self.alternate_flip)
+        self.schedule = self.cadence.schedule()
 
     @property
     def decode_failed(self) -> bool:
@@ -236,8 +235,8 @@ class FileAnalysis:
 
     `stages` reach the Analyzer (`analyzer_stages` for one in this process); frames are shrunk
     to `max_width`. Every `every`-th frame is analysed (frame 0 first), with a full face
-    detection on every `detect_every`-th analysed frame and the regions around the last faces
-    between (`RawStage`). `tracker` (build it with `tracker.tracker_for(settings)`, as every
+    detection on every `cadence.detect_every`-th analysed frame and the regions around the last
+    faces between (`RawStage`). `tracker` (build it with `tracker.tracker_for(settings)`, as every
     other consumer does) gets each analysed frame's time, index / fps. `raw` replaces the raw
     stage this builds from `stages` (then None) with raw frames analysed elsewhere: the chunks of
     a Ray run. `searches` counts the analysed frames by the face search they got (schedule.Search).
@@ -250,8 +249,7 @@ class FileAnalysis:
     max_width: int | None = ANALYSIS_MAX_WIDTH
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
-    detect_every: int = DETECT_EVERY
-    alternate_flip: bool = ALTERNATE_FLIP
+    cadence: Cadence = DEFAULT_CADENCE
     raw: RawSource | None = None
     frames_analysed: int = field(default=0, init=False)
     searches: Counter[str] = field(default_factory=Counter, init=False)
@@ -273,8 +271,7 @@ class FileAnalysis:
                 self.max_width,
                 self.frames_per_call,
                 self.keep_images,
-                self.detect_every,
-                self.alternate_flip,
+                self.cadence,
             )
 
     @property

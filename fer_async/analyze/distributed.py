@@ -122,8 +122,7 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
         spec.every,
         spec.max_width,
         FRAMES_PER_CALL,
-        detect_every=spec.settings.detect_every,
-        alternate_flip=spec.settings.alternate_flip,
+        cadence=spec.settings.cadence,
     )
     frames = tuple(stage)
     return ChunkResult(

@@ -38,7 +38,7 @@ from fer_async.analyze.stages import analyzer_stages
 from fer_async.config import MODEL_OPTIONS, Settings, add_model_options, resolve_options
 from fer_async.loading import load_analyzer
 from fer_async.recognition import Analyzer
-from fer_async.schedule import full_share
+from fer_async.schedule import Cadence, full_share
 from fer_async.synthetic import astronaut_bgr, paste, write_video
 from fer_async.tracker import iou, tracker_for
 from fer_async.video import VIDEO_MAX_WIDTH, shrink_to_width
@@ -60,7 +60,8 @@ class Run:
 
 
 def analyse(analyzer: Analyzer, path: Path, every: int) -> Run:
-    analysis = FileAnalysis(open_source(path), analyzer_stages(analyzer), tracker_for(Settings()), detect_every=every)
+    stages = analyzer_stages(analyzer)
+    analysis = FileAnalysis(open_source(path), stages, tracker_for(Settings()), cadence=Cadence(every))
     started = time.perf_counter()
     frames = list(analysis)
     elapsed = time.perf_counter() - started

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from fer_async.bench.report import detection_figures, percentile, round_or_none
-from fer_async.schedule import DetectionSchedule
 
 
 def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
@@ -31,7 +30,7 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
     frames_done = errors = step = 0
     latencies: list[float] = []
     # One stream per slot of the batch, each at its own place in the frames' loop, with its own schedule.
-    schedules = [DetectionSchedule(settings.detect_every, alternate_flip=settings.alternate_flip) for _ in range(batch)]
+    schedules = [settings.cadence.schedule() for _ in range(batch)]
     starts = [stream * len(frames) // batch for stream in range(batch)]
     searches: Counter[str] = Counter()
     with Analyzer(model, detector, align=settings.align) as analyzer:

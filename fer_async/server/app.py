@@ -140,8 +140,7 @@ async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         executor,
         tracker_factory=trackers,
-        detect_every=settings.detect_every,
-        alternate_flip=settings.alternate_flip,
+        cadence=settings.cadence,
     )
     app[VIDEO_HUB] = hub
     yield

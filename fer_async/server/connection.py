@@ -29,7 +29,6 @@ from fer_async.config import Settings
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
-from fer_async.schedule import DetectionSchedule
 from fer_async.server import protocol
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
 from fer_async.tracker import tracker_for
@@ -122,9 +121,7 @@ class Connection:
         self.dropped = 0
         # Touched only by the worker, which analyses this connection's frames one at a time, in order.
         self.tracker = tracker_for(settings)
-        self.schedule = DetectionSchedule(
-            settings.detect_every, offset=next(Connection._numbers), alternate_flip=settings.alternate_flip
-        )
+        self.schedule = settings.cadence.schedule(offset=next(Connection._numbers))
 
     @classmethod
     async def serve(

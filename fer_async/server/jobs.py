@@ -335,8 +335,7 @@ class AnalysisJobs:
             self._stages(job),
             tracker_for(self.settings),
             frames_per_call=JOB_FRAMES_IN_FLIGHT,
-            detect_every=self.settings.detect_every,
-            alternate_flip=self.settings.alternate_flip,
+            cadence=self.settings.cadence,
         )
         writer = RowWriter(self.results.rows_target(job.id), columns(analysis.smoothed))
 

@@ -27,7 +27,7 @@ from fer_async.labels import Face
 from fer_async.mailbox import LatestMailbox, MailboxClosed
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
-from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY, DetectionSchedule
+from fer_async.schedule import DEFAULT_CADENCE, Cadence, DetectionSchedule
 from fer_async.server.outcomes import Reason, Refused, submit
 from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import VIDEO_MAX_WIDTH, VideoError, VideoReader
@@ -64,13 +64,11 @@ class VideoHub:
         executor: Executor,
         *,
         tracker_factory: Callable[[], Tracker],  # tracker.tracker_for with the server's settings
-        detect_every: int = DETECT_EVERY,  # the server's --detect-every
-        alternate_flip: bool = ALTERNATE_FLIP,  # and its --alternate-flip
+        cadence: Cadence = DEFAULT_CADENCE,  # the server's --detect-every and --alternate-flip
     ) -> None:
         self._batcher = batcher
         self._tracker_factory = tracker_factory
-        self._detect_every = detect_every
-        self._alternate_flip = alternate_flip
+        self._cadence = cadence
         self._metrics = metrics
         self._executor = executor
         self._channels: dict[tuple[Path, bool], _Channel] = {}
@@ -128,7 +126,7 @@ class VideoHub:
         loop = asyncio.get_running_loop()
         # One tracker per channel: its viewers share one decode, so they share the tracks too.
         tracker = self._tracker_factory()
-        schedule = DetectionSchedule(self._detect_every, alternate_flip=self._alternate_flip)
+        schedule = self._cadence.schedule()
         try:
             while True:
                 try:
