@@ -162,7 +162,8 @@ class ChunkBoard:
     results taken in any order, used in order.
 
     A chunk no longer wanted (its file ended early, failed, or the run stopped) is dropped from the
-    queue, or, once running, left to finish unread: the waste is bounded by the window. Never
+    queue, or, once running, left to finish unread outside the window, so that it never holds up
+    the chunks that are wanted: what each file leaves unread is bounded by the window. Never
     `ray.cancel`: a cancel that races with the task's reply aborts the driver in Ray 2.60 (a failed
     RAY_CHECK in TaskManager::CompletePendingTask: "Tried to complete task that was not pending").
     """
@@ -176,7 +177,6 @@ class ChunkBoard:
         self.window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         self._queued: dict[tuple[int, int], ChunkSpec] = {}  # in the order they are used
         self._running: dict[Any, tuple[int, int]] = {}  # object ref -> (file, chunk)
-        self._unread: set[Any] = set()  # running, no longer wanted: they still hold a place in the window
         self._done: dict[tuple[int, int], ChunkResult | BaseException] = {}
         self._counted: set[tuple[int, int]] = set()
         self._on_done = on_done  # called with the frames of each chunk, once per chunk
@@ -194,10 +194,10 @@ class ChunkBoard:
     def submit(self, key: tuple[int, int], spec: ChunkSpec) -> None:
         """Start a chunk now, whatever the window (the run again of a chunk that is needed next)."""
         self._running[self._remote.remote(spec)] = key
-        self.most_running = max(self.most_running, len(self._running) + len(self._unread))
+        self.most_running = max(self.most_running, len(self._running))
 
     def _fill(self) -> None:
-        while self._queued and len(self._running) + len(self._unread) < self.window:
+        while self._queued and len(self._running) < self.window:
             key = next(iter(self._queued))
             self.submit(key, self._queued.pop(key))
 
@@ -208,7 +208,7 @@ class ChunkBoard:
                 self.submit(key, self._queued.pop(key))
             elif key not in self._running.values():
                 raise RuntimeError(f"chunk {key} was never submitted")
-            ready, _ = self._ray.wait([*self._running, *self._unread], num_returns=1, timeout=WAIT_S)
+            ready, _ = self._ray.wait(list(self._running), num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 self._take(ref)
             self._fill()
@@ -218,9 +218,6 @@ class ChunkBoard:
         return outcome
 
     def _take(self, ref: Any) -> None:
-        if ref in self._unread:
-            self._unread.discard(ref)
-            return
         key = self._running.pop(ref)
         try:
             result: ChunkResult = self._ray.get(ref)
@@ -253,8 +250,7 @@ class ChunkBoard:
             del self._queued[key]
         for ref, (f, _) in list(self._running.items()):
             if f == file:
-                del self._running[ref]
-                self._unread.add(ref)
+                del self._running[ref]  # it runs to its end, unread
         for key in [k for k in self._done if k[0] == file]:
             del self._done[key]
         self._fill()
@@ -264,7 +260,6 @@ class ChunkBoard:
         ends a job's tasks when its driver leaves."""
         self._queued.clear()
         self._running.clear()
-        self._unread.clear()
         self._done.clear()
 
 
