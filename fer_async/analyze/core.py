@@ -17,8 +17,8 @@ batcher; both hand `FileAnalysis` the two `Stages`. Frames are analysed at their
 Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), reset at its
 first frame: a full detection every `cadence.detect_every` analysed frames, only the regions
 around the last faces between. So frame i+1's detection needs frame i's boxes: frames are prepared
-one after the other on one thread, while the file is decoded on the caller's thread and the faces of the
-frames prepared before are classified in one model call per batch on a third.
+one after the other on one thread, while the file is decoded on the caller's thread and the faces
+of the frames prepared before are classified in one model call per batch on a third.
 
 Memory stays flat: frames are decoded, classified in batches and dropped; only the per-track
 counters (and, when asked for, a compact timeline) grow with the file.

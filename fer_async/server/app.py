@@ -133,15 +133,9 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _video_hub_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(VIDEO_THREADS, thread_name_prefix="fer-video")
-    trackers = functools.partial(tracker_for, app[SETTINGS])  # one per video channel
     settings = app[SETTINGS]
-    hub = VideoHub(
-        app[PIPELINE],
-        app[METRICS],
-        executor,
-        tracker_factory=trackers,
-        cadence=settings.cadence,
-    )
+    trackers = functools.partial(tracker_for, settings)  # one per video channel
+    hub = VideoHub(app[PIPELINE], app[METRICS], executor, tracker_factory=trackers, cadence=settings.cadence)
     app[VIDEO_HUB] = hub
     yield
     await hub.aclose()

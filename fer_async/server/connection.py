@@ -316,7 +316,7 @@ class Connection:
         outcome = await submit(self.batcher, self.metrics, "ws", frame.data, schedule.hints(), schedule.view())
         if isinstance(outcome, Refused):
             return protocol.encode(protocol.error(outcome.message, frame.id))
-        self.schedule.observe(outcome.width, outcome.height, [face.box for face in outcome.faces])
+        schedule.observe(outcome.width, outcome.height, [face.box for face in outcome.faces])
         started = time.perf_counter()
         payload = outcome.to_json()
         # Time of receipt, not of analysis: the smoothing follows the client's own frame rate.
