@@ -26,13 +26,13 @@ from fer_async.batcher import Batcher, BatcherClosed, BatcherOverloaded
 from fer_async.imaging import ImageError
 from fer_async.labels import FrameResult
 from fer_async.recognition import Analyzer, Frame, Prepared
-from fer_async.schedule import Hints, View
+from fer_async.schedule import PHOTO, FramePlan
 
 PreparedBatcher = Batcher[Prepared, FrameResult]
 
 
 class FramePipeline:
-    """`submit(frame, hints) -> FrameResult`, raising what the batcher raises, or the frame's ImageError."""
+    """`submit(frame, plan) -> FrameResult`, raising what the batcher raises, or the frame's ImageError."""
 
     def __init__(self, analyzer: Analyzer, batcher: PreparedBatcher, max_queue: int) -> None:
         self._analyzer = analyzer
@@ -45,10 +45,10 @@ class FramePipeline:
         """Frames accepted and not yet handed to the model: being prepared, or waiting for a batch."""
         return self._preparing + self._batcher.queue_size
 
-    async def submit(self, frame: Frame, hints: Hints | None = None, view: View = View.BOTH) -> FrameResult:
-        return await self.classify(await self.prepare(frame, hints, view))
+    async def submit(self, frame: Frame, plan: FramePlan = PHOTO) -> FrameResult:
+        return await self.classify(await self.prepare(frame, plan))
 
-    async def prepare(self, frame: Frame, hints: Hints | None = None, view: View = View.BOTH) -> Prepared:
+    async def prepare(self, frame: Frame, plan: FramePlan = PHOTO) -> Prepared:
         """Stage 1 on the detection threads: the frame decoded, searched and cropped (raises ImageError)."""
         if not self._batcher.running:
             raise BatcherClosed("the pipeline is closed")
@@ -57,9 +57,7 @@ class FramePipeline:
         loop = asyncio.get_running_loop()
         self._preparing += 1
         try:
-            prepared = await loop.run_in_executor(
-                self._analyzer.prepare_executor, self._analyzer.prepare, frame, hints, view
-            )
+            prepared = await loop.run_in_executor(self._analyzer.prepare_executor, self._analyzer.prepare, frame, plan)
         finally:
             self._preparing -= 1
         if isinstance(prepared, ImageError):

@@ -23,7 +23,7 @@ from fer_async.image_limits import MAX_PIXELS
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
 from fer_async.predictor import Predictor
-from fer_async.schedule import Hints, Search, View
+from fer_async.schedule import PHOTO, FramePlan, Hints, Search, View
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +101,14 @@ class Analyzer:
         """The detection threads: the server runs `prepare` there for each frame as it arrives."""
         return self._pool
 
-    def prepare(self, frame: Frame, hints: Hints | None = None, view: View = View.BOTH) -> Prepared | ImageError:
+    def prepare(self, frame: Frame, plan: FramePlan = PHOTO) -> Prepared | ImageError:
         """Decode, detect and crop one frame (thread-safe; the per-frame half of `analyze`).
 
-        Without `hints` the detector searches the whole frame. With them (a stream's
-        `schedule.DetectionSchedule`), it searches only around the hinted boxes, when the detector
-        can (YuNet; Haar always searches the whole frame), the frame has the hints' size and that
-        is cheaper; a hinted face not found there sends the whole frame to the detector too.
-        `view` (the stream's `schedule.DetectionSchedule.view()`) travels with the faces to `classify`.
+        Without `plan.hints` (a photo) the detector searches the whole frame. With them (from a
+        stream's `schedule.DetectionSchedule`), it searches only around the hinted boxes, when the
+        detector can (YuNet; Haar always searches the whole frame), the frame has the hints' size
+        and that is cheaper; a hinted face not found there sends the whole frame to the detector
+        too. `plan.view` travels with the faces to `classify`.
         """
         started = time.perf_counter()
         scale = (1.0, 1.0)
@@ -127,7 +127,7 @@ class Analyzer:
         else:
             raise TypeError(f"a frame must be bytes or a numpy array, not {type(frame).__name__}")
         decoded_at = time.perf_counter()
-        found, search = self._detect(image, hints, width, height, scale)
+        found, search = self._detect(image, plan.hints, width, height, scale)
         detected = time.perf_counter()
         boxes = [face.box for face in found]
         faces = crop_faces(image, boxes, [face.landmarks for face in found] if self.align else None)
@@ -143,7 +143,7 @@ class Analyzer:
             _ms(detected - decoded_at),
             _ms(done - detected),
             search,
-            view,
+            plan.view,
         )
 
     def _detect(
@@ -167,13 +167,12 @@ class Analyzer:
     def analyze(
         self,
         frames: Sequence[Frame],
-        hints: Sequence[Hints | None] | None = None,
-        views: Sequence[View] | None = None,
+        plans: Sequence[FramePlan] | None = None,
     ) -> list[FrameResult | ImageError]:
         """One result per frame, in order: a FrameResult, or the ImageError of that frame alone.
 
-        `prepare` for every frame (on the detection threads; `hints`: one per frame, or none for
-        full detections; `views`: one per frame, or View.BOTH for all), then `classify`. Timings (ms):
+        `prepare` for every frame (on the detection threads; `plans`: one per frame, or a photo's
+        for all), then `classify`. Timings (ms):
         decode, detect, crop, model (the shared call, 0 when the frame had no faces) and total
         (the whole analyze call, which is what each frame waited). An exception from the
         detector or the model propagates: it fails the whole batch.
@@ -181,17 +180,12 @@ class Analyzer:
         started = time.perf_counter()
         if not frames:
             return []
-        if hints is not None and len(hints) != len(frames):
-            raise ValueError(f"{len(hints)} hints for {len(frames)} frames")
-        if views is not None and len(views) != len(frames):
-            raise ValueError(f"{len(views)} views for {len(frames)} frames")
-        each = list(hints) if hints is not None else [None] * len(frames)
-        each_view = list(views) if views is not None else [View.BOTH] * len(frames)
+        if plans is not None and len(plans) != len(frames):
+            raise ValueError(f"{len(plans)} plans for {len(frames)} frames")
+        each = list(plans) if plans is not None else [PHOTO] * len(frames)
         # A lone frame is prepared right here: a thread hand-off would only add latency.
         prepared = (
-            [self.prepare(frames[0], each[0], each_view[0])]
-            if len(frames) == 1
-            else list(self._pool.map(self.prepare, frames, each, each_view))
+            [self.prepare(frames[0], each[0])] if len(frames) == 1 else list(self._pool.map(self.prepare, frames, each))
         )
         results = self.classify(prepared)
         total_ms = _ms(time.perf_counter() - started)

@@ -2,8 +2,8 @@
 
 Detection on the whole frame (YuNet at 320 px) is the largest cost of a frame. Between two
 full detections a face moves little, so each consumer of a stream (a WebSocket connection, a
-video channel, a file analysis) hands the pipeline `Hints` with each frame: the faces of its
-previous frame. The detector then searches a small region around each of them
+video channel, a file analysis) hands the pipeline `Hints` with each frame (in its `FramePlan`):
+the faces of its previous frame. The detector then searches a small region around each of them
 (`detector.YuNetDetector.detect_regions`) instead of the whole frame. The pipeline itself stays
 stateless: no hints means a full detection, and it never remembers a face.
 
@@ -96,6 +96,18 @@ class Hints:
         return (self.width, self.height) == (width, height)
 
 
+@dataclass(frozen=True)
+class FramePlan:
+    """What one frame gets from its stream's schedule: where to search for faces (None: the whole
+    frame) and which view of them to classify. The default, `PHOTO`, is a photo's."""
+
+    hints: Hints | None = None
+    view: View = View.BOTH
+
+
+PHOTO = FramePlan()
+
+
 class DetectionSchedule:
     """Full detection or hints for each frame of ONE stream; see the module docstring. Not thread-safe."""
 
@@ -126,6 +138,10 @@ class DetectionSchedule:
         if not self.alternate_flip:
             return View.BOTH
         return View.AS_SEEN if self._frames % VIEW_PERIOD == 0 else View.MIRRORED
+
+    def plan(self) -> FramePlan:
+        """The next frame's hints and view, together as the pipeline takes them."""
+        return FramePlan(self.hints(), self.view())
 
     def observe(self, width: int, height: int, boxes: Sequence[Box]) -> None:
         """The raw detections of the frame just analysed (the boxes the detector returned, in its pixels)."""

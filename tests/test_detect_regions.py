@@ -20,7 +20,7 @@ from fer_async.config import Settings
 from fer_async.detector import REGION_SAME_FACE_IOU, HaarDetector, YuNetDetector
 from fer_async.imaging import ImageError
 from fer_async.recognition import Analyzer, Prepared
-from fer_async.schedule import DETECT_EVERY, DetectionSchedule, Hints, Search
+from fer_async.schedule import DETECT_EVERY, DetectionSchedule, FramePlan, Hints, Search
 from fer_async.synthetic import astronaut_bgr, compose_frame, jpeg, paste
 from fer_async.tracker import iou, tracker_for
 
@@ -63,7 +63,7 @@ def stream(analyzer: Analyzer, frames: Sequence[Any], every: int) -> list[Prepar
     schedule = DetectionSchedule(every)
     out = []
     for frame in frames:
-        prepared = analyzer.prepare(frame, schedule.hints())
+        prepared = analyzer.prepare(frame, schedule.plan())
         assert not isinstance(prepared, ImageError)
         schedule.observe(prepared.width, prepared.height, prepared.boxes)
         out.append(prepared)
@@ -102,7 +102,7 @@ def test_a_face_not_in_its_region_sends_the_whole_frame_to_the_detector(analyzer
     frame = drifting(1)[0]
     (face,) = stream(analyzer, [frame], 1)[0].boxes
     elsewhere = Hints(WIDTH, HEIGHT, ((500, 380, 80, 80),))  # where nobody is
-    lost = analyzer.prepare(frame, elsewhere)
+    lost = analyzer.prepare(frame, FramePlan(elsewhere))
     assert not isinstance(lost, ImageError)
     assert lost.search is Search.REGIONS_LOST and lost.boxes == [face]
 
@@ -115,13 +115,13 @@ def test_the_whole_frame_when_hints_do_not_apply(analyzer: Analyzer, yunet_model
         "more regions than a full detection costs": Hints(WIDTH, HEIGHT, (face,) * 40),
     }
     for what, hints in cases.items():
-        prepared = analyzer.prepare(frame, hints)
+        prepared = analyzer.prepare(frame, FramePlan(hints))
         assert not isinstance(prepared, ImageError)
         assert prepared.search is Search.FULL and prepared.boxes == [face], what
     # Haar searches whole frames only: hints change nothing.
     with Analyzer(NoModel(), HaarDetector()) as haar:
         (haar_face,) = stream(haar, [frame], 1)[0].boxes
-        prepared = haar.prepare(frame, Hints(WIDTH, HEIGHT, (haar_face,)))
+        prepared = haar.prepare(frame, FramePlan(Hints(WIDTH, HEIGHT, (haar_face,))))
     assert not isinstance(prepared, ImageError)
     assert prepared.search is Search.FULL and prepared.boxes == [haar_face]
 

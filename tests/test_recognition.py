@@ -16,7 +16,7 @@ from fer_async.detector import DetectedFace, HaarDetector
 from fer_async.imaging import ImageError, ImageTooLarge, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, Box, FrameResult
 from fer_async.recognition import MAX_FACES_PER_FRAME, Analyzer
-from fer_async.schedule import View
+from fer_async.schedule import PHOTO, FramePlan, View
 
 if TYPE_CHECKING:
     from fer_async.model import FacialExpressionModel
@@ -72,14 +72,16 @@ def test_each_frame_is_classified_in_its_view_in_one_call(
     analyzer: Analyzer, counting: CountingModel, face_jpeg: bytes
 ) -> None:
     """--alternate-flip: a stream's frames alternate between the face as seen and mirrored; a photo gets both."""
-    seen, mirrored, both = analyzer.analyze([face_jpeg] * 3, None, [View.AS_SEEN, View.MIRRORED, View.BOTH])
+    seen, mirrored, both = analyzer.analyze(
+        [face_jpeg] * 3, [FramePlan(view=view) for view in (View.AS_SEEN, View.MIRRORED, View.BOTH)]
+    )
     assert counting.calls == [3]
     assert isinstance(seen, FrameResult) and isinstance(mirrored, FrameResult) and isinstance(both, FrameResult)
     as_seen, as_mirrored, averaged = (np.array(r.faces[0].scores) for r in (seen, mirrored, both))
     assert np.abs(as_seen - as_mirrored).max() > 1e-3  # two views, two answers
     np.testing.assert_allclose((as_seen + as_mirrored) / 2, averaged, atol=1e-5)
-    with pytest.raises(ValueError, match="1 views for 3 frames"):
-        analyzer.analyze([face_jpeg] * 3, None, [View.BOTH])
+    with pytest.raises(ValueError, match="1 plans for 3 frames"):
+        analyzer.analyze([face_jpeg] * 3, [PHOTO])
 
 
 def test_batched_scores_match_frame_by_frame(

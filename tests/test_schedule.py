@@ -8,9 +8,11 @@ from fer_async.config import Settings, SettingsError
 from fer_async.schedule import (
     DEFAULT_CADENCE,
     DETECT_EVERY,
+    PHOTO,
     SCHEDULE_OPTIONS,
     Cadence,
     DetectionSchedule,
+    FramePlan,
     Hints,
     Search,
     View,
@@ -114,6 +116,14 @@ def test_alternate_flip_gives_views_as_seen_then_mirrored_from_each_reset() -> N
     # Without it (and for photos, which have no schedule) every frame gets both views.
     plain = DetectionSchedule(5)
     assert {plain.view() for _ in range(3)} == {View.BOTH}
+
+
+def test_a_plan_is_the_next_frames_hints_and_view_together() -> None:
+    schedule = DetectionSchedule(3, alternate_flip=True)
+    assert schedule.plan() == FramePlan(None, View.AS_SEEN)  # frame 0: a full detection, as seen
+    schedule.observe(640, 480, [A])
+    assert schedule.plan() == FramePlan(Hints(640, 480, (A,)), View.MIRRORED)
+    assert (PHOTO.hints, PHOTO.view) == (None, View.BOTH)  # what a photo gets: the whole frame, both views
 
 
 def test_alternate_flip_is_a_setting_on_by_default() -> None:

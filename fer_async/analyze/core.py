@@ -207,7 +207,7 @@ class RawStage:
     def _prepare(self, frame: np.ndarray) -> Prepared:
         """Detect and crop one frame with the schedule's hints (on the detection thread, in frame order)."""
         schedule = self.schedule
-        prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), schedule.hints(), schedule.view())
+        prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), schedule.plan())
         schedule.observe(prepared.width, prepared.height, prepared.boxes)
         return prepared
 

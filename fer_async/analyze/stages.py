@@ -18,7 +18,7 @@ import numpy as np
 
 from fer_async.imaging import ImageError
 from fer_async.labels import FrameResult
-from fer_async.schedule import Hints, View
+from fer_async.schedule import FramePlan
 
 if TYPE_CHECKING:
     from fer_async.recognition import Analyzer, Prepared
@@ -28,20 +28,20 @@ if TYPE_CHECKING:
 class Stages:
     """The Analyzer's two stages, blocking; a file analysis calls each from one thread of its own.
 
-    `prepare` searches one decoded BGR frame for faces (the whole frame, or around the hints'
-    boxes) and crops them, for classification in the view given; `classify` classifies the faces
+    `prepare` searches one decoded BGR frame for faces (the whole frame, or around the plan's
+    hints) and crops them, for classification in the plan's view; `classify` classifies the faces
     of prepared frames, one FrameResult each, in order.
     """
 
-    prepare: Callable[[np.ndarray, Hints | None, View], Prepared]
+    prepare: Callable[[np.ndarray, FramePlan], Prepared]
     classify: Callable[[list[Prepared]], Sequence[FrameResult]]
 
 
 def analyzer_stages(analyzer: Analyzer) -> Stages:
     """`Stages` that call an Analyzer in this process (the CLI, the API)."""
 
-    def prepare(frame: np.ndarray, hints: Hints | None, view: View) -> Prepared:
-        prepared = analyzer.prepare(frame, hints, view)
+    def prepare(frame: np.ndarray, plan: FramePlan) -> Prepared:
+        prepared = analyzer.prepare(frame, plan)
         if isinstance(prepared, ImageError):  # decoded frames cannot fail to decode
             raise RuntimeError(f"analysis failed on a decoded frame: {prepared}")
         return prepared

@@ -40,9 +40,7 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
             chunk = [frames[(start + step) % len(frames)] for start in starts]
             step += 1
             started = time.perf_counter()
-            results = analyzer.analyze(
-                chunk, [schedule.hints() for schedule in schedules], [schedule.view() for schedule in schedules]
-            )
+            results = analyzer.analyze(chunk, [schedule.plan() for schedule in schedules])
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             failed = 0
             for schedule, result in zip(schedules, results, strict=True):

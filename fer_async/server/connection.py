@@ -313,7 +313,7 @@ class Connection:
     async def _analyse(self, frame: _Frame) -> str:
         """The reply to `frame`, already encoded (so its JSON cost is measured here, not in send)."""
         schedule = self.schedule
-        outcome = await submit(self.batcher, self.metrics, "ws", frame.data, schedule.hints(), schedule.view())
+        outcome = await submit(self.batcher, self.metrics, "ws", frame.data, schedule.plan())
         if isinstance(outcome, Refused):
             return protocol.encode(protocol.error(outcome.message, frame.id))
         schedule.observe(outcome.width, outcome.height, [face.box for face in outcome.faces])

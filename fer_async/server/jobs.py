@@ -38,7 +38,7 @@ from fer_async.labels import EMOTIONS, FrameResult
 from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.recognition import Prepared
-from fer_async.schedule import Hints, View
+from fer_async.schedule import FramePlan
 from fer_async.server.outcomes import Reason, Refused, attempt
 from fer_async.server.results_dir import HEARTBEAT_S, RUNNING_STATES, ResultsDir, ended_at, new_job_id
 from fer_async.tracker import tracker_for
@@ -279,8 +279,8 @@ class AnalysisJobs:
     def _stages(self, job: Job) -> Stages:
         """The two stages through the server's pipeline, called from the job's threads (they wait)."""
 
-        def prepare(frame: np.ndarray, hints: Hints | None, view: View) -> Prepared:
-            work = self._attempt(lambda: self.batcher.prepare(frame, hints, view))
+        def prepare(frame: np.ndarray, plan: FramePlan) -> Prepared:
+            work = self._attempt(lambda: self.batcher.prepare(frame, plan))
             return asyncio.run_coroutine_threadsafe(work, self._loop).result(BATCH_RESULT_TIMEOUT_S)
 
         def classify(prepared: list[Prepared]) -> list[FrameResult]:

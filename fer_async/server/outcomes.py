@@ -22,7 +22,7 @@ from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.predictor import ExecutorUnavailable
 from fer_async.recognition import Frame
-from fer_async.schedule import Hints, View
+from fer_async.schedule import PHOTO, FramePlan
 
 T = TypeVar("T")
 
@@ -94,11 +94,10 @@ async def submit(
     metrics: Metrics,
     source: str,
     frame: Frame,
-    hints: Hints | None = None,
-    view: View = View.BOTH,
+    plan: FramePlan = PHOTO,
 ) -> FrameResult | Refused:
     """The frame's result through the shared pipeline (prepare, then the batcher), or why there is none."""
-    result = await attempt(metrics, pipeline.submit(frame, hints, view))
+    result = await attempt(metrics, pipeline.submit(frame, plan))
     if isinstance(result, FrameResult):
         metrics.frame_done(source, len(result.faces))
     return result

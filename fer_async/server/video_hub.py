@@ -167,7 +167,7 @@ class VideoHub:
 
     async def _analyse(self, frame: np.ndarray, schedule: DetectionSchedule) -> tuple[Face, ...] | None:
         """The faces of `frame`; () when they cannot be had now; None when the server stops."""
-        outcome = await submit(self._batcher, self._metrics, "video", frame, schedule.hints(), schedule.view())
+        outcome = await submit(self._batcher, self._metrics, "video", frame, schedule.plan())
         if isinstance(outcome, Refused):
             # Busy or failed: the webcam clients come first, so show this frame without boxes
             # rather than wait.

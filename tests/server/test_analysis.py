@@ -100,7 +100,7 @@ async def test_labels_agree_with_what_the_stream_path_computes(make_analysis_cli
     stream: list[tuple[int, tuple[int, ...], str]] = []
     frame_index = 0
     async for frame in VideoReader(clip, loop=False, max_width=VIDEO_MAX_WIDTH).frames():
-        result = await pipeline.submit(frame, schedule.hints())
+        result = await pipeline.submit(frame, schedule.plan())
         schedule.observe(result.width, result.height, [face.box for face in result.faces])
         scale = 640 / result.width  # single_face.mp4 is 640 wide: nothing is shrunk
         for face in result.faces:

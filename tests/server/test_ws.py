@@ -107,7 +107,7 @@ async def test_eight_concurrent_clients_each_get_their_own_results(
         for offset in range(every):
             schedule, boxes = DetectionSchedule(every, offset=offset), []
             for _ in range(3):
-                (result,) = reference.analyze([jpeg], [schedule.hints()])
+                (result,) = reference.analyze([jpeg], [schedule.plan()])
                 assert isinstance(result, FrameResult), result
                 boxes.append([face.box for face in result.faces])
                 schedule.observe(result.width, result.height, boxes[-1])
