@@ -15,12 +15,15 @@ Two uses:
   unknown and not-a-face votes are left out of the distribution (the network has no such
   class). Faces whose top vote is contempt, unknown or not-a-face are dropped: the crowd says
   the seven classes do not describe them. Faces without votes keep their FER2013 label or are
-  dropped (`unvoted`).
+  dropped (`unvoted`). `class_shares` sets another share for the faces FER2013 gives one class
+  (the votes move many FER2013-angry faces to neutral, sad or surprise, and a network trained on
+  them stops reading posed anger).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,11 +89,24 @@ class Targets:
     unvoted_kept: int
 
 
-def training_targets(y: np.ndarray, votes: np.ndarray, vote_share: float, unvoted: str = "keep") -> Targets:
+def training_targets(
+    y: np.ndarray,
+    votes: np.ndarray,
+    vote_share: float,
+    unvoted: str = "keep",
+    class_shares: Mapping[int, float] | None = None,
+) -> Targets:
     """Each face's target: `vote_share` x its seven-class vote distribution + the rest x its
-    FER2013 one-hot label; see the module docstring for which faces are dropped."""
-    if not 0.0 <= vote_share <= 1.0:
-        raise ValueError(f"vote_share must be in [0, 1], got {vote_share}")
+    FER2013 one-hot label, or `class_shares[c]` x ... for the faces FER2013 labels `c`; see the
+    module docstring for which faces are dropped."""
+    shares = np.full(len(EMOTIONS), vote_share, np.float64)
+    for label, share in (class_shares or {}).items():
+        if not 0 <= label < len(EMOTIONS):
+            raise ValueError(f"class_shares: no class {label} (0..{len(EMOTIONS) - 1})")
+        shares[label] = share
+    for share in shares:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"vote_share must be in [0, 1], got {share}")
     if unvoted not in UNVOTED_CHOICES:
         raise ValueError(f"unvoted must be one of {UNVOTED_CHOICES}, got {unvoted!r}")
     if len(votes) != len(y):
@@ -102,7 +118,8 @@ def training_targets(y: np.ndarray, votes: np.ndarray, vote_share: float, unvote
     keep = ~off_class & (voted | (unvoted == "keep"))
     one_hot = np.eye(len(EMOTIONS))[np.asarray(y, np.int64)]
     distribution = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-    mixed = np.where(voted[:, None], vote_share * distribution + (1.0 - vote_share) * one_hot, one_hot)
+    face_share = shares[np.asarray(y, np.int64)][:, None]
+    mixed = np.where(voted[:, None], face_share * distribution + (1.0 - face_share) * one_hot, one_hot)
     return Targets(
         keep=keep,
         targets=mixed[keep].astype(np.float32),

@@ -73,7 +73,7 @@ def make_training_set(train: Split, args: argparse.Namespace, keep: np.ndarray |
         votes = votes[keep]
     if args.extra_train == "val":
         votes = np.concatenate([votes, load_votes(args.votes, "val")])
-    chosen = training_targets(train.y, votes, args.vote_share, args.unvoted)
+    chosen = training_targets(train.y, votes, args.vote_share, args.unvoted, args.class_vote_share)
     print(
         f"FER+ targets: {chosen.keep.sum():,} of {len(train):,} faces train; dropped {chosen.dropped_off_class:,} "
         f"(contempt/unknown/not-a-face majority) and {chosen.dropped_unvoted:,} without votes; "

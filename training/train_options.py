@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fer_async.labels import EMOTIONS
 from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 from training import models
 from training.data import DEFAULT_DATA
@@ -75,6 +76,14 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         help="target = share x vote distribution + (1 - share) x FER2013 one-hot (default: %(default)s)",
     )
     crowd.add_argument(
+        "--class-vote-share",
+        type=class_vote_share,
+        action="append",
+        default=[],
+        metavar="CLASS=SHARE",
+        help="another vote share for the faces FER2013 labels CLASS (e.g. angry=0.2); repeatable",
+    )
+    crowd.add_argument(
         "--unvoted",
         choices=UNVOTED_CHOICES,
         default="keep",
@@ -118,6 +127,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     args = p.parse_args(argv)
     if not 0 <= args.vote_share <= 1:
         p.error("--vote-share must be between 0 and 1")
+    args.class_vote_share = dict(args.class_vote_share)
+    if args.class_vote_share and not args.votes:
+        p.error("--class-vote-share needs --votes")
     for option in ("mixup", "cutmix", "ema_momentum"):
         if getattr(args, option) < 0:
             p.error(f"--{option.replace('_', '-')} must be >= 0")
@@ -128,13 +140,31 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     return args
 
 
+def class_vote_share(text: str) -> tuple[int, float]:
+    """`angry=0.2` -> (0, 0.2): a class named as in `fer_async.labels.EMOTIONS` and its vote share."""
+    name, _, share = text.partition("=")
+    if name not in EMOTIONS:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a class ({', '.join(EMOTIONS)})")
+    try:
+        value = float(share)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CLASS=SHARE, e.g. angry=0.2") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the share must be between 0 and 1")
+    return EMOTIONS.index(name), value
+
+
 def describe_training(args: argparse.Namespace) -> str:
     """One line for the card: the computation path and the regularisers beyond the base recipe."""
     parts = [f"batch norm {args.batch_norm}", f"precision {args.precision}"]
     if args.votes:
         parts.append(
             f"targets: {args.vote_share:g} x FER+ vote distribution + {1 - args.vote_share:g} x FER2013 label "
-            f"(contempt/unknown/not-a-face votes left out, faces with such a majority dropped, faces without votes "
+            + "".join(
+                f"({share:g} x votes for the faces FER2013 labels {EMOTIONS[label]}) "
+                for label, share in sorted(args.class_vote_share.items())
+            )
+            + f"(contempt/unknown/not-a-face votes left out, faces with such a majority dropped, faces without votes "
             f"{'kept on their FER2013 label' if args.unvoted == 'keep' else 'dropped'})"
         )
     if args.webcam_augment:

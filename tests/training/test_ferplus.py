@@ -52,6 +52,32 @@ def test_votes_alone_and_unvoted_faces_dropped() -> None:
     np.testing.assert_allclose(chosen.targets[2], [0, 0, 0, 0.5, 0, 0.5, 0], atol=1e-6)
 
 
+def test_a_class_can_keep_more_of_its_fer2013_label() -> None:
+    # FER2013 calls face 1 disgust: with disgust at share 0 it trains on its label alone, while the
+    # other faces keep the common share.
+    chosen = training_targets(FER2013_LABELS, VOTES, vote_share=1.0, class_shares={1: 0.0})
+    np.testing.assert_allclose(chosen.targets[1], np.eye(7)[1])
+    np.testing.assert_allclose(chosen.targets[0], [0.1, 0, 0, 0, 0.1, 0, 0.8], atol=1e-6)
+    with pytest.raises(ValueError, match="no class 7"):
+        training_targets(FER2013_LABELS, VOTES, 1.0, class_shares={7: 0.5})
+    with pytest.raises(ValueError, match="vote_share"):
+        training_targets(FER2013_LABELS, VOTES, 1.0, class_shares={0: 2.0})
+
+
+def test_the_cli_reads_class_vote_shares() -> None:
+    from training.train_options import parse_args
+
+    args = parse_args(["--votes", "--class-vote-share", "angry=0.2", "--class-vote-share", "disgust=0"])
+    assert args.class_vote_share == {0: 0.2, 1: 0.0}
+    for bad in (
+        ["--votes", "--class-vote-share", "grumpy=0.2"],
+        ["--votes", "--class-vote-share", "angry=1.5"],
+        ["--class-vote-share", "angry=0.2"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
 def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="vote_share"):
         training_targets(FER2013_LABELS, VOTES, vote_share=1.5)
