@@ -352,10 +352,13 @@ async def test_shutdown_with_clients_connected_sends_1001_and_finishes(
         await eventually(lambda: len(app[WEBSOCKETS]) == 3, what="3 clients registered")
 
         async def close_code(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+            """The code of the close frame received (see test_main: not the client's close_code)."""
             while True:
                 msg = await ws.receive(timeout=REPLY_TIMEOUT_S)
-                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
-                    return ws.close_code
+                if msg.type is WSMsgType.CLOSE:
+                    return int(msg.data)
+                if msg.type in (WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
+                    return None  # no close frame: the connection was dropped
 
         waiters = [asyncio.create_task(close_code(ws)) for ws in sockets]
         await asyncio.wait_for(server.close(), 30.0)  # runs on_shutdown and every cleanup context
