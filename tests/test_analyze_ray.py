@@ -27,6 +27,7 @@ from fer_async.analyze.source import InputError, SourceInfo, frame_times, open_s
 from fer_async.config import Settings  # noqa: E402
 from fer_async.demo import write_clip  # noqa: E402
 from fer_async.loading import load_detector  # noqa: E402
+from fer_async.schedule import DEFAULT_CADENCE, Cadence  # noqa: E402
 from fer_async.tracker import tracker_for  # noqa: E402
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -109,7 +110,7 @@ def test_ray_jsonl_every_and_raw_scores(local_ray: None, tmp_path: Path, clips: 
     # A row per face: Haar (no YuNet file here) may see a second face in a frame.
     frames = sorted({json.loads(line)["frame"] for line in (plain / "face.jsonl").read_text().splitlines()})
     assert frames == list(range(0, 70, 3))
-    assert chunk_unit(3, 16, PERIOD) == 48  # 16 analysed frames per batch: chunks of 48 frames here
+    assert chunk_unit(3, 16, Cadence(PERIOD)) == 48  # 16 analysed frames per batch: chunks of 48 frames here
 
 
 def test_the_default_period_starts_chunks_at_its_multiples(
@@ -117,7 +118,9 @@ def test_the_default_period_starts_chunks_at_its_multiples(
 ) -> None:
     """--detect-every 5, the default, with batches of 16 frames: chunks start at multiples of 80 frames."""
     assert Settings().detect_every == 5
-    assert (chunk_unit(1, 16, 5), chunk_unit(3, 16, 5)) == (80, 240)
+    assert (chunk_unit(1, 16, DEFAULT_CADENCE), chunk_unit(3, 16, DEFAULT_CADENCE)) == (80, 240)
+    # A batch span of 15 frames (the buffer's cap, say): even counts for the views only with --alternate-flip.
+    assert (chunk_unit(1, 15, Cadence(5, True)), chunk_unit(1, 15, Cadence(5, False))) == (30, 15)
     clip = tmp_path / "two_faces.mp4"
     write_clip(clip, seconds=12, fps=15)  # 180 frames: chunks at frames 0, 80 and 160
     written = {}

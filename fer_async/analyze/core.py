@@ -131,16 +131,17 @@ def batch_span(every: int, frames_per_call: int) -> int:
     return min(frames_per_call * every, MAX_BUFFERED_FRAMES)
 
 
-def chunk_unit(every: int, frames_per_call: int, detection_period: int) -> int:
+def chunk_unit(every: int, frames_per_call: int, cadence: Cadence) -> int:
     """Chunk boundaries are multiples of this: batches and detection schedules fall as in the plain run.
 
-    `detection_period` is --detect-every: it counts analysed frames (a full detection every that
-    many, counted from the schedule's reset), so in frame indices a schedule restarts every
-    `every * detection_period` frames. A chunk that starts there, its schedule reset, gets the
-    plain run's full detection on its first frame and the same region searches after it, and
-    (VIEW_PERIOD) the same views of its faces.
+    `cadence.detect_every` counts analysed frames (a full detection every that many, counted from
+    the schedule's reset), so in frame indices a schedule restarts every `every * detect_every`
+    frames. A chunk that starts there, its schedule reset, gets the plain run's full detection on
+    its first frame and the same region searches after it, and, with `alternate_flip`, at an even
+    count (VIEW_PERIOD), the same views of its faces.
     """
-    return math.lcm(batch_span(every, frames_per_call), every * detection_period, every * VIEW_PERIOD)
+    view_period = VIEW_PERIOD if cadence.alternate_flip else 1
+    return math.lcm(batch_span(every, frames_per_call), every * cadence.detect_every, every * view_period)
 
 
 @dataclass

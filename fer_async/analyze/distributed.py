@@ -140,7 +140,7 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
 
 def plan(info: SourceInfo, settings: Settings, every: int, max_width: int | None, chunk_frames: int) -> list[ChunkSpec]:
     """The chunks of one file: one for an image or a short video, else about `chunk_frames` frames each."""
-    unit = chunk_unit(every, FRAMES_PER_CALL, settings.detect_every)
+    unit = chunk_unit(every, FRAMES_PER_CALL, settings.cadence)
     size = max(unit, math.ceil(chunk_frames / unit) * unit)
     whole = [ChunkSpec(info, settings, every, max_width, 0, None, None)]
     if info.kind != "video" or 0 < info.frame_count <= size:
