@@ -13,3 +13,7 @@ MAX_PIXELS = 4096 * 1024
 # size. Its pixels are still entropy-decoded, so this many times the budget is the most accepted
 # at all: 16 x 4 Mpx lets a 50 MP phone photo in.
 MAX_REDUCED_FACTOR = 16
+# Video frames are decoded whole before they are scaled down, by FFmpeg in several threads: a
+# 1.9 MB MJPEG AVI of 10000x10000 frames took 1.1 GB to analyse. 8K UHD is the largest frame
+# cameras record; larger ones are refused from the header, or at the first such frame.
+MAX_VIDEO_PIXELS = 7680 * 4320

@@ -36,7 +36,9 @@ from fer_async.analyze import (
     columns,
     open_source,
 )
+from fer_async.analyze import source as source_module
 from fer_async.analyze.__main__ import main
+from fer_async.analyze.source import FrameReader
 from fer_async.analyze.stages import analyzer_stages
 from fer_async.config import Settings
 from fer_async.detector import create_detector
@@ -129,6 +131,32 @@ def test_bad_inputs_raise_one_line(analyzer: Analyzer, clips: dict[str, Path], c
     with pytest.raises(InputError, match=message) as info:
         next(analyze_video(path, analyzer=analyzer))
     assert "\n" not in str(info.value)
+
+
+def over_8k_video(path: Path) -> Path:
+    """One grey MJPEG frame of 7700x4400 (a 34 Mpx frame in a file of a few hundred KB)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (7700, 4400))
+    writer.write(np.full((4400, 7700, 3), 128, np.uint8))
+    writer.release()
+    return path
+
+
+def test_frames_over_8k_are_refused_from_the_header(analyzer: Analyzer, tmp_path: Path) -> None:
+    path = over_8k_video(tmp_path / "huge.avi")
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(InputError, match=r"7700x4400 frames, over the 33.2 Mpx .*scale the video down first"):
+        next(analyze_video(path, analyzer=analyzer))
+
+
+def test_a_frame_larger_than_the_header_said_ends_the_file_as_corrupt(
+    clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header passed; a frame then comes out over the limit (a file that lies): the file is cut short there."""
+    info = open_source(clips["face"])
+    monkeypatch.setattr(source_module, "MAX_VIDEO_PIXELS", info.width * info.height - 1)
+    reader = FrameReader(info)
+    assert list(reader.frames(lambda index: True)) == []
+    assert reader.decode_failed and reader.frames_read == 0
 
 
 def test_a_truncated_video_yields_what_decodes_then_warns(analyzer: Analyzer, clips: dict[str, Path]) -> None:

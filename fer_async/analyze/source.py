@@ -25,6 +25,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from fer_async.image_limits import MAX_VIDEO_PIXELS
 from fer_async.imaging import ImageError, decode_image
 from fer_async.video import DEFAULT_FPS, VIDEO_EXTENSIONS
 
@@ -85,6 +86,11 @@ def open_source(path: str | Path) -> SourceInfo:
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     finally:
         capture.release()
+    if width * height > MAX_VIDEO_PIXELS:
+        raise InputError(
+            f"{path}: {width}x{height} frames, over the {MAX_VIDEO_PIXELS / 1e6:.1f} Mpx a frame analysed "
+            "(8K UHD, 7680x4320): scale the video down first"
+        )
     fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
     frame_count = int(count) if math.isfinite(count) and count > 0 else 0
     return SourceInfo(path, "video", fps, frame_count, width, height)
@@ -182,7 +188,8 @@ class FrameReader:
                 frame = None
                 if wanted(index) or (index == self.start and self.sought):
                     ok, frame = capture.retrieve()
-                    if not ok or frame is None:  # a frame that was read but cannot be decoded
+                    # A frame over the limit lies about the header's size (open_source checked that).
+                    if not ok or frame is None or frame.shape[0] * frame.shape[1] > MAX_VIDEO_PIXELS:
                         if wanted(index):
                             self.decode_failed = True
                             return

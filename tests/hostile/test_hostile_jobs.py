@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import cv2
+import numpy as np
 from analyze_clips import face_clip
 from testsupport import FORMULA_NAMES, raw_upload
 
@@ -67,6 +69,28 @@ async def test_upload_names_stay_data(
         cells = {row["file"] for row in rows}
         assert len(rows) >= 2 and {row["emotion"] for row in rows} <= set(EMOTIONS), name
         assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in cells), cells
+    await canary.roundtrip()
+
+
+async def test_an_upload_of_frames_over_8k_fails_with_its_reason(
+    server: LiveServer, http: aiohttp.ClientSession, canary: Canary, tmp_path: Path
+) -> None:
+    """A small file of huge frames (10000x10000 MJPEG: 1.1 GB to decode and analyse) is refused from its header."""
+    clip = tmp_path / "huge.avi"
+
+    def write() -> None:
+        writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 10, (10000, 10000))
+        writer.write(np.full((10000, 10000, 3), 128, np.uint8))
+        writer.release()
+
+    await asyncio.to_thread(write)
+    body, headers = await asyncio.to_thread(raw_upload, clip, 'filename="huge.avi"')
+    async with http.post(server.base_url + "/api/analyses", data=body, headers=headers) as response:
+        text = await response.text()
+        assert response.status == 202, text
+    job = await finished(http, server.base_url + json.loads(text)["url"])
+    assert job["state"] == "failed" and "10000x10000 frames" in job["error"], job
+    assert "scale the video down" in job["error"] and str(tmp_path) not in job["error"], job
     await canary.roundtrip()
 
 
