@@ -172,10 +172,9 @@ class Analyzer:
         """One result per frame, in order: a FrameResult, or the ImageError of that frame alone.
 
         `prepare` for every frame (on the detection threads; `plans`: one per frame, or a photo's
-        for all), then `classify`. Timings (ms):
-        decode, detect, crop, model (the shared call, 0 when the frame had no faces) and total
-        (the whole analyze call, which is what each frame waited). An exception from the
-        detector or the model propagates: it fails the whole batch.
+        for all), then `classify`. Timings (ms): decode, detect, crop, model (the shared call, 0
+        when the frame had no faces) and total (the whole analyze call, which is what each frame
+        waited). An exception from the detector or the model propagates: it fails the whole batch.
         """
         started = time.perf_counter()
         if not frames:

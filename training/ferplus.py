@@ -16,8 +16,8 @@ Two uses:
   class). Faces whose top vote is contempt, unknown or not-a-face are dropped: the crowd says
   the seven classes do not describe them. Faces without votes keep their FER2013 label or are
   dropped (`unvoted`). `class_shares` sets another share for the faces FER2013 gives one class
-  (the votes move many FER2013-angry faces to neutral, sad or surprise, and a network trained on
-  them stops reading posed anger).
+  (the votes move many FER2013-angry faces to neutral, sad or surprise; what keeping their label
+  changes is measured in docs/training.md).
 """
 
 from __future__ import annotations
