@@ -45,6 +45,7 @@ from fer_async.detector import create_detector
 from fer_async.labels import EMOTIONS
 from fer_async.recognition import Analyzer
 from fer_async.schedule import DETECT_EVERY
+from fer_async.synthetic import write_video
 from fer_async.tracker import iou, tracker_for
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -133,16 +134,9 @@ def test_bad_inputs_raise_one_line(analyzer: Analyzer, clips: dict[str, Path], c
     assert "\n" not in str(info.value)
 
 
-def over_8k_video(path: Path) -> Path:
-    """One grey MJPEG frame of 7700x4400 (a 34 Mpx frame in a file of a few hundred KB)."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (7700, 4400))
-    writer.write(np.full((4400, 7700, 3), 128, np.uint8))
-    writer.release()
-    return path
-
-
 def test_frames_over_8k_are_refused_from_the_header(analyzer: Analyzer, tmp_path: Path) -> None:
-    path = over_8k_video(tmp_path / "huge.avi")
+    # One grey MJPEG frame of 7700x4400: a 34 Mpx frame in a file of a few hundred KB.
+    path = write_video(tmp_path / "huge.avi", [np.full((4400, 7700, 3), 128, np.uint8)], 10)
     assert path.stat().st_size < 2_000_000
     with pytest.raises(InputError, match=r"7700x4400 frames, over the 33.2 Mpx .*scale the video down first"):
         next(analyze_video(path, analyzer=analyzer))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import cv2
 import numpy as np
 from analyze_clips import face_clip
 from testsupport import FORMULA_NAMES, raw_upload
@@ -23,6 +22,7 @@ from testsupport import FORMULA_NAMES, raw_upload
 from fer_async.bench.harness import free_port
 from fer_async.labels import EMOTIONS
 from fer_async.server.job_routes import ANALYSIS_JOBS
+from fer_async.synthetic import write_video
 
 from .conftest import REPLY_TIMEOUT_S, Canary, LiveServer, serve
 
@@ -76,14 +76,7 @@ async def test_an_upload_of_frames_over_8k_fails_with_its_reason(
     server: LiveServer, http: aiohttp.ClientSession, canary: Canary, tmp_path: Path
 ) -> None:
     """A small file of huge frames (10000x10000 MJPEG: 1.1 GB to decode and analyse) is refused from its header."""
-    clip = tmp_path / "huge.avi"
-
-    def write() -> None:
-        writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 10, (10000, 10000))
-        writer.write(np.full((10000, 10000, 3), 128, np.uint8))
-        writer.release()
-
-    await asyncio.to_thread(write)
+    clip = await asyncio.to_thread(write_video, tmp_path / "huge.avi", [np.full((10000, 10000, 3), 128, np.uint8)], 10)
     body, headers = await asyncio.to_thread(raw_upload, clip, 'filename="huge.avi"')
     async with http.post(server.base_url + "/api/analyses", data=body, headers=headers) as response:
         text = await response.text()
