@@ -5,10 +5,13 @@
 * `no_face_clip`: the coffee photo, the same way.
 * `truncated_clip`: an MJPG AVI cut in half: its header announces every frame, about half decode.
 * `empty_clip`: an MP4 container with no frame in it; `not_a_video`: text named .mp4.
+* `portrait_clip`: the face clip as a phone stores a portrait video: frames sideways, and a
+  rotation of 90 degrees in the MP4 track header that players (and OpenCV) apply.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -22,6 +25,8 @@ CLIP_SIZE = (960, 720)
 # Where the face is in the 960x720 frame 0 (tests/data/astronaut_640x480.jpg's box x 1.5).
 FACE_REGION = (321, 114, 201, 201)
 PAN_PX = 2  # per frame, to the right
+# The face in portrait_clip's upright 720x960 frame (the photo's box x 1.125, 210 px down).
+PORTRAIT_FACE_REGION = (241, 296, 151, 151)
 
 
 def photo(name: str, size: tuple[int, int] = CLIP_SIZE) -> np.ndarray:
@@ -63,4 +68,23 @@ def empty_clip(path: Path) -> Path:
 
 def not_a_video(path: Path) -> Path:
     path.write_text("this is a text file, not a video\n" * 20)
+    return path
+
+
+def portrait_clip(path: Path, frames: int = 6, *, rotation_in_header: bool = True) -> Path:
+    """Upright 720x960 frames stored turned a quarter left (960x720), as phones store them; with
+    `rotation_in_header`, the track header's display matrix says to turn them back (90 degrees)."""
+    canvas = np.full((960, 720, 3), 40, np.uint8)
+    canvas[210:750] = photo("astronaut_640x480.jpg", (720, 540))
+    stored = cv2.rotate(canvas, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    write_video(path, [stored] * frames, CLIP_FPS)
+    if rotation_in_header:
+        data = bytearray(path.read_bytes())
+        # ISO 14496-12 tkhd (version 0): the 3x3 display matrix starts 48 bytes into the box;
+        # a, b, c, d, x, y in 16.16 fixed point, u, v, w in 2.30. This one turns 90 degrees clockwise.
+        box = data.index(b"tkhd") - 4
+        assert data[box + 8] == 0, "expected a version 0 tkhd"
+        matrix = (0, 1 << 16, 0, (-1 << 16) & 0xFFFFFFFF, 0, 0, 720 << 16, 0, 1 << 30)
+        data[box + 48 : box + 84] = struct.pack(">9I", *matrix)
+        path.write_bytes(data)
     return path

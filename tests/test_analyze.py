@@ -20,10 +20,12 @@ from analyze_clips import (
     CLIP_FPS,
     CLIP_SIZE,
     FACE_REGION,
+    PORTRAIT_FACE_REGION,
     empty_clip,
     face_clip,
     no_face_clip,
     not_a_video,
+    portrait_clip,
     truncated_clip,
 )
 
@@ -346,3 +348,16 @@ def test_cli_builds_the_model_as_the_server_does(clips: dict[str, Path], capsys:
     with pytest.raises(SystemExit) as usage:  # the server's own check of its option
         main([str(clips["no_face"]), "--smoothing-ms", "-1"])
     assert usage.value.code == 2 and "--smoothing-ms must be 0..10000" in capsys.readouterr().err
+
+
+def test_a_phone_portrait_video_is_analysed_upright(analyzer: Analyzer, tmp_path: Path) -> None:
+    # Phones store portrait video sideways with the rotation in the header: the face is found, and
+    # boxes are in the upright 720x960 frame, as the viewer sees the video.
+    rows = list(analyze_video(portrait_clip(tmp_path / "portrait.mp4"), analyzer=analyzer))
+    faces = [r for r in rows if r["face"] == 1]
+    assert [r["frame"] for r in faces] == list(range(6))
+    for r in faces:
+        assert iou((r["x"], r["y"], r["w"], r["h"]), PORTRAIT_FACE_REGION) > 0.5, r
+    # Without the rotation the same frames hold a face on its side, which no detector finds.
+    sideways = portrait_clip(tmp_path / "sideways.mp4", rotation_in_header=False)
+    assert all(r["face"] is None for r in analyze_video(sideways, analyzer=analyzer))
