@@ -184,6 +184,15 @@ class Settings:
         "N",
         range=Range(1),
     )
+    # A 2 MB file of tiny frames holds 100,000 of them (45 s of a job and a 4.7 MB CSV each): the
+    # upload's size does not bound an analysis' work, its frame count does.
+    max_video_frames: int = option(
+        108_000,
+        "--max-video-frames",
+        "most frames an analysis job reads (an hour at 30 frames/s); python -m fer_async.analyze has no limit",
+        "N",
+        range=Range(1),
+    )
     max_pixels: int = option(
         MAX_PIXELS,
         "--max-pixels",

@@ -175,6 +175,7 @@ async def analyze_page(request: web.Request) -> dict[str, Any]:
         "videos": list_videos(settings.video_dir),
         "max_upload_bytes": request.app[ANALYSIS_JOBS].max_upload_bytes,
         "max_upload_mb": request.app[ANALYSIS_JOBS].max_upload_bytes // (1024 * 1024),
+        "max_video_frames": settings.max_video_frames,
     }
 
 

@@ -59,6 +59,7 @@ UPLOAD_CHUNK = 256 * 1024
 BATCH_RESULT_TIMEOUT_S = 300.0  # a chunk's frames not answered in this long: the server is gone
 PROGRESS_EVERY_S = 0.25  # how often a running job's state is rewritten as frames go by
 SWEEP_EVERY_S = 60.0  # expired results go even when no new job starts
+READ_LIMIT = "an analysis on this server reads (--max-video-frames)"
 
 # What a job's state says for each ending of its FileAnalysis.
 JOB_STATES = {Ending.DONE: "done", Ending.CUT_SHORT: "done", Ending.STOPPED: "stopped", Ending.NO_FRAMES: "failed"}
@@ -328,6 +329,10 @@ class AnalysisJobs:
             info = open_source(job.source)
         except InputError as exc:
             return "failed", _without_path(str(exc), job.source), None
+        limit = self.settings.max_video_frames
+        if info.frame_count > limit:
+            message = f"{info.frame_count} frames, more than the {limit} {READ_LIMIT}: cut the video first"
+            return "failed", message, None
         job.frames_total, job.fps, job.state = info.frame_count, info.fps, "running"
         self._publish(job)
         analysis = FileAnalysis(
@@ -347,8 +352,14 @@ class AnalysisJobs:
                 job.frames_done = analysis.frames_read
             self._publish(job, at_most_every=PROGRESS_EVERY_S)
 
+        hit_limit = False
+
         def should_stop() -> bool:
-            return job.stop.is_set() or self.results.stop_requested(job.id)
+            nonlocal hit_limit
+            if job.stop.is_set() or self.results.stop_requested(job.id):
+                return True
+            hit_limit = analysis.frames_read >= limit  # past a header that understated the frames
+            return hit_limit
 
         ending = None
         try:
@@ -359,6 +370,12 @@ class AnalysisJobs:
             else:
                 finished = writer.finish(ending is Ending.DONE)
                 job.rows_file = finished.name if finished is not None else None
+        if ending is Ending.STOPPED and hit_limit:
+            warning = (
+                f"stopped at frame {limit} (its header announced {info.frame_count}), the most {READ_LIMIT}; "
+                "the rows up to there are in the CSV"
+            )
+            return "done", None, warning
         if ending is Ending.NO_FRAMES:
             return JOB_STATES[ending], analysis.describe_ending(ending), None
         if ending is Ending.CUT_SHORT:

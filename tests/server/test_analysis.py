@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,9 +16,11 @@ from analyze_clips import face_clip, not_a_video
 from testsupport import FORMULA_NAMES, raw_upload
 
 from fer_async.analyze import analyze_video, columns
+from fer_async.analyze.core import open_source
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS
 from fer_async.schedule import DetectionSchedule
+from fer_async.server import jobs as jobs_module
 from fer_async.server.app import create_app
 from fer_async.server.job_routes import ANALYSIS_JOBS
 from fer_async.server.jobs import JOB_FRAMES_IN_FLIGHT
@@ -257,3 +260,40 @@ async def test_upload_names_that_a_spreadsheet_would_run_are_neutralised_in_the_
         cell = "'" + name.replace("\r", " ")
         assert len(rows) >= 3 and {row["file"] for row in rows} == {cell}, (name, rows[0]["file"])
         assert {row["emotion"] for row in rows} <= set(EMOTIONS)
+
+
+async def test_a_video_over_the_frame_limit_is_refused_from_its_header(
+    aiohttp_client: Any, real_model: Any, base_settings: Settings, tmp_path: Path
+) -> None:
+    # A small upload can hold a great many frames (2 MB: 100,000 tiny ones): the frame count, not
+    # the size, bounds what a job costs.
+    client = await aiohttp_client(create_app(base_settings.replace(max_video_frames=20), model=real_model))
+    page = await (await client.get("/analyze")).text()
+    assert "and 20 frames" in page
+    response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=24)))
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert job["state"] == "failed" and job["csv_url"] is None
+    assert job["error"] == (
+        "24 frames, more than the 20 an analysis on this server reads (--max-video-frames): cut the video first"
+    )
+    assert uploads_left(client) == []
+
+
+async def test_a_header_that_understates_the_frames_stops_at_the_limit(
+    aiohttp_client: Any, real_model: Any, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await aiohttp_client(create_app(base_settings.replace(max_video_frames=10), model=real_model))
+    monkeypatch.setattr(jobs_module, "open_source", lambda path: dataclasses.replace(open_source(path), frame_count=8))
+    response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=24)))
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert job["state"] == "done" and job["frames_done"] == 10
+    assert job["warning"] == (
+        "stopped at frame 10 (its header announced 8), the most an analysis on this server reads "
+        "(--max-video-frames); "
+        "the rows up to there are in the CSV"
+    )
+    response = await client.get(job["csv_url"])
+    assert "face.incomplete.csv" in response.headers["Content-Disposition"]
+    frames = {row["frame"] for row in csv.DictReader(io.StringIO(await response.text()))}
+    assert frames == {str(i) for i in range(10)}
+    assert uploads_left(client) == []
