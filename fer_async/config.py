@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fer_async.detector_model import DEFAULT_ALIGN, DEFAULT_DETECTOR, DETECTOR_KINDS
+from fer_async.detector_model import (
+    AUTO_DETECT_WIDTH,
+    DEFAULT_ALIGN,
+    DEFAULT_DETECT_WIDTH,
+    DEFAULT_DETECTOR,
+    DETECTOR_KINDS,
+)
 from fer_async.image_limits import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.model_choices import (
     DEFAULT_MODEL_NAME,
@@ -61,6 +67,13 @@ def _cpu_cores() -> int:
 def _parse_workers(text: str) -> int:
     """A worker count, or 'auto': one per core."""
     return _cpu_cores() if text.strip().lower() == "auto" else parse_int(text)
+
+
+MIN_FIXED_DETECT_WIDTH = 64  # below it YuNet finds no face of any size
+
+
+def _parse_detect_width(text: str) -> int:
+    return AUTO_DETECT_WIDTH if text.strip().lower() == "auto" else parse_int(text)
 
 
 def _parse_origins(text: str) -> tuple[str, ...]:
@@ -120,6 +133,16 @@ class Settings:
         "--align",
         "crop each face upright by its landmarks, eyes and mouth where FER2013 has them (YuNet only; Haar faces "
         "keep the box crop; --no-align: box crops)",
+    )
+    detect_width: int = option(
+        DEFAULT_DETECT_WIDTH,
+        "--detect-width",
+        "width frames are shrunk to for full face detection, which misses faces under about 13 px there; "
+        "'auto': a third of the frame's width within 320..960 (320 for a webcam, 640 for 1080p; Haar: 320)",
+        "PX|auto",
+        parse=_parse_detect_width,
+        range=Range(MIN_FIXED_DETECT_WIDTH, 7680, alternative="'auto'"),
+        alias=("auto", AUTO_DETECT_WIDTH),
     )
     detect_every: int = option(
         DETECT_EVERY,
@@ -290,7 +313,7 @@ _OPTIONS = options_of(Settings)
 OPTIONS = tuple(_OPTIONS)
 # The options that say which model and detector to run; the training tools and the bench take
 # them too, under the same names and with the same defaults as the server.
-_FACE_OPTIONS = ("detector", "detector_model", "align")  # how faces are found and cut
+_FACE_OPTIONS = ("detector", "detector_model", "detect_width", "align")  # how faces are found and cut
 MODEL_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta", "device", *_FACE_OPTIONS)
 
 

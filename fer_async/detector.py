@@ -1,9 +1,11 @@
 """Face detection: YuNet (default, its file resolved by detector_model, run by fer_async.yunet) or
 OpenCV's Haar cascade.
 
-Both detectors find faces on a copy of the frame shrunk to `detect_width` pixels: faces in a
+Both detectors find faces on a copy of the frame shrunk to `detect_width` pixels, by default a
+third of the frame's width within 320..960 (`detector_model.detection_width`): faces in a
 webcam frame are large, so detection at 320 px finds the same faces several times faster than
-at full size. Boxes are scaled back and returned in SOURCE pixels, clamped to the image.
+at full size, while a wide shot's small faces need more. Boxes are scaled back and returned in
+SOURCE pixels, clamped to the image.
 
 YuNet can also search only small regions around given boxes (`detect_regions`: the faces of a
 stream's previous frame, fer_async.schedule); Haar always searches the whole frame.
@@ -27,14 +29,22 @@ import cv2
 import cv2.data  # the Haar cascade files; a submodule that `import cv2` alone leaves untyped
 import numpy as np
 
-from fer_async.detector_model import DEFAULT_DETECTOR, DETECTOR_KINDS, resolve_yunet_model
+from fer_async.detector_model import (
+    AUTO_DETECT_WIDTH,
+    DEFAULT_DETECT_WIDTH,
+    DEFAULT_DETECTOR,
+    DETECTOR_KINDS,
+    MIN_DETECT_WIDTH,
+    detection_width,
+    resolve_yunet_model,
+)
 from fer_async.labels import Box
 from fer_async.tracker import iou
 from fer_async.yunet import YuNetNetwork
 
 logger = logging.getLogger(__name__)
 
-DETECT_WIDTH = 320
+DETECT_WIDTH = MIN_DETECT_WIDTH  # a webcam frame's detection width
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 # YuNet's boxes are narrower than the framing FER2013 faces (and Haar boxes) have: on 481
@@ -113,12 +123,13 @@ def size_order(box: Box) -> tuple[int, int, int]:
 
 
 def _shrink(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
-    """The image at most `detect_width` wide, and the factor from it back to source pixels."""
+    """The image shrunk to its detection width, and the factor from it back to source pixels."""
     height, width = image.shape[:2]
-    if width <= detect_width:
+    target = detection_width(width, detect_width)
+    if width <= target:
         return image, 1.0
-    scale = width / detect_width
-    size = (detect_width, max(1, round(height / scale)))
+    scale = width / target
+    size = (target, max(1, round(height / scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
@@ -143,18 +154,20 @@ class HaarDetector:
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
         min_face_fraction: float = 0.1,
-        detect_width: int = DETECT_WIDTH,
+        detect_width: int = DEFAULT_DETECT_WIDTH,
     ) -> None:
         if scale_factor <= 1.0:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
         if not 0.0 <= min_face_fraction < 1.0:
             raise ValueError(f"min_face_fraction must be in [0, 1), got {min_face_fraction}")
-        if detect_width < 24:
+        if detect_width != AUTO_DETECT_WIDTH and detect_width < 24:
             raise ValueError(f"detect_width must be at least 24 (the cascade's window), got {detect_width}")
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_face_fraction = min_face_fraction
-        self.detect_width = detect_width
+        # Its smallest face is a share of the frame (min_face_fraction), whatever the width: a wider
+        # detection would find no smaller face, only more false ones, more slowly.
+        self.detect_width = MIN_DETECT_WIDTH if detect_width == AUTO_DETECT_WIDTH else detect_width
         self.cascade_path = str(Path(cv2.data.haarcascades) / HAAR_CASCADE)
         self._local = threading.local()
         self._classifier()  # fail now, not on the first frame, if the cascade is missing
@@ -194,7 +207,7 @@ class YuNetDetector:
         self,
         model_path: str | Path,
         score_threshold: float = 0.7,
-        detect_width: int = DETECT_WIDTH,
+        detect_width: int = DEFAULT_DETECT_WIDTH,
         nms_threshold: float = 0.3,
     ) -> None:
         path = Path(model_path)
@@ -202,7 +215,7 @@ class YuNetDetector:
             raise ValueError(f"YuNet model file not found: {path}")
         if not 0.0 < score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
-        if detect_width < 32:
+        if detect_width != AUTO_DETECT_WIDTH and detect_width < 32:
             raise ValueError(f"detect_width must be at least 32, got {detect_width}")
         self.model_path = path
         self.score_threshold = score_threshold
@@ -255,7 +268,7 @@ class YuNetDetector:
 
     def regions_cheaper(self, regions: int, image_shape: tuple[int, ...]) -> bool:
         height, width = image_shape[:2]
-        detect_width = min(width, self.detect_width)
+        detect_width = detection_width(width, self.detect_width)
         full_pixels = detect_width * max(1, round(height * detect_width / width))
         return regions * (REGION_SIZE * REGION_SIZE + REGION_CALL_PIXELS) < full_pixels + REGION_CALL_PIXELS
 
@@ -296,7 +309,7 @@ def _nearest_face(
 
 
 def create_detector(
-    kind: str = "haar", model_path: str | Path | None = None, *, detect_width: int = DETECT_WIDTH
+    kind: str = "haar", model_path: str | Path | None = None, *, detect_width: int = DEFAULT_DETECT_WIDTH
 ) -> FaceDetector:
     """The detector named by `kind` (one of DETECTOR_KINDS); "yunet" needs its ONNX model file."""
     if kind == "haar":
@@ -315,7 +328,7 @@ def create_detector_for(
     kind: str = DEFAULT_DETECTOR,
     model_path: str | Path | None = None,
     *,
-    detect_width: int = DETECT_WIDTH,
+    detect_width: int = DEFAULT_DETECT_WIDTH,
     env: Mapping[str, str] | None = None,
     url: str | None = None,
 ) -> tuple[FaceDetector, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -205,15 +205,20 @@ class Decoded:
         return self.width / self.image.shape[1], self.height / self.image.shape[0]
 
 
-def decode_scaled(data: bytes, max_pixels: int = MAX_PIXELS, min_width: int = 0) -> Decoded:
+def decode_scaled(data: bytes, max_pixels: int = MAX_PIXELS, min_width: int | Callable[[int], int] = 0) -> Decoded:
     """Decode JPEG or PNG bytes into BGR, refusing bombs from the header before allocating.
 
-    A JPEG over `max_pixels` is decoded at the reduction that fits; with `min_width`, a JPEG is
-    also reduced as far as it stays at least `min_width` pixels wide (a detector working at
-    320 px gains nothing from a 1080 p decode). PNGs are always decoded at full size.
+    A JPEG over `max_pixels` is decoded at the reduction that fits; with `min_width` (a width, or
+    a function of the image's own width), a JPEG is also reduced as far as it stays at least that
+    wide (a detector working at 320 px gains nothing from a 1080 p decode). PNGs are always
+    decoded at full size.
     """
     width, height = check_image_header(data, max_pixels)
-    reduction = jpeg_reduction(width, height, max_pixels, min_width) if data.startswith(_JPEG_MAGIC) else 1
+    if data.startswith(_JPEG_MAGIC):
+        wanted = min_width(width) if callable(min_width) else min_width
+        reduction = jpeg_reduction(width, height, max_pixels, wanted)
+    else:
+        reduction = 1
     image = cv2.imdecode(np.frombuffer(data, np.uint8), JPEG_REDUCTIONS[reduction])
     if image is None:
         raise ImageError(_CORRUPT)

@@ -35,7 +35,7 @@ def load_model(settings: Settings) -> Predictor:
 
 def load_detector(settings: Settings) -> tuple[FaceDetector, str]:
     """The face detector the settings name, and the name of the one that runs ("yunet" or "haar")."""
-    return create_detector_for(settings.detector, settings.detector_model)
+    return create_detector_for(settings.detector, settings.detector_model, detect_width=settings.detect_width)
 
 
 def new_analyzer(settings: Settings, model: Predictor, detector: FaceDetector) -> Analyzer:

@@ -73,6 +73,8 @@ class Option:
     choices: tuple[str, ...] | None = None
     range: Range | None = None
     repeatable: bool = False  # given several times; its environment variable separates them by commas
+    # A word accepted beside the range and the value it is kept as (("auto", 0)), shown as the word.
+    alias: tuple[str, Any] | None = None
 
     @property
     def env(self) -> str:
@@ -90,6 +92,8 @@ class Option:
     def shown_default(self) -> str:
         """The default as --help and the README show it: on/off, a, b, a path relative to a checkout, none."""
         default = self.default
+        if self.alias is not None and default == self.alias[1]:
+            return self.alias[0]
         if isinstance(default, bool):
             return "on" if default else "off"
         if isinstance(default, tuple):
@@ -102,6 +106,8 @@ class Option:
         """Why `value` is not accepted, or None."""
         if self.choices is not None and value not in self.choices:
             return f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.alias is not None and value == self.alias[1]:
+            return None
         if self.range is not None and value not in self.range:
             return f"{self.flag} must be {self.range}, got {value}"
         return None
@@ -139,9 +145,10 @@ def option(
     choices: tuple[str, ...] | None = None,
     range: Range | None = None,
     repeatable: bool = False,
+    alias: tuple[str, Any] | None = None,
 ) -> T:
     """A dataclass field that is an option; `parse` follows the default's type (a bool: a switch)."""
-    declared = Option(flag, help, parse or _parse_for(default), default, metavar, choices, range, repeatable)
+    declared = Option(flag, help, parse or _parse_for(default), default, metavar, choices, range, repeatable, alias)
     return field(default=default, metadata={"option": declared})
 
 

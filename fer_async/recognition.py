@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 
 import numpy as np
 
-from fer_async.detector import DETECT_WIDTH, DetectedFace, FaceDetector, RegionDetector, size_order
-from fer_async.detector_model import DEFAULT_ALIGN
+from fer_async.detector import DetectedFace, FaceDetector, RegionDetector, size_order
+from fer_async.detector_model import AUTO_DETECT_WIDTH, DEFAULT_ALIGN
+from fer_async.detector_model import decode_width as decode_width_for
 from fer_async.image_limits import MAX_PIXELS
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
@@ -79,7 +81,7 @@ class Analyzer:
         detector: FaceDetector,
         detect_threads: int = 2,
         max_pixels: int = MAX_PIXELS,
-        decode_width: int = DETECT_WIDTH,
+        decode_width: int | None = None,
         align: bool = DEFAULT_ALIGN,
     ) -> None:
         if detect_threads < 1:
@@ -87,11 +89,16 @@ class Analyzer:
         self.model = model
         self.detector = detector
         self.max_pixels = max_pixels
-        # JPEGs are decoded at the smallest scale (1/2..1/8) still this wide: the detector works
-        # at DETECT_WIDTH anyway, and the faces are cropped from the same reduced decode. Measured
-        # with `python -m training.decode_scale`: on real clips and photos, crops from the reduced
-        # decode got the label of full-size crops for 60 of 60 faces, at less than half the decode.
-        self.decode_width = decode_width
+        # JPEGs are decoded at the smallest scale (1/2..1/8) still `decode_width` wide (by default
+        # as wide as the detector needs to work at its width for the full image: 320 px for a
+        # webcam frame, detector_model.decode_width), and the faces are cropped from the same
+        # reduced decode. Measured with `python -m
+        # training.decode_scale`: on real clips and photos, crops from the reduced decode got the
+        # label of full-size crops for 60 of 60 faces, at less than half the decode.
+        detect_width = getattr(detector, "detect_width", AUTO_DETECT_WIDTH)
+        self.decode_width: int | Callable[[int], int] = (
+            decode_width if decode_width is not None else partial(decode_width_for, detect_width=detect_width)
+        )
         # Faces with landmarks (YuNet) are cropped upright by them (fer_async.alignment).
         self.align = align
         self._pool = ThreadPoolExecutor(max_workers=detect_threads, thread_name_prefix="fer-detect")

@@ -88,3 +88,18 @@ def portrait_clip(path: Path, frames: int = 6, *, rotation_in_header: bool = Tru
         data[box + 48 : box + 84] = struct.pack(">9I", *matrix)
         path.write_bytes(data)
     return path
+
+
+# A face 56 px wide in a 1920x1080 frame: 9 px once the frame is shrunk to 320 for detection.
+SMALL_FACE_SIDE = 56
+SMALL_FACE_AT = (1200, 500)  # where the photo's top left corner is pasted
+
+
+def small_face_clip(path: Path, frames: int = 4) -> Path:
+    """A wide shot: the astronaut photo scaled so her face is SMALL_FACE_SIDE px, in a 1920x1080 frame."""
+    scale = SMALL_FACE_SIDE / FACE_REGION[2] * CLIP_SIZE[0] / 640  # FACE_REGION is the 960x720 photo's
+    small = photo("astronaut_640x480.jpg", (round(640 * scale), round(480 * scale)))
+    frame = np.full((1080, 1920, 3), 90, np.uint8)
+    x, y = SMALL_FACE_AT
+    frame[y : y + small.shape[0], x : x + small.shape[1]] = small
+    return write_video(path, [frame] * frames, CLIP_FPS)

@@ -21,11 +21,14 @@ from analyze_clips import (
     CLIP_SIZE,
     FACE_REGION,
     PORTRAIT_FACE_REGION,
+    SMALL_FACE_AT,
+    SMALL_FACE_SIDE,
     empty_clip,
     face_clip,
     no_face_clip,
     not_a_video,
     portrait_clip,
+    small_face_clip,
     truncated_clip,
 )
 
@@ -36,6 +39,7 @@ from fer_async.analyze import (
     InputError,
     analyze_video,
     columns,
+    load_analyzer,
     open_source,
 )
 from fer_async.analyze import source as source_module
@@ -361,3 +365,31 @@ def test_a_phone_portrait_video_is_analysed_upright(analyzer: Analyzer, tmp_path
     # Without the rotation the same frames hold a face on its side, which no detector finds.
     sideways = portrait_clip(tmp_path / "sideways.mp4", rotation_in_header=False)
     assert all(r["face"] is None for r in analyze_video(sideways, analyzer=analyzer))
+
+
+def test_small_faces_in_large_frames_are_found_at_the_automatic_detection_width(
+    tmp_path: Path, yunet_model: Path
+) -> None:
+    # A wide 1080p shot with a 56 px face: 'auto' detects at 640 px (a third of 1920), where the
+    # face is 19 px, and finds it on every frame, where it is; at 320 it is 9 px and missed.
+    clip = small_face_clip(tmp_path / "wide.mp4")
+    expected = (SMALL_FACE_AT[0] + 89, SMALL_FACE_AT[1] + 32, SMALL_FACE_SIDE, SMALL_FACE_SIDE)
+    found = {}
+    for width in ("auto", "320"):
+        out = tmp_path / f"wide-{width}.csv"
+        args = [str(clip), "--detector-model", str(yunet_model), "--out", str(out)]
+        assert main(args if width == "auto" else [*args, "--detect-width", width]) == 0
+        with out.open() as f:
+            found[width] = [row for row in csv.DictReader(f) if row["face"]]
+    assert found["320"] == []
+    assert [row["frame"] for row in found["auto"]] == ["0", "1", "2", "3"]
+    for row in found["auto"]:
+        box = (int(row["x"]), int(row["y"]), int(row["w"]), int(row["h"]))
+        assert iou(box, expected) > 0.6, row
+
+
+def test_load_analyzer_takes_the_detection_width() -> None:
+    with load_analyzer(detector="haar", detect_width=640) as analyzer:
+        assert getattr(analyzer.detector, "detect_width", None) == 640
+    with pytest.raises(ValueError, match="--detect-width"):
+        load_analyzer(detector="haar", detect_width=10)

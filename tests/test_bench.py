@@ -282,3 +282,18 @@ def test_decode_only_reads_every_frame_as_the_analysis_does(tmp_path: Path, caps
     assert row["fps"] > 0 and row["x_real_time"] == pytest.approx(row["fps"] / 24.0, rel=0.01)
     assert decode.main([str(tmp_path / "missing.mp4")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_detect_width_bench_finds_the_small_face_only_where_the_width_allows(
+    yunet_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fer_async.bench import detect_width
+
+    argv = ["--frames", "1280x720", "--widths", "320,auto", "--sides", "48,128", "--repeats", "1"]
+    assert detect_width.main([*argv, "--detector-model", str(yunet_model)]) == 0
+    rows = json.loads(capsys.readouterr().out.splitlines()[-1])["results"]
+    assert [(r["width"], r["detected_at"], r["sides_found"]) for r in rows] == [
+        (320, 320, [128]),
+        ("auto", 427, [48, 128]),
+    ]
+    assert all(r["detector"] == "yunet" and r["ms_per_detection"] > 0 for r in rows)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fer_async.detector import HaarDetector, YuNetDetector, create_detector, create_detector_for
-from fer_async.detector_model import DETECTOR_KINDS
+from fer_async.detector_model import DETECTOR_KINDS, decode_width, detection_width
 from fer_async.imaging import decode_image
 from fer_async.labels import Box
 
@@ -161,3 +161,19 @@ def test_create_detector_for_names_what_runs(tmp_path: Path, yunet_model: Path) 
     empty = {"XDG_CACHE_HOME": str(tmp_path / "empty")}
     detector, name = create_detector_for(env=empty, url="http://127.0.0.1:9/yunet.onnx")
     assert name == "haar" and isinstance(detector, HaarDetector)
+
+
+def test_automatic_detection_width() -> None:
+    # A third of the frame's width within 320..960: webcam frames at 320 as ever, 1080p at 640.
+    assert [detection_width(w) for w in (320, 640, 960, 1280, 1920, 3840)] == [320, 320, 320, 427, 640, 960]
+    assert detection_width(200) == 200  # never enlarged
+    assert [detection_width(w, 480) for w in (320, 1920)] == [320, 480]  # a fixed width
+    # A JPEG is decoded no narrower than its detection needs: a webcam frame at half size as ever;
+    # a wide one at 3 x its detection width, since 'auto' takes a third of what it is given.
+    assert [decode_width(w) for w in (640, 1280, 1920, 4000)] == [320, 1280, 1920, 2880]
+    assert decode_width(4000, 640) == 640
+
+
+def test_haar_keeps_320_under_auto() -> None:
+    # Its smallest face is a share of the frame: a wider detection finds no smaller face.
+    assert HaarDetector().detect_width == 320 and HaarDetector(detect_width=640).detect_width == 640

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -12,11 +13,12 @@ import pytest
 from server.helpers import iou
 from testsupport import CountingModel
 
-from fer_async.detector import DetectedFace, HaarDetector
+from fer_async.detector import DetectedFace, HaarDetector, YuNetDetector
 from fer_async.imaging import ImageError, ImageTooLarge, decode_image, encode_jpeg
 from fer_async.labels import EMOTIONS, Box, FrameResult
 from fer_async.recognition import MAX_FACES_PER_FRAME, Analyzer
 from fer_async.schedule import PHOTO, FramePlan, View
+from fer_async.synthetic import astronaut_bgr, background
 
 if TYPE_CHECKING:
     from fer_async.model import FacialExpressionModel
@@ -218,3 +220,18 @@ def test_the_astronaut_smiles(analyzer: Analyzer, face_jpeg: bytes) -> None:
     assert isinstance(result, FrameResult)
     (face,) = result.faces
     assert face.emotion == "happy"
+
+
+def test_a_small_face_in_a_phone_photo_is_found_at_the_automatic_detection_width(
+    counting: CountingModel, yunet_model: Path
+) -> None:
+    """A 12 MP photo with a ~100 px face: at 320 px (a 1/8 decode) the face is 8 px and missed;
+    'auto' decodes at 1/2 (the --max-pixels budget), detects at 667 px and finds it."""
+    photo = background(4000, 3000, 5).copy()
+    photo[1500:1980, 2500:2980] = cv2.resize(astronaut_bgr(), (480, 480))  # her face: ~100 px
+    data = encode_jpeg(photo, 90)
+    with Analyzer(counting, YuNetDetector(yunet_model)) as auto:
+        (face,) = _result(auto, data).faces
+    assert iou(face.box, (2656, 1557, 108, 108)) > 0.6, face.box  # YuNet's box on the full-size photo
+    with Analyzer(counting, YuNetDetector(yunet_model, detect_width=320)) as fixed:
+        assert _result(fixed, data).faces == ()

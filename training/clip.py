@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # YuNet's file from the cache or one download; Haar (and one log line) without it.
-        detector, args.detector = create_detector_for(args.detector, args.detector_model)
+        detector, args.detector = create_detector_for(
+            args.detector, args.detector_model, detect_width=args.detect_width
+        )
     except (ValueError, RuntimeError) as e:
         print(f"clip: error: {e}", file=sys.stderr)
         return 2

@@ -84,7 +84,7 @@ BATCH_SIZE = 512
 LIMIT_SEED = 0
 # The server's options this tool takes: the network's, and with --via-detector the detector's.
 NETWORK_OPTIONS = ("weights", "model_name", "runtime", "model_precision", "flip_tta")
-DETECTOR_OPTIONS = ("detector", "detector_model", "align")
+DETECTOR_OPTIONS = ("detector", "detector_model", "detect_width", "align")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             # YuNet's file from the cache or one download; Haar (and one log line) without it.
-            detector, args.detector = create_detector_for(args.detector, args.detector_model)
+            detector, args.detector = create_detector_for(
+                args.detector, args.detector_model, detect_width=args.detect_width
+            )
         except (ValueError, RuntimeError) as e:
             return fail(str(e))
 

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from fer_async.detector import create_detector_for
 
-    detector, _ = create_detector_for(args.detector, args.detector_model)
+    detector, _ = create_detector_for(args.detector, args.detector_model, detect_width=args.detect_width)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fer_async.model import FacialExpressionModel
 

@@ -82,6 +82,7 @@ def load_analyzer(
     *,
     detector: str | None = None,
     detector_model: str | Path | None = None,
+    detect_width: int | None = None,
     weights: str | Path | None = None,
     model_name: str | None = None,
     runtime: str | None = None,
@@ -92,8 +93,9 @@ def load_analyzer(
     """The server's Analyzer: its model and detector built as the server builds them, from its `Settings`.
 
     Each argument left out is the server's default (`python -m fer_async --help`); `precision`
-    is --model-precision. The detector is resolved as the server resolves it (YuNet from its
-    file, cache or one pinned download, else Haar); `analyzer.detector.name` says which runs.
+    is --model-precision, `detect_width` 0 its `auto`. The detector is resolved as the server
+    resolves it (YuNet from its file, cache or one pinned download, else Haar);
+    `analyzer.detector.name` says which runs.
     Close it (`with load_analyzer() as a:` or `.close()`) to stop its detection threads.
     Raises `config.SettingsError` (a ValueError) for a value the server would refuse.
     """
@@ -102,6 +104,7 @@ def load_analyzer(
     given = {
         "detector": detector,
         "detector_model": detector_model,
+        "detect_width": detect_width,
         "weights": weights,
         "model_name": model_name,
         "runtime": runtime,
@@ -114,7 +117,17 @@ def load_analyzer(
 
 def _settings(options: Mapping[str, Any]) -> Settings:
     """The server's Settings with load_analyzer's keyword arguments (those not None) in them."""
-    allowed = ("detector", "detector_model", "weights", "model_name", "runtime", "flip_tta", "precision", "align")
+    allowed = (
+        "detector",
+        "detector_model",
+        "detect_width",
+        "weights",
+        "model_name",
+        "runtime",
+        "flip_tta",
+        "precision",
+        "align",
+    )
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"not an argument of load_analyzer: {', '.join(unknown)}")

@@ -25,7 +25,9 @@ def run_raw(ns: argparse.Namespace, frames: Sequence[bytes]) -> dict[str, Any]:
 
     settings = ns.settings  # the server's options as the server resolves them (cli.parse_args)
     model = FacialExpressionModel.from_options(settings)
-    detector, detector_name = create_detector_for(settings.detector, settings.detector_model)
+    detector, detector_name = create_detector_for(
+        settings.detector, settings.detector_model, detect_width=settings.detect_width
+    )
     batch = ns.max_batch
     frames_done = errors = step = 0
     latencies: list[float] = []
