@@ -93,6 +93,17 @@ class RegionDetector(Protocol):
         ...
 
 
+@runtime_checkable
+class ReducedDetector(Protocol):
+    """A detector whose detection width follows the frame's own width (`--detect-width auto`),
+    told that width when it is given a reduced decode of the frame."""
+
+    def detect_reduced(self, image_bgr: np.ndarray, frame_width: int) -> list[DetectedFace]:
+        """`detect_faces` of a reduced decode of a frame `frame_width` wide, searched at that frame's
+        detection width."""
+        ...
+
+
 class FaceDetector(Protocol):
     def detect(self, image_bgr: np.ndarray) -> list[Box]:
         """Face boxes (x, y, w, h) in the image's own pixels, clamped to it, largest first."""
@@ -122,10 +133,11 @@ def size_order(box: Box) -> tuple[int, int, int]:
     return (-box[2] * box[3], box[0], box[1])
 
 
-def _shrink(image: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
-    """The image shrunk to its detection width, and the factor from it back to source pixels."""
+def _shrink(image: np.ndarray, detect_width: int, frame_width: int | None = None) -> tuple[np.ndarray, float]:
+    """The image shrunk to the detection width of its frame (`frame_width` wide, when the image
+    is a reduced decode of it), and the factor from it back to the image's pixels."""
     height, width = image.shape[:2]
-    target = detection_width(width, detect_width)
+    target = detection_width(frame_width or width, detect_width)
     if width <= target:
         return image, 1.0
     scale = width / target
@@ -227,9 +239,12 @@ class YuNetDetector:
         return [face.box for face in self.detect_faces(image_bgr)]
 
     def detect_faces(self, image_bgr: np.ndarray) -> list[DetectedFace]:
+        return self.detect_reduced(image_bgr, image_bgr.shape[1])
+
+    def detect_reduced(self, image_bgr: np.ndarray, frame_width: int) -> list[DetectedFace]:
         _check_image(image_bgr)
         height, width = image_bgr.shape[:2]
-        small, scale = _shrink(_bgr(image_bgr), self.detect_width)
+        small, scale = _shrink(_bgr(image_bgr), self.detect_width, frame_width)
         faces = [_face(row, scale, (0.0, 0.0), width, height) for row in self._network.detect(small)]
         return sorted((face for face in faces if face is not None), key=lambda face: size_order(face.box))
 

@@ -60,16 +60,6 @@ def detection_width(frame_width: int, detect_width: int = AUTO_DETECT_WIDTH) -> 
     return min(frame_width, MAX_AUTO_DETECT_WIDTH, max(MIN_DETECT_WIDTH, share))
 
 
-def decode_width(frame_width: int, detect_width: int = AUTO_DETECT_WIDTH) -> int:
-    """The narrowest a JPEG `frame_width` wide may be decoded (a reduced decode) and still be
-    detected at the detection width of its full size: 'auto' takes its share of the image it is
-    given, so a wide frame's decode must stay that share's multiple wide."""
-    target = detection_width(frame_width, detect_width)
-    if detect_width != AUTO_DETECT_WIDTH or target <= MIN_DETECT_WIDTH:
-        return target
-    return min(frame_width, AUTO_DETECT_SHARE * target)
-
-
 YUNET_FILE_NAME = "face_detection_yunet_2026may.onnx"
 YUNET_URL = (
     "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2026may.onnx"

@@ -18,9 +18,8 @@ from types import TracebackType
 
 import numpy as np
 
-from fer_async.detector import DetectedFace, FaceDetector, RegionDetector, size_order
-from fer_async.detector_model import AUTO_DETECT_WIDTH, DEFAULT_ALIGN
-from fer_async.detector_model import decode_width as decode_width_for
+from fer_async.detector import DetectedFace, FaceDetector, ReducedDetector, RegionDetector, size_order
+from fer_async.detector_model import AUTO_DETECT_WIDTH, DEFAULT_ALIGN, detection_width
 from fer_async.image_limits import MAX_PIXELS
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
@@ -88,16 +87,16 @@ class Analyzer:
             raise ValueError(f"detect_threads must be at least 1, got {detect_threads}")
         self.model = model
         self.detector = detector
+        self._reduced_detector = detector if isinstance(detector, ReducedDetector) else None
         self.max_pixels = max_pixels
         # JPEGs are decoded at the smallest scale (1/2..1/8) still `decode_width` wide (by default
-        # as wide as the detector needs to work at its width for the full image: 320 px for a
-        # webcam frame, detector_model.decode_width), and the faces are cropped from the same
-        # reduced decode. Measured with `python -m
+        # the detection width of the full image: 320 px for a webcam frame), the detector searches
+        # that decode at the full image's detection width, and the faces are cropped from it. Measured with `python -m
         # training.decode_scale`: on real clips and photos, crops from the reduced decode got the
         # label of full-size crops for 60 of 60 faces, at less than half the decode.
         detect_width = getattr(detector, "detect_width", AUTO_DETECT_WIDTH)
         self.decode_width: int | Callable[[int], int] = (
-            decode_width if decode_width is not None else partial(decode_width_for, detect_width=detect_width)
+            decode_width if decode_width is not None else partial(detection_width, detect_width=detect_width)
         )
         # Faces with landmarks (YuNet) are cropped upright by them (fer_async.alignment).
         self.align = align
@@ -164,12 +163,18 @@ class Analyzer:
             or not isinstance(detector, RegionDetector)
             or not detector.regions_cheaper(len(hints.boxes), image.shape)
         ):
-            return detector.detect_faces(image)[:MAX_FACES_PER_FRAME], Search.FULL  # the largest first
+            return self._detect_full(image, width), Search.FULL
         found = detector.detect_regions(image, [_to_image(box, scale) for box in hints.boxes])
         faces = [face for face in found if face is not None]
         if len(faces) < len(found):
-            return detector.detect_faces(image)[:MAX_FACES_PER_FRAME], Search.REGIONS_LOST
+            return self._detect_full(image, width), Search.REGIONS_LOST
         return sorted(faces, key=lambda face: size_order(face.box))[:MAX_FACES_PER_FRAME], Search.REGIONS
+
+    def _detect_full(self, image: np.ndarray, width: int) -> list[DetectedFace]:
+        """The whole frame's faces, the largest first; `width` is the frame's own (`image` may be a reduced decode)."""
+        if self._reduced_detector is not None and image.shape[1] != width:
+            return self._reduced_detector.detect_reduced(image, width)[:MAX_FACES_PER_FRAME]
+        return self.detector.detect_faces(image)[:MAX_FACES_PER_FRAME]
 
     def analyze(
         self,

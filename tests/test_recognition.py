@@ -226,7 +226,8 @@ def test_a_small_face_in_a_phone_photo_is_found_at_the_automatic_detection_width
     counting: CountingModel, yunet_model: Path
 ) -> None:
     """A 12 MP photo with a ~100 px face: at 320 px (a 1/8 decode) the face is 8 px and missed;
-    'auto' decodes at 1/2 (the --max-pixels budget), detects at 667 px and finds it."""
+    'auto' decodes at 1/4 (1000 px wide), searches that at 960 px, the photo's own detection
+    width, and finds it."""
     photo = background(4000, 3000, 5).copy()
     photo[1500:1980, 2500:2980] = cv2.resize(astronaut_bgr(), (480, 480))  # her face: ~100 px
     data = encode_jpeg(photo, 90)
