@@ -383,8 +383,11 @@ def command_line(settings: Settings, names: Sequence[str]) -> list[str]:
     """The flags that give another command (a started `python -m fer_async`) these settings' `names`."""
     flags: list[str] = []
     for name in names:
-        value, flag = getattr(settings, name), _option(name).flag
-        if isinstance(value, bool):
+        declared = _option(name)
+        value, flag = getattr(settings, name), declared.flag
+        if declared.alias is not None and value == declared.alias[1]:
+            flags += [flag, declared.alias[0]]
+        elif isinstance(value, bool):
             flags.append(flag if value else flag.replace("--", "--no-", 1))
         elif isinstance(value, tuple):
             flags += [part for item in value for part in (flag, item)]

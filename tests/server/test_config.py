@@ -154,6 +154,10 @@ def test_command_line_gives_the_settings_to_another_command(tmp_path: Path) -> N
         log_level="debug",
     )
     assert Settings.from_args(command_line(settings, OPTIONS), env={}) == settings
+    # An option's word for its special value is what the other command is given.
+    assert command_line(settings, ["detect_width"]) == ["--detect-width", "auto"]
+    wide = settings.replace(detect_width=640)
+    assert Settings.from_args(command_line(wide, OPTIONS), env={}) == wide
 
 
 def test_direct_construction_validates() -> None:
