@@ -39,16 +39,14 @@ DEFAULT_DETECTOR = "yunet"
 DEFAULT_ALIGN = True
 # Full detections run on the frame shrunk to a detection width. YuNet finds faces down to about
 # 13 px there: at 320 px, 1/24 of the frame's width, enough for a webcam's faces, not for a wide
-# 1080p shot (a 64 px face missed; README, "Small faces in large frames"). AUTO_DETECT_WIDTH (the
-# default) takes a third of the frame's width, from MIN_DETECT_WIDTH (every frame up to 960 px
-# wide, webcams included: as fast as ever) to MAX_AUTO_DETECT_WIDTH (faces from about 40 px in
-# 1080p, 64 px in 4K, at 2-3 x the 320 px detection's time).
+# 1080p shot (faces under about 100 px missed; docs/benchmarks.md, "Detection width").
+# AUTO_DETECT_WIDTH (the default) takes a third of the frame's width, from MIN_DETECT_WIDTH (every
+# frame up to 960 px wide, webcams included: as fast as ever) to MAX_AUTO_DETECT_WIDTH (faces from
+# about 40 px in 1080p, 80 px in 4K, at 2-5 x the 320 px detection's time).
 AUTO_DETECT_WIDTH = 0
 MIN_DETECT_WIDTH = 320
 MAX_AUTO_DETECT_WIDTH = 960
 DEFAULT_DETECT_WIDTH = AUTO_DETECT_WIDTH
-
-
 AUTO_DETECT_SHARE = 3  # auto: the frame's width divided by this
 
 

@@ -91,9 +91,10 @@ class Analyzer:
         self.max_pixels = max_pixels
         # JPEGs are decoded at the smallest scale (1/2..1/8) still `decode_width` wide (by default
         # the detection width of the full image: 320 px for a webcam frame), the detector searches
-        # that decode at the full image's detection width, and the faces are cropped from it. Measured with `python -m
-        # training.decode_scale`: on real clips and photos, crops from the reduced decode got the
-        # label of full-size crops for 60 of 60 faces, at less than half the decode.
+        # that decode at the full image's detection width, and the faces are cropped from it.
+        # Measured with `python -m training.decode_scale`: on real clips and photos, crops from the
+        # reduced decode got the label of full-size crops for 60 of 60 faces, at less than half
+        # the decode.
         detect_width = getattr(detector, "detect_width", AUTO_DETECT_WIDTH)
         self.decode_width: int | Callable[[int], int] = (
             decode_width if decode_width is not None else partial(detection_width, detect_width=detect_width)

@@ -80,6 +80,8 @@ def test_a_12_megapixel_photo_decodes_at_the_detectors_size(face_jpeg: bytes) ->
     assert within_budget.image.shape == (1500, 2000, 3) and (within_budget.width, within_budget.height) == (4000, 3000)
     for min_width, side in ((320, 500), (640, 1000), (2000, 2000), (5000, 2000)):
         assert decode_scaled(big, min_width=min_width).image.shape[1] == side
+    # As a function of the image's own width (the Analyzer's: its detection width).
+    assert decode_scaled(big, min_width=lambda width: width // 4).image.shape[1] == 1000
 
 
 def test_a_big_jpeg_may_not_have_many_scans() -> None:
