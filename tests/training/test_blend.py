@@ -20,6 +20,21 @@ def export(directory: Path, network: str, seed: int) -> Path:
     return directory
 
 
+def blend_argv(start: Path, end: Path, alpha: float, out: Path, data: Path) -> list[str]:
+    return [
+        "--from",
+        str(start),
+        "--to",
+        str(end),
+        "--alpha",
+        str(alpha),
+        "--export-dir",
+        str(out),
+        "--data",
+        str(data),
+    ]
+
+
 def weights_of(directory: Path) -> list[np.ndarray]:
     return load_keras_model(directory / "fernet.json", directory / "fernet.weights.h5").get_weights()
 
@@ -29,18 +44,7 @@ def test_blend_mixes_every_weight_and_writes_what_the_server_loads(
 ) -> None:
     start, end = export(tmp_path / "a", "fernet", 1), export(tmp_path / "b", "fernet", 2)
     out = tmp_path / "blend"
-    argv = [
-        "--from",
-        str(start),
-        "--to",
-        str(end),
-        "--alpha",
-        "0.25",
-        "--export-dir",
-        str(out),
-        "--data",
-        str(tiny_npz),
-    ]
+    argv = blend_argv(start, end, 0.25, out, tiny_npz)
     assert blend.main(argv) == 0
     assert '"alpha": 0.25' in capsys.readouterr().out
 
@@ -60,18 +64,7 @@ def test_blend_refuses_two_different_networks_and_a_bad_alpha(
 ) -> None:
     start, other = export(tmp_path / "a", "fernet", 1), export(tmp_path / "b", "classic", 1)
     out = tmp_path / "blend"
-    argv = [
-        "--from",
-        str(start),
-        "--to",
-        str(other),
-        "--alpha",
-        "0.5",
-        "--export-dir",
-        str(out),
-        "--data",
-        str(tiny_npz),
-    ]
+    argv = blend_argv(start, other, 0.5, out, tiny_npz)
     assert blend.main(argv) == 2
     assert "not one network" in capsys.readouterr().err
     argv[3] = str(tmp_path / "missing")
