@@ -27,6 +27,7 @@ import numpy as np
 from fer_async.config import Settings, add_model_options, resolve_options
 from fer_async.detector import FaceDetector, create_detector_for
 from fer_async.detector_model import AUTO_DETECT_WIDTH, detection_width
+from fer_async.options import options_of
 from fer_async.synthetic import astronaut_bgr, background, paste
 from fer_async.tracker import iou
 
@@ -55,7 +56,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _widths(text: str) -> tuple[int, ...]:
-    return tuple(AUTO_DETECT_WIDTH if part.strip() == "auto" else int(part) for part in text.split(","))
+    parse = options_of(Settings)["detect_width"].parse  # the server's own reading of a width or 'auto'
+    return tuple(parse(part) for part in text.split(","))
 
 
 def _sizes(text: str) -> tuple[tuple[int, int], ...]:
