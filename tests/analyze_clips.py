@@ -7,6 +7,9 @@
 * `empty_clip`: an MP4 container with no frame in it; `not_a_video`: text named .mp4.
 * `portrait_clip`: the face clip as a phone stores a portrait video: frames sideways, and a
   rotation of 90 degrees in the MP4 track header that players (and OpenCV) apply.
+* `timed_clip` (PyAV): the face clip with each frame at a given time in ms, in a millisecond
+  time base: a variable frame rate, or a WebM as a browser's MediaRecorder writes it (VP8,
+  `live`: no duration, no frame count, no rate in the header).
 """
 
 from __future__ import annotations
@@ -103,3 +106,23 @@ def small_face_clip(path: Path, frames: int = 4) -> Path:
     x, y = SMALL_FACE_AT
     frame[y : y + small.shape[0], x : x + small.shape[1]] = small
     return write_video(path, [frame] * frames, CLIP_FPS)
+
+
+def timed_clip(path: Path, times_ms: list[int], *, live: bool = False, size: tuple[int, int] = (640, 480)) -> Path:
+    """The panned face at `times_ms`: VP8 in WebM for a .webm (`live`: as a browser records), else H.264."""
+    from fractions import Fraction
+
+    import av
+
+    frames = panned(photo("astronaut_640x480.jpg", size), len(times_ms))
+    webm = path.suffix == ".webm"
+    with av.open(str(path), "w", format="webm" if webm else None, options={"live": "1"} if live else {}) as out:
+        stream = out.add_stream("libvpx" if webm else "libx264", options={} if webm else {"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, ms in zip(frames, times_ms, strict=True):
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:, :, ::-1]), format="rgb24")
+            picture.pts, picture.time_base = ms, Fraction(1, 1000)
+            out.mux(stream.encode(picture.reformat(format="yuv420p")))
+        out.mux(stream.encode())
+    return path

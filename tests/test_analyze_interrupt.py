@@ -1,4 +1,5 @@
-"""Ctrl-C on a real `python -m fer_async.analyze` process: every row so far kept, valid, marked incomplete."""
+"""Ctrl-C or SIGTERM (`timeout`, `docker stop`) on a real `python -m fer_async.analyze` process: every
+row so far kept, valid, marked incomplete, and the annotated video too; no hidden temporary file left."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import pytest
 from analyze_clips import face_clip
 
 from fer_async.analyze import columns
@@ -25,12 +28,13 @@ def data_lines(path: Path) -> int:
         return 0
 
 
-def test_sigint_mid_file_leaves_a_valid_incomplete_csv(tmp_path: Path) -> None:
-    clip = face_clip(tmp_path / "long.mp4", frames=400)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_file_leaves_a_valid_incomplete_csv(tmp_path: Path, signum: signal.Signals) -> None:
+    clip = face_clip(tmp_path / "source" / "long.mp4", frames=400)
     out = tmp_path / "long.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fer_async.analyze", str(clip), "--out", str(out)],
+        [sys.executable, "-m", "fer_async.analyze", str(clip), "--out", str(out), "--annotate", f"{tmp_path}/"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -43,7 +47,7 @@ def test_sigint_mid_file_leaves_a_valid_incomplete_csv(tmp_path: Path) -> None:
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "no rows written in time"
             time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -52,7 +56,7 @@ def test_sigint_mid_file_leaves_a_valid_incomplete_csv(tmp_path: Path) -> None:
     assert process.returncode == 130, stderr
     assert "interrupted at frame" in stderr
     assert not out.exists()  # a file under the asked-for name would look complete
-    assert list(tmp_path.glob(".long.part*")) == []
+    assert sorted(p.name for p in tmp_path.glob("*long*")) == ["long.incomplete.csv", "long_annotated.incomplete.mp4"]
     incomplete = tmp_path / "long.incomplete.csv"
     with incomplete.open(newline="") as f:
         reader = csv.reader(f)
@@ -63,4 +67,6 @@ def test_sigint_mid_file_leaves_a_valid_incomplete_csv(tmp_path: Path) -> None:
     frames = sorted({int(row[1]) for row in rows})
     assert frames == list(range(len(frames)))  # no hole: every frame up to the stop
     assert 20 <= len(frames) < 400
+    annotated = cv2.VideoCapture(str(tmp_path / "long_annotated.incomplete.mp4"))
+    assert annotated.get(cv2.CAP_PROP_FRAME_COUNT) >= len(frames)
     assert "long.incomplete.csv" in stdout

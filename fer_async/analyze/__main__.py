@@ -7,7 +7,7 @@ With several inputs, --out/--annotate/--plot take a directory (ending in /) or a
 `--out -` writes CSV to stdout (then the summary goes to stderr).
 
 Outputs are written under a temporary name and renamed when the file was analysed to its end.
-Interrupted (Ctrl-C) or cut short (a decoding error, or decoding that ends well before the end
+Interrupted (Ctrl-C or SIGTERM) or cut short (a decoding error, or decoding that ends well before the end
 the header announces: truncated or corrupt), they are kept as NAME.incomplete.EXT with every row
 up to that point. Model, detector, tracker and detection schedule (--detect-every) options are
 the server's, with its FER_* variables and defaults. With --ray [ADDRESS] the files, and long
@@ -130,18 +130,22 @@ def _error(message: str) -> None:
 
 
 class _StopOnInterrupt:
-    """The first Ctrl-C asks to stop after the frame in hand; a second one stops at once."""
+    """The first Ctrl-C or SIGTERM (`timeout`, `docker stop`, a batch system's cancel) asks to stop
+    after the frame in hand, so the outputs are kept as .incomplete; a second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopOnInterrupt:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
@@ -313,7 +317,7 @@ def _analyse_all(
     for analysis in analyses:
         info = analysis.info
         try:
-            with _progress(info.frame_count, info.path.name) if own_bars else contextlib.nullcontext() as bar:
+            with _progress(info.frames_present, info.path.name) if own_bars else contextlib.nullcontext() as bar:
                 result = _analyse_file(args, analysis, several, stop, report, bar)
         except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
             _error(str(exc))
@@ -338,7 +342,7 @@ def _run_ray(args: argparse.Namespace, sources: list[SourceInfo], several: bool,
     started = time.perf_counter()
     try:
         with ray_session(args.ray), _StopOnInterrupt() as stop:
-            with _progress(sum(info.frame_count for info in sources), "all files") as bar:
+            with _progress(sum(info.frames_present for info in sources), "all files") as bar:
                 run = RayRun(
                     sources,
                     settings,

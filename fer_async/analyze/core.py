@@ -112,6 +112,7 @@ class RawFrame:
     scale: float = 1.0  # from the analysed frame's pixels to the file's
     image: np.ndarray | None = None  # the decoded frame at full size, only when kept
     search: str | None = None  # the face search it got (schedule.Search); None: not analysed
+    ms: float = 0.0  # the frame's timestamp in the container (FrameReader.frames)
 
 
 class RawSource(Protocol):
@@ -182,7 +183,7 @@ class RawStage:
         awaiting: deque[Future[Prepared]] = deque()  # frames waiting for their face search
         batch = Batch()
         try:
-            for index, frame in self.reader.frames(lambda i: self.keep_images or i % self.every == 0):
+            for index, frame, ms in self.reader.frames(lambda i: self.keep_images or i % self.every == 0):
                 prepared = None
                 if frame is not None and index % self.every == 0:
                     while awaiting and (awaiting[0].done() or len(awaiting) >= MAX_AWAITING_DETECTION):
@@ -191,6 +192,7 @@ class RawStage:
                     awaiting.append(prepared)
                 batch.frames.append((index, frame if self.keep_images else None, prepared))
                 batch.widths[index] = 0 if frame is None else frame.shape[1]
+                batch.times[index] = ms
                 if (index + 1) % span == 0:
                     started.append(batch.classify_on(classify, self.stages.classify))
                     batch = Batch()
@@ -216,11 +218,12 @@ class RawStage:
         results = batch.results()
         for index, image, prepared in batch.frames:
             self.frames_read = index + 1
+            ms = batch.times[index]
             if prepared is None:
-                yield RawFrame(index, None, image=image)
+                yield RawFrame(index, None, image=image, ms=ms)
             else:
                 result = results[index]
-                yield RawFrame(index, result.faces, batch.widths[index] / result.width, image, result.search)
+                yield RawFrame(index, result.faces, batch.widths[index] / result.width, image, result.search, ms)
 
 
 def _scaled(box: Box, scale: float) -> Box:
@@ -238,7 +241,7 @@ class FileAnalysis:
     to `max_width`. Every `every`-th frame is analysed (frame 0 first), with a full face
     detection on every `cadence.detect_every`-th analysed frame and the regions around the last
     faces between (`RawStage`). `tracker` (build it with `tracker.tracker_for(settings)`, as every
-    other consumer does) gets each analysed frame's time, index / fps. `raw` replaces the raw
+    other consumer does) gets each analysed frame's time (`frame_time`). `raw` replaces the raw
     stage this builds from `stages` (then None) with raw frames analysed elsewhere: the chunks of
     a Ray run. `searches` counts the analysed frames by the face search they got (schedule.Search).
     """
@@ -255,6 +258,7 @@ class FileAnalysis:
     frames_analysed: int = field(default=0, init=False)
     searches: Counter[str] = field(default_factory=Counter, init=False)
     _last_faces: tuple[TrackedFace, ...] = field(default=(), init=False, repr=False)
+    _last_time: tuple[int, float] | None = field(default=None, init=False, repr=False)  # (index, time_s)
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -326,12 +330,28 @@ class FileAnalysis:
             )
         return f"{self.frames_read} frames"
 
+    def frame_time(self, raw: RawFrame) -> float:
+        """The frame's time in s: its timestamp in the container, which a variable frame rate or a
+        WebM's rate (OpenCV guesses one) makes differ from index / fps. Where the container has
+        none, or it does not move forward, the time goes on from the last one at the header's fps."""
+        if self.info.kind != "video":
+            return 0.0
+        seconds = raw.ms / 1000.0
+        last = self._last_time
+        if last is None:
+            time_s = seconds if math.isfinite(seconds) and seconds >= 0 else raw.index / (self.info.fps or DEFAULT_FPS)
+        elif math.isfinite(seconds) and seconds > last[1]:
+            time_s = seconds
+        else:
+            time_s = last[1] + (raw.index - last[0]) / (self.info.fps or DEFAULT_FPS)
+        self._last_time = (raw.index, time_s)
+        return time_s
+
     def __iter__(self) -> Iterator[AnalysedFrame]:
         """The tracking stage: each raw frame, in order, through the one Tracker of this file."""
         assert self.raw is not None
-        fps = self.info.fps or DEFAULT_FPS
         for raw in self.raw:
-            time_s = raw.index / fps if self.info.kind == "video" else 0.0
+            time_s = self.frame_time(raw)
             if raw.faces is not None:
                 if raw.search is not None:
                     self.searches[raw.search] += 1

@@ -284,7 +284,7 @@ class StitchedChunks:
         try:
             for raw in self._raw():
                 if images is not None:
-                    for index, image in images:
+                    for index, image, _ in images:
                         if index == raw.index:
                             raw = dataclasses.replace(raw, image=image)
                             break

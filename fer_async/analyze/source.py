@@ -13,6 +13,7 @@ decodes a chunk from the file's start where they do not (`sequential`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -48,24 +49,43 @@ class SourceInfo:
     frame_count: int  # frames the header announces (0 when unknown); 1 for an image
     width: int
     height: int
+    packets: int | None = None  # frames counted in the packets, where the container keeps no count
 
     @property
     def duration_s(self) -> float:
         return self.frame_count / self.fps if self.fps > 0 else 0.0
 
+    @property
+    def frames_present(self) -> int:
+        """The frames in the file as far as its packets or header say (0 when unknown)."""
+        return self.packets if self.packets is not None else self.frame_count
 
-def _looks_like_video(path: Path) -> bool:
-    """Whether the first bytes are a video container's (mp4/mov, AVI, Matroska/WebM)."""
+
+def _head(path: Path) -> bytes:
     try:
         with path.open("rb") as f:
-            head = f.read(12)
+            return f.read(12)
     except OSError:
-        return False
-    return head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1a\x45\xdf\xa3"
+        return b""
 
 
-def open_source(path: str | Path) -> SourceInfo:
-    """What `path` is, or an InputError saying in one line why it cannot be analysed."""
+def _counts_frames(head: bytes) -> bool:
+    """Whether the container keeps a frame count (mp4/mov: its index; AVI: its header). Matroska/WebM,
+    MPEG-TS and the rest keep none, and OpenCV's count for them is a guess: duration x a guessed rate."""
+    return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip") or (
+        head[:4] == b"RIFF" and head[8:12] == b"AVI "
+    )
+
+
+def _looks_like_video(head: bytes) -> bool:
+    """Whether the first bytes are a video container's (mp4/mov, AVI, Matroska/WebM)."""
+    return _counts_frames(head) or head[:4] == b"\x1a\x45\xdf\xa3"
+
+
+def open_source(path: str | Path, count_limit: int | None = None) -> SourceInfo:
+    """What `path` is, or an InputError saying in one line why it cannot be analysed.
+
+    A container without a frame count has its packets counted, up to `count_limit` + 1 of them."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -77,7 +97,7 @@ def open_source(path: str | Path) -> SourceInfo:
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
-            if _looks_like_video(path):
+            if _looks_like_video(_head(path)):
                 raise InputError(f"{path}: a video container OpenCV cannot open: no frames, truncated or corrupt")
             raise InputError(f"{path}: not a video or image OpenCV can read")
         fps = float(capture.get(cv2.CAP_PROP_FPS))
@@ -93,7 +113,26 @@ def open_source(path: str | Path) -> SourceInfo:
         )
     fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
     frame_count = int(count) if math.isfinite(count) and count > 0 else 0
-    return SourceInfo(path, "video", fps, frame_count, width, height)
+    if _counts_frames(_head(path)):
+        return SourceInfo(path, "video", fps, frame_count, width, height)
+    return _counted(SourceInfo(path, "video", fps, frame_count, width, height), count_limit)
+
+
+def _counted(info: SourceInfo, limit: int | None) -> SourceInfo:
+    """`info` of a container without a frame count, its frames counted and its rate measured in the packets.
+
+    OpenCV's count for such a file is its duration (where the header has one) times a rate it
+    guesses (24 fps for a WebM with millisecond timestamps, whatever it holds). The header's
+    duration stays what the file announces: frames at the measured rate over that duration.
+    """
+    times = packet_times(info.path, None if limit is None else limit + 1)
+    if times is None:
+        return info
+    fps = info.fps
+    if len(times) >= 2 and (span := max(times) - min(times)) > 0:
+        fps = (len(times) - 1) / (span / 1000.0)
+    announced = round(info.duration_s * fps) if info.frame_count else len(times)
+    return dataclasses.replace(info, fps=fps, frame_count=announced, packets=len(times))
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -120,19 +159,28 @@ def frame_times(path: Path) -> array[float] | None:
     a decoder may drop the last packets (no_face.mp4: 98 packets, 95 frames). None when OpenCV
     cannot hand out packets or two frames share a time: then chunks seek by frame number.
     """
+    times = packet_times(path)
+    if times is None:
+        return None
+    ordered = array("d", sorted(times))
+    if not ordered or any(b <= a for a, b in itertools.pairwise(ordered)):
+        return None
+    return ordered
+
+
+def packet_times(path: Path, limit: int | None = None) -> array[float] | None:
+    """The video packets' timestamps (ms) in file order, at most `limit` of them; None where OpenCV
+    cannot hand out packets."""
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
         if not capture.isOpened() or not capture.set(cv2.CAP_PROP_FORMAT, -1):
             return None
         times = array("d")
-        while capture.grab():
+        while (limit is None or len(times) < limit) and capture.grab():
             times.append(capture.get(cv2.CAP_PROP_POS_MSEC))
+        return times
     finally:
         capture.release()
-    ordered = array("d", sorted(times))
-    if not ordered or any(b <= a for a, b in itertools.pairwise(ordered)):
-        return None
-    return ordered
 
 
 class FrameMarker(NamedTuple):
@@ -173,11 +221,12 @@ class FrameReader:
     def sought(self) -> bool:
         return self.start > 0 and not self.sequential
 
-    def frames(self, wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray | None]]:
-        """(index, frame) for every frame; the frame is None where `wanted(index)` is false."""
+    def frames(self, wanted: Callable[[int], bool]) -> Iterator[tuple[int, np.ndarray | None, float]]:
+        """(index, frame, its timestamp in ms) for every frame; the frame is None where `wanted(index)`
+        is false. The timestamp is the container's (0 where it has none: `FileAnalysis` judges)."""
         if self.info.kind == "image":
             self.frames_read = 1
-            yield 0, read_image(self.info.path)
+            yield 0, read_image(self.info.path), 0.0
             return
         capture = cv2.VideoCapture(str(self.info.path))
         try:
@@ -197,7 +246,7 @@ class FrameReader:
                     elif index == self.start and self.sought:
                         self.first = _marker(capture, frame)
                 self.frames_read = index + 1
-                yield index, frame if wanted(index) else None
+                yield index, frame if wanted(index) else None, capture.get(cv2.CAP_PROP_POS_MSEC)
                 index += 1
                 grabbed = capture.grab()
             if grabbed and self.stop is not None:

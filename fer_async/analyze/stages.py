@@ -58,6 +58,7 @@ class Batch:
 
     frames: list[tuple[int, np.ndarray | None, Future[Prepared] | None]] = field(default_factory=list)
     widths: dict[int, int] = field(default_factory=dict)  # each frame's own width (boxes are scaled back to it)
+    times: dict[int, float] = field(default_factory=dict)  # each frame's timestamp in ms (RawFrame.ms)
     classified: Future[Sequence[FrameResult]] | None = None
 
     def classify_on(self, executor: Executor, classify: Callable[[list[Prepared]], Sequence[FrameResult]]) -> Batch:

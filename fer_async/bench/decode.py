@@ -35,7 +35,7 @@ def decode_only(path: Path) -> dict[str, Any]:
     info = open_source(path)
     reader = FrameReader(info)
     started, cpu_started = time.perf_counter(), _cpu_s()
-    frames = sum(1 for _, frame in reader.frames(lambda _: True) if frame is not None)
+    frames = sum(1 for _, frame, _ in reader.frames(lambda _: True) if frame is not None)
     wall_s, cpu_s = time.perf_counter() - started, _cpu_s() - cpu_started
     fps = frames / wall_s if wall_s > 0 else 0.0
     return {

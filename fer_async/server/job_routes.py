@@ -85,6 +85,9 @@ async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | we
         await asyncio.to_thread(path.unlink, True)
         if isinstance(exc, _TooLarge):
             return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
+        if isinstance(exc, ConnectionError):  # the client went away: nobody to answer, not a server error
+            logger.info("an upload was cut off by its client after %d bytes: %s", written, exc)
+            return _error(400, "the upload was cut off")
         raise
     if written == 0:
         await asyncio.to_thread(path.unlink, True)

@@ -326,14 +326,16 @@ class AnalysisJobs:
         Returns the job's final (state, error, warning), for `_run` to publish.
         """
         try:
-            info = open_source(job.source)
+            limit = self.settings.max_video_frames
+            info = open_source(job.source, count_limit=limit)
         except InputError as exc:
             return "failed", _without_path(str(exc), job.source), None
-        limit = self.settings.max_video_frames
-        if info.frame_count > limit:
-            message = f"{info.frame_count} frames, more than the {limit} {READ_LIMIT}: cut the video first"
+        if info.frames_present > limit:
+            # Packets are counted up to limit + 1; a header's count is told as it is.
+            count = "frames" if info.packets is not None else f"{info.frames_present} frames"
+            message = f"{count}, more than the {limit} {READ_LIMIT}: cut the video first"
             return "failed", message, None
-        job.frames_total, job.fps, job.state = info.frame_count, info.fps, "running"
+        job.frames_total, job.fps, job.state = info.frames_present, info.fps, "running"
         self._publish(job)
         analysis = FileAnalysis(
             info,
@@ -364,6 +366,8 @@ class AnalysisJobs:
         ending = None
         try:
             ending = analysis.run(on_frame, should_stop)
+            if hit_limit and analysis.frames_read == info.frames_present:
+                hit_limit, ending = False, analysis.ending  # the file has exactly `limit` frames: all read
         finally:
             if analysis.frames_read == 0:
                 writer.discard()
@@ -371,9 +375,9 @@ class AnalysisJobs:
                 finished = writer.finish(ending is Ending.DONE)
                 job.rows_file = finished.name if finished is not None else None
         if ending is Ending.STOPPED and hit_limit:
+            announced = f"its header announced {info.frame_count}" if info.frame_count else "its header gave no count"
             warning = (
-                f"stopped at frame {limit} (its header announced {info.frame_count}), the most {READ_LIMIT}; "
-                "the rows up to there are in the CSV"
+                f"stopped at frame {limit} ({announced}), the most {READ_LIMIT}; the rows up to there are in the CSV"
             )
             return "done", None, warning
         if ending is Ending.NO_FRAMES:

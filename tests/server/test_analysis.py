@@ -6,13 +6,15 @@ import asyncio
 import csv
 import dataclasses
 import io
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from analyze_clips import face_clip, not_a_video
+from aiohttp import web
+from analyze_clips import face_clip, not_a_video, timed_clip
 from testsupport import FORMULA_NAMES, raw_upload
 
 from fer_async.analyze import analyze_video, columns
@@ -283,7 +285,9 @@ async def test_a_header_that_understates_the_frames_stops_at_the_limit(
     aiohttp_client: Any, real_model: Any, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = await aiohttp_client(create_app(base_settings.replace(max_video_frames=10), model=real_model))
-    monkeypatch.setattr(jobs_module, "open_source", lambda path: dataclasses.replace(open_source(path), frame_count=8))
+    monkeypatch.setattr(
+        jobs_module, "open_source", lambda path, **kw: dataclasses.replace(open_source(path, **kw), frame_count=8)
+    )
     response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=24)))
     job, _ = await wait_for_job(client, (await response.json())["url"])
     assert job["state"] == "done" and job["frames_done"] == 10
@@ -297,3 +301,83 @@ async def test_a_header_that_understates_the_frames_stops_at_the_limit(
     frames = {row["frame"] for row in csv.DictReader(io.StringIO(await response.text()))}
     assert frames == {str(i) for i in range(10)}
     assert uploads_left(client) == []
+
+
+async def test_a_video_of_exactly_the_frame_limit_is_complete(
+    aiohttp_client: Any, real_model: Any, base_settings: Settings, tmp_path: Path
+) -> None:
+    client = await aiohttp_client(create_app(base_settings.replace(max_video_frames=12), model=real_model))
+    response = await client.post("/api/analyses", data=upload_form(face_clip(tmp_path / "face.mp4", frames=12)))
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert (job["state"], job["warning"], job["frames_done"]) == ("done", None, 12)
+    response = await client.get(job["csv_url"])
+    assert response.headers["Content-Disposition"].endswith("''face.csv")
+
+
+async def test_a_webms_frames_are_counted_not_guessed_against_the_limit(
+    aiohttp_client: Any, real_model: Any, base_settings: Settings, tmp_path: Path
+) -> None:
+    # OpenCV's count for a WebM is its duration times a guessed 24 fps: 12 frames a second apart
+    # read as about 265, which the limit refused.
+    client = await aiohttp_client(create_app(base_settings.replace(max_video_frames=20), model=real_model))
+    slow = timed_clip(tmp_path / "slow.webm", [i * 1000 for i in range(12)])
+    response = await client.post("/api/analyses", data=upload_form(slow))
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert (job["state"], job["warning"], job["frames_done"], job["frames_total"]) == ("done", None, 12, 12)
+    # A browser's recording has no count at all: its packets are counted, up to the limit + 1.
+    recorded = timed_clip(tmp_path / "recorded.webm", [i * 66 for i in range(30)], live=True)
+    response = await client.post("/api/analyses", data=upload_form(recorded))
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    assert job["state"] == "failed"
+    assert job["error"] == (
+        "frames, more than the 20 an analysis on this server reads (--max-video-frames): cut the video first"
+    )
+    assert uploads_left(client) == []
+
+
+async def test_an_upload_cut_off_by_its_client_is_removed_without_an_error(
+    real_model: Any, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A runner as `run_app` makes it: a client that goes away does not cancel the handler, its
+    # next read fails instead (the test client's server cancels, and hides that path).
+    caplog.set_level(logging.INFO, logger="fer_async.server.job_routes")
+    app = create_app(base_settings, model=real_model)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    uploads = app[ANALYSIS_JOBS].uploads_dir
+    try:
+        video = face_clip(tmp_path / "face.mp4", frames=24).read_bytes()
+        head = (
+            b'--b\r\nContent-Disposition: form-data; name="video"; filename="face.mp4"\r\n'
+            b"Content-Type: video/mp4\r\n\r\n"
+        )
+        length = len(head) + len(video) + len(b"\r\n--b--\r\n")
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/analyses HTTP/1.1\r\nHost: localhost\r\n"
+            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: %d\r\n\r\n" % length
+            + head
+            + video[: len(video) // 2]
+        )
+        await writer.drain()
+        for _ in range(100):  # until the server has the upload's file open
+            if list(uploads.glob("upload-*")):
+                break
+            await asyncio.sleep(0.05)
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if not list(uploads.glob("upload-*")):
+                break
+            await asyncio.sleep(0.05)
+        assert list(uploads.glob("upload-*")) == []
+        await asyncio.sleep(0.5)  # the handler answers after it removed the file
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert "an upload was cut off by its client" in caplog.text
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as health:
+            assert health.status == 200
+    finally:
+        await runner.cleanup()
