@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import zlib
 
 import cv2
@@ -12,7 +13,9 @@ from testsupport import jpeg_scan_bomb
 
 from fer_async.image_limits import MAX_PIXELS, MAX_REDUCED_FACTOR
 from fer_async.imaging import (
+    MAX_JPEG_FILL,
     MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
     ImageError,
     ImageTooLarge,
     annotation_label,
@@ -117,6 +120,30 @@ def test_jpeg_header_is_read_past_exif_and_fill_bytes(face_jpeg: bytes) -> None:
     doctored = face_jpeg[:2] + app1 + b"\xff\xff" + face_jpeg[2:]
     assert image_size(doctored) == (640, 480)
     assert decode_image(doctored).shape == (480, 640, 3)
+
+
+def test_a_jpeg_of_endless_empty_segments_is_refused_after_a_bounded_read(face_jpeg: bytes) -> None:
+    # The header is read on the event loop: 8 million empty comments held it for seconds.
+    with pytest.raises(ImageError, match=f"more than {MAX_JPEG_SEGMENTS} segments"):
+        image_size(b"\xff\xd8" + b"\xff\xfe\x00\x02" * 2_000_000)
+    with pytest.raises(ImageError, match=f"more than {MAX_JPEG_FILL} fill bytes"):
+        image_size(face_jpeg[:2] + b"\xff" * 5_000_000 + face_jpeg[2:])
+    # Within the bounds, a photo with many segments (an ICC profile in pieces) still reads.
+    many = face_jpeg[:2] + b"\xff\xfe\x00\x02" * 300 + b"\xff" * 100 + face_jpeg[2:]
+    assert decode_image(many).shape == (480, 640, 3)
+
+
+def test_counting_scans_over_a_body_of_ff_bytes_takes_bounded_memory() -> None:
+    ok, small = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
+    assert ok
+    body = small.tobytes()[:-2] + b"\xff" * 32_000_000 + b"\xff\xd9"  # valid to the scan, then fill, then EOI
+    tracemalloc.start()
+    try:
+        assert image_size(body) == (64, 64)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000  # was about 18 x the body (600 MB), on the event loop
 
 
 def test_jpeg_with_trailing_bytes_after_eoi_still_decodes(face_jpeg: bytes) -> None:

@@ -50,6 +50,7 @@ from aiohttp import BodyPartReader, web
 from fer_async.server.jobs import UPLOAD_CHUNK, AnalysisJobs, JobsBusy
 from fer_async.server.keys import METRICS, PIPELINE, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.server.results_dir import RUNNING_STATES, ResultsDir
+from fer_async.server.uploads import CLIENT_FAILURES, UploadTooLarge, body_chunks, client_failure, next_part
 from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
 
 logger = logging.getLogger(__name__)
@@ -76,18 +77,15 @@ async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | we
     written = 0
     try:
         with path.open("wb") as out:
-            while chunk := await part.read_chunk(UPLOAD_CHUNK):
+            async for chunk in body_chunks(part, jobs.max_upload_bytes, UPLOAD_CHUNK):
                 written += len(chunk)
-                if written > jobs.max_upload_bytes:
-                    raise _TooLarge
                 await asyncio.to_thread(out.write, chunk)
     except BaseException as exc:
         await asyncio.to_thread(path.unlink, True)
-        if isinstance(exc, _TooLarge):
+        if isinstance(exc, UploadTooLarge):
             return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
-        if isinstance(exc, ConnectionError):  # the client went away: nobody to answer, not a server error
-            logger.info("an upload was cut off by its client after %d bytes: %s", written, exc)
-            return _error(400, "the upload was cut off")
+        if isinstance(exc, CLIENT_FAILURES):
+            return client_failure(exc, "POST /api/analyses")
         raise
     if written == 0:
         await asyncio.to_thread(path.unlink, True)
@@ -95,8 +93,15 @@ async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | we
     return path
 
 
-class _TooLarge(Exception):
-    pass
+def _upload_name(part: BodyPartReader) -> str:
+    """The file's own name, without any folders a client put before it (/ or \\), as valid text:
+    bytes that are not UTF-8 (they arrive as lone surrogates) become U+FFFD, as the CSV is UTF-8."""
+    name = PureWindowsPath(part.filename or "upload").name or "upload"
+    try:
+        raw = name.encode("utf-8", "surrogateescape")  # back to the bytes that were sent
+    except UnicodeEncodeError:  # a surrogate no byte stands for (filename*=UTF-8''%ED%A0%80)
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 async def create_analysis(request: web.Request) -> web.Response:
@@ -109,7 +114,7 @@ async def create_analysis(request: web.Request) -> web.Response:
         try:
             body = await request.json()
             name = str(body["video"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[... nested too deep
             return _error(400, 'send {"video": NAME} for a file of the video directory')
         path = safe_video_path(request.app[SETTINGS].video_dir, name)
         if path is None:
@@ -118,17 +123,21 @@ async def create_analysis(request: web.Request) -> web.Response:
     elif request.content_type.startswith("multipart/"):
         if request.content_length is not None and request.content_length > jobs.max_upload_bytes + UPLOAD_CHUNK:
             return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
-        reader = await request.multipart()
-        part = await reader.next()
+        try:
+            part = await next_part(await request.multipart())
+        except CLIENT_FAILURES as exc:
+            return client_failure(exc, "POST /api/analyses")
         if not isinstance(part, BodyPartReader) or part.name != "video":
             return _error(400, "multipart upload needs the file as its first field, named 'video'")
-        received = await _receive_upload(jobs, part)
+        try:
+            with jobs.receiving():
+                received = await _receive_upload(jobs, part)
+        except JobsBusy as exc:  # others started while this request's headers arrived
+            return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
         if isinstance(received, web.Response):
             return received
         try:
-            # The file's own name, without any folders a client put before it (/ or \\).
-            name = PureWindowsPath(part.filename or "upload").name
-            job = await jobs.start(name, received, upload=True)
+            job = await jobs.start(_upload_name(part), received, upload=True)
         except BaseException as exc:
             await asyncio.to_thread(received.unlink, True)
             if isinstance(exc, JobsBusy):  # others started while this one uploaded

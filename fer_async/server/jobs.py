@@ -9,12 +9,13 @@ process's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -176,13 +177,26 @@ class AnalysisJobs:
         self.max_upload_bytes = max_upload_bytes
         self.running: dict[str, Job] = {}
         self._closed = False
+        self._receiving = 0
         self._loop = asyncio.get_running_loop()
 
     def check_capacity(self) -> None:
         if self._closed:
             raise JobsBusy("the server is shutting down")
-        if len(self.running) >= MAX_RUNNING_JOBS:
-            raise JobsBusy(f"{MAX_RUNNING_JOBS} analyses are already running; try again when one is done")
+        # An upload on its way holds its job's place: N uploads at once would put N x
+        # --max-video-bytes on disk, most of them refused once they arrived.
+        if len(self.running) + self._receiving >= MAX_RUNNING_JOBS:
+            raise JobsBusy(f"{MAX_RUNNING_JOBS} analyses are already running or uploading; try again when one is done")
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Hold a job's place while its upload arrives (checked first: JobsBusy when none is free)."""
+        self.check_capacity()
+        self._receiving += 1
+        try:
+            yield
+        finally:
+            self._receiving -= 1
 
     def new_upload_path(self, suffix: str) -> Path:
         handle, name = tempfile.mkstemp(dir=self.uploads_dir, prefix="upload-", suffix=suffix)

@@ -111,7 +111,7 @@ def parse_text(text: str) -> TextAction:
         return BadMessage(f"text message too long (over {MAX_TEXT_CHARS} characters)")
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested deeper than the parser goes
         return BadMessage("text messages must be JSON objects; send frames as binary messages")
     if not isinstance(message, dict):
         return BadMessage("text messages must be JSON objects")

@@ -26,6 +26,7 @@ from fer_async.server.keys import (
     WEBSOCKETS,
 )
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
+from fer_async.server.uploads import CLIENT_FAILURES, UploadTooLarge, body_chunks, client_failure, next_part
 from fer_async.server.worker import WORKER
 from fer_async.video import list_videos
 
@@ -128,37 +129,28 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _read_limited(stream: StreamReader | BodyPartReader, limit: int) -> bytes:
     data = bytearray()
-    while True:
-        if isinstance(stream, BodyPartReader):
-            chunk = await stream.read_chunk(READ_CHUNK)
-        else:
-            chunk = await stream.read(READ_CHUNK)
-        if not chunk:
-            return bytes(data)
+    async for chunk in body_chunks(stream, limit, READ_CHUNK):
         data += chunk
-        if len(data) > limit:
-            raise _TooLarge
+    return bytes(data)
 
 
 async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
     """The image bytes of a raw or multipart upload, or the error response to send instead."""
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
-        async for part in reader:
+        while (part := await next_part(reader)) is not None:
             if isinstance(part, BodyPartReader) and part.name == "image":
                 return await _read_limited(part, limit)
-            # Other fields are read and discarded; without a Content-Length (chunked upload)
-            # nothing else would stop a client streaming junk fields forever.
-            if part is not None:
-                await part.release()
-            if request.content.total_bytes > limit + MULTIPART_OVERHEAD:
-                raise _TooLarge
+            # Other fields are read and discarded, within the same limit: without a Content-Length
+            # (a chunked upload) nothing else would stop a client streaming junk fields forever.
+            if isinstance(part, BodyPartReader):
+                async for _ in body_chunks(part, limit + MULTIPART_OVERHEAD, READ_CHUNK):
+                    if request.content.total_bytes > limit + MULTIPART_OVERHEAD:
+                        raise UploadTooLarge
+            if request.content.total_bytes > limit + MULTIPART_OVERHEAD:  # a nested multipart, or many fields
+                raise UploadTooLarge
         return _error(400, "multipart upload needs a form field named 'image'")
     if request.content_type not in RAW_CONTENT_TYPES:
         return _error(415, "send the image as the body (image/jpeg or image/png) or as form field 'image'")
@@ -179,8 +171,10 @@ async def predict(request: web.Request) -> web.Response:
     async with slots:
         try:
             upload = await _upload(request, limit)
-        except _TooLarge:
+        except UploadTooLarge:
             return _refused(refuse(metrics_, Reason.TOO_LARGE, too_large))
+        except CLIENT_FAILURES as exc:
+            return client_failure(exc, "POST /api/predict")
     if isinstance(upload, web.Response):
         return upload
     started = time.perf_counter()  # after the upload: a slow client's bytes are not server time

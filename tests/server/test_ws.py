@@ -192,7 +192,8 @@ async def test_every_bad_input_gets_its_error_and_the_connection_keeps_working(
         reply = await reply_for(ws, frame_id)
         assert reply["type"] == "error" and expected in reply["error"], (frame_id, reply)
 
-    for text in ["hello", "[1, 2]", '{"type": "nope"}', '{"no": "type"}', '{"type": "frame", "id": -1}', "x" * 5000]:
+    junk = ["hello", "[1, 2]", '{"type": "nope"}', '{"no": "type"}', '{"type": "frame", "id": -1}', "x" * 5000]
+    for text in [*junk, "[" * 1000]:  # nested deeper than json's recursion: RecursionError, not ValueError
         await ws.send_str(text)
         reply = await receive_json(ws)
         assert reply["type"] == "error" and "frame" not in reply, (text[:40], reply)
