@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from testsupport import write_tiny_votes
 
 from fer_async.model import FacialExpressionModel
 from training import distill
@@ -21,6 +22,7 @@ from training.distill.ema import ema_weights
 from training.distill.fitting import DeadlineSchedule
 from training.distill.options import Recipe
 from training.distill.runs import load_run
+from training.ferplus import load_votes, majority_labels
 from training.views import render_views
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +95,28 @@ def test_store_student_and_export_give_what_the_server_loads(
     distill.main(["ensemble", "--data", str(tiny_npz), str(teacher), str(student)])
     out = capsys.readouterr().out
     assert "teacher.npz: PublicTest" in out and "ensemble of 2" in out
+
+
+def test_the_ensemble_takes_exports_and_scores_the_ferplus_majority(
+    tiny_npz: Path, untrained_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    votes = write_tiny_votes(tmp_path / "votes.npz", n_train=70, n_val=21)
+    distill.main(["ensemble", "--data", str(tiny_npz), "--votes", str(votes), str(untrained_export)])
+    lines = capsys.readouterr().out.splitlines()
+    model = FacialExpressionModel(untrained_export, "fernet", flip_tta=True, runtime="keras")
+    val = load_split(tiny_npz, "val")
+    majority = majority_labels(load_votes(votes, "val"))
+    counted = majority >= 0
+    agreed = counted & (majority == val.y)
+    predicted = model.predict(val.x).argmax(axis=1)
+    crowd = np.mean(predicted[counted] == majority[counted])
+    expected = f"FER+ majority {crowd:.4f}, agreed faces {np.mean(predicted[agreed] == val.y[agreed]):.4f}"
+    assert lines[0].startswith(f"{untrained_export}: PublicTest") and lines[0].endswith(expected)
+    assert lines[1].startswith("ensemble of 1") and lines[1].endswith(expected)
+
+    wrong = write_tiny_votes(tmp_path / "wrong.npz", n_train=70, n_val=20)
+    with pytest.raises(ValueError, match="20 PublicTest vote rows for 21 faces"):
+        distill.main(["ensemble", "--data", str(tiny_npz), "--votes", str(wrong), str(untrained_export)])
 
 
 def test_a_deadline_already_passed_ends_training_after_one_epoch(tiny_npz: Path, tmp_path: Path) -> None:

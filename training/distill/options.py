@@ -16,6 +16,7 @@ import numpy as np
 
 from fer_async.model_choices import DEFAULT_WEIGHTS_DIR
 from training.data import DEFAULT_DATA, Split, load_split
+from training.ferplus import DEFAULT_VOTES
 
 MIN_ENSEMBLE = 0.705
 DEFAULT_TEACHERS = ("fernet:11", "fernet:12", "fernet:13", "fernet_wide:14")
@@ -96,7 +97,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = steps.add_parser("ensemble", help="PublicTest of the runs' averaged flip-TTA probabilities")
     common(p, training=False)
-    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument(
+        "runs", type=Path, nargs="+", help="runs of this pipeline (.npz) or exports (a directory with NAME.json)"
+    )
+    p.add_argument("--name", default="fernet", help="the network's file name in an export directory")
+    p.add_argument(
+        "--votes",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_VOTES,
+        default=None,
+        help=f"also score the FER+ majority and the agreed faces with these votes (alone: {DEFAULT_VOTES})",
+    )
 
     p = steps.add_parser("pipeline", help="teachers, store and students inside one time budget")
     common(p)

@@ -15,6 +15,7 @@ from training.distill.batches import FaceBatches, sample_weights
 from training.distill.fitting import accuracy, check_accelerator, fit, predict_flip_tta
 from training.distill.options import Log, command_of, deadline_of, logger, recipe_of, splits
 from training.distill.runs import load_network, load_run, load_store, network_of, save_run, save_store
+from training.ferplus import load_votes, majority_labels
 
 
 def _views(path: Path | None, train: Split, count: int, seed: int) -> np.ndarray:
@@ -133,11 +134,38 @@ def cmd_student(args: argparse.Namespace) -> None:
     )
 
 
+def _ensemble_member(path: Path, name: str) -> Any:
+    """A pipeline run (.npz), or an export of `training.train` or `training.blend` (a directory)."""
+    if path.is_dir():
+        from fer_async.model import load_keras_model
+
+        return load_keras_model(path / f"{name}.json", path / f"{name}.weights.h5")
+    return load_network(path)
+
+
 def cmd_ensemble(args: argparse.Namespace) -> None:
     val = load_split(args.data, "val")
+    majority = majority_labels(load_votes(args.votes, "val")) if args.votes else None
+    if majority is not None and len(majority) != len(val):
+        raise ValueError(f"{args.votes}: {len(majority)} PublicTest vote rows for {len(val)} faces")
+
+    def scores(tta: np.ndarray) -> str:
+        if majority is None:
+            return ""
+        counted = majority >= 0
+        agreed = counted & (majority == val.y)
+        return (
+            f"; FER+ majority {accuracy(tta[counted], majority[counted]):.4f}"
+            f", agreed faces {accuracy(tta[agreed], val.y[agreed]):.4f}"
+        )
+
     total = np.zeros((len(val), len(EMOTIONS)), np.float32)
     for path in args.runs:
-        tta, plain = predict_flip_tta(load_network(path), val.x)
+        tta, plain = predict_flip_tta(_ensemble_member(path, args.name), val.x)
         total += tta
-        print(f"{path.name}: PublicTest {accuracy(plain, val.y):.4f}, with flip TTA {accuracy(tta, val.y):.4f}")
-    print(f"ensemble of {len(args.runs)} (averaged flip-TTA probabilities): PublicTest {accuracy(total, val.y):.4f}")
+        figures = f"PublicTest {accuracy(plain, val.y):.4f}, with flip TTA {accuracy(tta, val.y):.4f}"
+        print(f"{path.name if path.is_file() else path}: {figures}{scores(tta)}")
+    print(
+        f"ensemble of {len(args.runs)} (averaged flip-TTA probabilities): "
+        f"PublicTest {accuracy(total, val.y):.4f}{scores(total)}"
+    )
