@@ -72,6 +72,15 @@ def _clamp_fps(fps: float) -> float:
     return min(MAX_FPS, max(MIN_FPS, fps))
 
 
+def frame_step_s(previous_ms: float | None, ms: float, fps: float) -> float:
+    """Seconds from one frame to the next: their timestamps' difference, within the frame rates
+    the stream keeps to (1..60 fps: a pause in a recording is shown, up to a second); 1 / fps
+    where the file has no timestamps or they do not move forward."""
+    if previous_ms is None or not math.isfinite(ms) or ms <= previous_ms:
+        return 1.0 / fps
+    return min(1.0 / MIN_FPS, max(1.0 / MAX_FPS, (ms - previous_ms) / 1000.0))
+
+
 def shrink_to_width(frame: np.ndarray, max_width: int | None) -> np.ndarray:
     """`frame` scaled down (aspect kept) to at most `max_width` pixels wide; narrower frames as is."""
     if max_width is None or frame.shape[1] <= max_width:
@@ -84,9 +93,11 @@ class VideoReader:
     """Frames of a video file as BGR arrays, delivered at the file's frame rate.
 
     Decoding blocks, so every `cap.read()` runs in a worker thread (`asyncio.to_thread`);
-    the event loop only sleeps until each frame is due. Frame i is due at start + i / fps on
-    the monotonic clock, so per-frame jitter never accumulates into drift. With `loop=True`
-    the file restarts at its end; otherwise the iterator ends.
+    the event loop only sleeps until each frame is due. A frame is due its timestamp's step
+    after the one before it (`frame_step_s`: a variable frame rate, a WebM whose rate OpenCV
+    guesses), counted from the start on the monotonic clock, so per-frame jitter never
+    accumulates into drift. With `loop=True` the file restarts at its end; otherwise the
+    iterator ends.
 
     One reader is one decoder: share its frames between viewers rather than opening a reader
     per viewer.
@@ -109,12 +120,14 @@ class VideoReader:
         self.fps = _clamp_fps(float(cap.get(cv2.CAP_PROP_FPS)))
         return cap
 
-    def _read(self, cap: cv2.VideoCapture, lock: threading.Lock) -> np.ndarray | None:
+    def _read(self, cap: cv2.VideoCapture, lock: threading.Lock) -> tuple[np.ndarray, float] | None:
+        """The next frame and its timestamp (ms), or None at the end."""
         with lock:
             ok, frame = cap.read()
+            ms = cap.get(cv2.CAP_PROP_POS_MSEC)
         if not ok or frame is None:
             return None
-        return shrink_to_width(np.asarray(frame), self.max_width)
+        return shrink_to_width(np.asarray(frame), self.max_width), ms
 
     async def frames(self) -> AsyncGenerator[np.ndarray, None]:
         """Paced frames; close it (`contextlib.aclosing`) when you stop early to free the decoder."""
@@ -123,13 +136,14 @@ class VideoReader:
         # makes release() wait for it instead of freeing the decoder under its feet.
         lock = threading.Lock()
         try:
-            interval = 1.0 / self.fps
             start = time.monotonic()
-            index = 0
+            due = 0.0  # seconds after start
+            previous_ms: float | None = None
             read_since_open = 0
+            yielded = False
             while True:
-                frame = await asyncio.to_thread(self._read, cap, lock)
-                if frame is None:
+                read = await asyncio.to_thread(self._read, cap, lock)
+                if read is None:
                     if not self.loop:
                         return
                     if read_since_open == 0:
@@ -138,17 +152,21 @@ class VideoReader:
                     # CAP_PROP_POS_FRAMES seeks are inexact for inter-frame codecs.
                     cap.release()
                     cap = await asyncio.to_thread(self._open)
-                    read_since_open = 0
+                    read_since_open, previous_ms = 0, None
                     continue
+                frame, ms = read
+                if yielded:  # the first frame after a rewind: 1 / fps after the last one
+                    due += frame_step_s(previous_ms, ms, self.fps)
+                yielded = True
                 read_since_open += 1
                 self.frames_read += 1
-                delay = start + index * interval - time.monotonic()
+                previous_ms = ms
+                delay = start + due - time.monotonic()
                 if delay < -MAX_LAG_S:
-                    start, index = time.monotonic(), 0
+                    start, due = time.monotonic(), 0.0
                 elif delay > 0:
                     await asyncio.sleep(delay)
                 yield frame
-                index += 1
         finally:
             with lock:
                 cap.release()

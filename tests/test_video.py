@@ -11,10 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from analyze_clips import timed_clip
 
 from fer_async.demo import render_frames, write_clip
 from fer_async.detector import HaarDetector
-from fer_async.video import VideoError, VideoReader, _clamp_fps, list_videos, safe_video_path
+from fer_async.video import VideoError, VideoReader, _clamp_fps, frame_step_s, list_videos, safe_video_path
 
 DEMO_CLIP = Path(__file__).resolve().parents[1] / "static" / "videos" / "demo.mp4"
 
@@ -131,6 +132,24 @@ async def test_pacing_is_about_the_file_fps(tmp_path: Path) -> None:
                 break
     # 40 fps for one second; loose bounds, the CPU is shared with other work.
     assert 25 <= count <= 45
+
+
+def test_a_frame_is_due_its_timestamps_step_after_the_last() -> None:
+    assert frame_step_s(None, 40.0, 25.0) == pytest.approx(0.04)  # the first frame of a pass
+    assert frame_step_s(0.0, 66.0, 24.0) == pytest.approx(0.066)  # the file's 15 fps, not OpenCV's 24
+    assert frame_step_s(100.0, 100.0, 20.0) == pytest.approx(0.05)  # no timestamps: the header's rate
+    assert frame_step_s(0.0, 3_600_000.0, 25.0) == 1.0  # a pause is shown, for a second at most
+    assert frame_step_s(0.0, 1.0, 25.0) == pytest.approx(1 / 60)
+
+
+async def test_a_webm_streams_at_its_timestamps_not_opencvs_guess(tmp_path: Path) -> None:
+    # Three frames half a second apart in a WebM: OpenCV says 24 fps, so they went by in 0.08 s.
+    clip = timed_clip(tmp_path / "slow.webm", [0, 500, 1000], size=(160, 120))
+    reader = VideoReader(clip, loop=False)
+    started = time.monotonic()
+    frames = [frame async for frame in reader.frames()]
+    assert len(frames) == 3 and reader.fps == 24.0
+    assert time.monotonic() - started >= 0.95
 
 
 async def test_loops_at_the_end(tmp_path: Path) -> None:
