@@ -154,9 +154,9 @@ class Tracker:
         """Match this frame's faces to live tracks, smooth, apply hysteresis.
 
         Returns one TrackedFace per input face, in the input order. `now_s` is the frame's time
-        in seconds (a monotonic clock of receipt for live clients, frame_index / fps for
-        files). A time earlier than the last one (a looping file starting over) resets the
-        tracks rather than smoothing across the jump.
+        in seconds (a monotonic clock of receipt for live clients, the frame's time in the file
+        for files and video channels). A time earlier than the last one (a looping file starting
+        over) resets the tracks rather than smoothing across the jump.
         """
         if not math.isfinite(now_s):
             raise ValueError(f"now_s must be finite, got {now_s}")

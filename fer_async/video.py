@@ -111,6 +111,9 @@ class VideoReader:
         self.max_width = max_width
         self.fps = DEFAULT_FPS  # set from the file when frames() opens it
         self.frames_read = 0
+        # The last frame's time in the file, from 0 at each pass: what a tracker is given, so a
+        # looping file starting over resets the tracks, and labels are smoothed as the CLI does.
+        self.position_s = 0.0
 
     def _open(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(str(self.path))
@@ -155,9 +158,11 @@ class VideoReader:
                     read_since_open, previous_ms = 0, None
                     continue
                 frame, ms = read
+                step = frame_step_s(previous_ms, ms, self.fps)
                 if yielded:  # the first frame after a rewind: 1 / fps after the last one
-                    due += frame_step_s(previous_ms, ms, self.fps)
+                    due += step
                 yielded = True
+                self.position_s = self.position_s + step if read_since_open else 0.0
                 read_since_open += 1
                 self.frames_read += 1
                 previous_ms = ms

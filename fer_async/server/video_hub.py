@@ -121,7 +121,7 @@ class VideoHub:
                 await channel.task
 
     async def _produce(self, channel: _Channel) -> None:
-        latest: LatestMailbox[np.ndarray] = LatestMailbox()
+        latest: LatestMailbox[tuple[np.ndarray, float]] = LatestMailbox()
         reader = asyncio.create_task(self._read(channel, latest), name=f"video reader {channel.path.name}")
         loop = asyncio.get_running_loop()
         # One tracker per channel: its viewers share one decode, so they share the tracks too.
@@ -130,13 +130,13 @@ class VideoHub:
         try:
             while True:
                 try:
-                    frame = await latest.get()
+                    frame, position_s = await latest.get()
                 except MailboxClosed:
                     break  # the end of a non-looping file, or an unreadable one
                 faces = await self._analyse(frame, schedule)
                 if faces is None:
                     break
-                tracked = tracker.update(faces, loop.time())
+                tracked = tracker.update(faces, position_s)  # the file's time: earlier at a rewind, a reset
                 jpeg = await loop.run_in_executor(self._executor, _annotate, frame, tracked)
                 for viewer in list(channel.viewers):
                     if not viewer.closed and viewer.put(jpeg) is not None:
@@ -150,7 +150,7 @@ class VideoHub:
             for viewer in channel.viewers:
                 viewer.close()
 
-    async def _read(self, channel: _Channel, latest: LatestMailbox[np.ndarray]) -> None:
+    async def _read(self, channel: _Channel, latest: LatestMailbox[tuple[np.ndarray, float]]) -> None:
         video = VideoReader(channel.path, loop=channel.loop, max_width=VIDEO_MAX_WIDTH)
         try:
             # aclosing releases the decoder however we leave (cancelled, or a viewer error).
@@ -158,7 +158,7 @@ class VideoHub:
                 async for frame in frames:
                     # A frame not analysed yet is replaced by the newer one: analysis slower
                     # than the file's fps skips frames, and says so in the metrics.
-                    if latest.put(frame) is not None:
+                    if latest.put((frame, video.position_s)) is not None:
                         self._metrics.frames_dropped.labels("video").inc()
         except VideoError as exc:
             logger.warning("video %s: %s", channel.path.name, exc)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import cv2
@@ -12,10 +14,12 @@ import pytest
 import yarl
 from testsupport import eventually
 
+from fer_async.server import app as app_module
 from fer_async.server.keys import DETECTOR_NAME, METRICS, VIDEO_HUB
 from fer_async.server.mjpeg import BOUNDARY
+from fer_async.tracker import TrackedFace, Tracker, tracker_for
 
-from .helpers import CLIP_NAME, CLIP_SIZE, REPLY_TIMEOUT_S, Client
+from .helpers import CLIP_NAME, CLIP_SIZE, REPLY_TIMEOUT_S, Client, MakeClient
 
 
 async def read_part(stream: aiohttp.StreamReader) -> bytes | None:
@@ -65,6 +69,40 @@ async def test_parts_are_jpegs_and_the_producer_stops_when_the_viewer_leaves(cli
     # The channel's own schedule: after its first frame, YuNet searched around the face (Haar never does).
     regions = client.app[METRICS].registry.get_sample_value("fer_detections_total", {"search": "regions"})
     assert regions is not None and (regions >= 1) == (client.app[DETECTOR_NAME] == "yunet"), regions
+
+
+async def test_a_looping_channel_tracks_by_the_files_time_and_starts_over_with_it(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The channel's tracker was given the server's clock, which never goes back: at the wrap the
+    # last frame's face (id and smoothed label) carried over to the first frame's.
+    updates: list[tuple[float, list[int]]] = []
+
+    def recording_tracker(settings: Any) -> Tracker:
+        tracker = tracker_for(settings)
+        update = tracker.update
+
+        def recorded(faces: Any, now_s: float) -> tuple[TrackedFace, ...]:
+            tracked = update(faces, now_s)
+            updates.append((now_s, [face.id for face in tracked]))
+            return tracked
+
+        tracker.update = recorded  # type: ignore[method-assign]
+        return tracker
+
+    monkeypatch.setattr(app_module, "tracker_for", recording_tracker)
+    client = await make_client()
+    resp = await client.get(f"/video/{CLIP_NAME}")
+    async with asyncio.timeout(REPLY_TIMEOUT_S * 4):
+        while sum(1 for (a, _), (b, _) in itertools.pairwise(updates) if b < a) < 2:
+            assert await read_part(resp.content) is not None
+    resp.close()
+    times = [now_s for now_s, _ in updates]
+    wraps = [i for i in range(1, len(times)) if times[i] < times[i - 1]]
+    assert times[0] == 0.0 and all(times[i] == 0.0 for i in wraps)  # each pass from the file's start
+    first_pass_ids = {i for _, ids in updates[: wraps[0]] for i in ids}
+    second_pass_ids = {i for _, ids in updates[wraps[0] : wraps[1]] for i in ids}
+    assert first_pass_ids and second_pass_ids and max(first_pass_ids) < min(second_pass_ids)
 
 
 async def test_viewers_of_one_file_share_one_producer(client: Client) -> None:
