@@ -41,6 +41,15 @@ class ModelSignature:
 
 def parse_metadata(metadata: Any) -> ModelSignature:
     """The model's signature, or ExecutorMisconfigured saying why it cannot serve faces."""
+    try:
+        return _signature(metadata)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # a shape of JSON nobody expected
+        if isinstance(exc, ExecutorMisconfigured):
+            raise
+        raise ExecutorMisconfigured(f"malformed model metadata ({type(exc).__name__}: {exc})") from None
+
+
+def _signature(metadata: Any) -> ModelSignature:
     if not isinstance(metadata, dict):
         raise ExecutorMisconfigured("model metadata is not a JSON object")
     inputs, outputs = metadata.get("inputs") or [], metadata.get("outputs") or []
@@ -56,6 +65,10 @@ def parse_metadata(metadata: Any) -> ModelSignature:
     if len(probs) != 1:
         raise ExecutorMisconfigured(f"the model must have one output of shape [-1, {len(EMOTIONS)}], found {outputs}")
     return ModelSignature(str(spec["name"]), str(spec["datatype"]), shape[1:], str(probs[0]["name"]))
+
+
+# How far a row's sum may be from 1: float32 softmax and JSON's decimal text round a little.
+PROBABILITY_SUM_TOLERANCE = 1e-2
 
 
 def _text_table(template: str) -> np.ndarray:
@@ -93,7 +106,16 @@ def decode_response(signature: ModelSignature, body: Any, rows: int) -> np.ndarr
     named = [o for o in outputs or [] if isinstance(o, dict) and o.get("name") == signature.output_name]
     if not named:
         raise ExecutorMisconfigured(f"the response has no output {signature.output_name!r}")
-    probs = np.asarray(named[0].get("data"), dtype=np.float32)
+    try:
+        probs = np.asarray(named[0].get("data"), dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ExecutorMisconfigured("the response's data are not numbers") from None
     if probs.size != rows * len(EMOTIONS):
         raise ExecutorMisconfigured(f"the response has {probs.size} values for {rows} faces")
-    return probs.reshape(rows, len(EMOTIONS))
+    probs = probs.reshape(rows, len(EMOTIONS))
+    # NaN reached the clients as bare NaN (not JSON), won every argmax and stayed in a track's
+    # smoothed scores for good: what is not a probability distribution fails the batch instead.
+    sums_off = np.abs(probs.sum(axis=1) - 1) > PROBABILITY_SUM_TOLERANCE
+    if not np.isfinite(probs).all() or (probs < 0).any() or sums_off.any():
+        raise ExecutorMisconfigured("the response's values are not probabilities (each row in [0, 1], summing to 1)")
+    return probs

@@ -38,6 +38,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import numpy as np
 
+from fer_async.labels import EMOTIONS
 from fer_async.oip import ExecutorMisconfigured, ModelSignature, decode_response, encode_request, parse_metadata
 from fer_async.predictor import ExecutorUnavailable, served, validate_faces
 from fer_async.schedule import View
@@ -58,6 +59,11 @@ RETRY_INTERVAL_S = 0.5
 # loop itself (a loop that is shutting down or blocked); the deadline proper is enforced there.
 THREAD_WAIT_MARGIN_S = 1.0
 _ERROR_BODY_LIMIT = 300
+# An infer reply's bytes: the JSON around the values, and each value's text with its comma
+# (MLServer writes float32 as up to 24 characters).
+_RESPONSE_BASE_BYTES = 64 * 1024
+_RESPONSE_BYTES_PER_VALUE = 32
+_METADATA_LIMIT = 1024 * 1024
 
 
 def _describe(exc: BaseException) -> str:
@@ -201,13 +207,17 @@ class RemotePredictor:
             body = encode_request(signature, rows)
             sent = time.perf_counter()
             try:
-                raw = await self._post(body)
+                raw = await self._post(body, len(rows))
             except aiohttp.ServerDisconnectedError:
                 # A pooled keep-alive connection the server closed (it restarted, or an idle
                 # timeout): inference has no side effects, so one retry on a fresh connection.
-                raw = await self._post(body)
+                raw = await self._post(body, len(rows))
             received = time.perf_counter()
-            probs = decode_response(signature, json.loads(raw), len(rows))
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise ExecutorUnavailable(f"the response of {self._model_url}/infer is not JSON") from None
+            probs = decode_response(signature, body, len(rows))
             stats = self.stats
             stats.requests += 1
             stats.rows += len(rows)
@@ -216,14 +226,17 @@ class RemotePredictor:
             stats.decode_s += time.perf_counter() - received
             return probs
 
-    async def _post(self, body: bytes) -> bytes:
+    async def _post(self, body: bytes, rows: int) -> bytes:
         assert self._session is not None
         headers = {"Content-Type": "application/json"}
         async with self._session.post(f"{self._model_url}/infer", data=body, headers=headers) as response:
             if response.status != 200:
-                text = (await response.text())[:_ERROR_BODY_LIMIT]
+                text = (await response.content.read(_ERROR_BODY_LIMIT)).decode(errors="replace")
                 raise ExecutorUnavailable(f"HTTP {response.status} from {self._model_url}/infer: {text}")
-            return await response.read()
+            # A reply is read only as far as `rows` faces' probabilities can take: an 80 MB one
+            # was parsed whole, and the server kept its 1.2 GB.
+            limit = _RESPONSE_BASE_BYTES + rows * len(EMOTIONS) * _RESPONSE_BYTES_PER_VALUE
+            return await _read_at_most(response, limit, f"the response of {self._model_url}/infer")
 
     async def _check(self) -> None:
         """Raise unless the model is ready; (re)read its signature after start or an outage."""
@@ -235,7 +248,11 @@ class RemotePredictor:
             async with self._session.get(self._model_url) as response:
                 if response.status != 200:
                     raise ExecutorUnavailable(f"no metadata for model {self.model_name!r} (HTTP {response.status})")
-                metadata = await response.json(content_type=None)
+                raw = await _read_at_most(response, _METADATA_LIMIT, f"the metadata of model {self.model_name!r}")
+                try:
+                    metadata = json.loads(raw)
+                except ValueError:  # an outage's HTML page, or a cut-off reply: wait for the real one
+                    raise ExecutorUnavailable(f"the metadata of model {self.model_name!r} is not JSON") from None
             self.signature = parse_metadata(metadata)
 
     async def _probe_loop(self) -> None:
@@ -251,6 +268,9 @@ class RemotePredictor:
                 await self._check()
             except (ExecutorUnavailable, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self._set_problem(f"{self.base_url}: {_describe(exc)}")
+            except Exception as exc:  # the probe is the way back from an outage: it must not end
+                logger.exception("remote executor probe failed")
+                self._set_problem(f"{self.base_url}: probe failed: {_describe(exc)}")
             else:
                 self._set_problem(None)
 
@@ -263,6 +283,16 @@ class RemotePredictor:
             logger.warning("remote executor degraded: %s", problem)
             self._wake_probe.set()
         self._problem = problem
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body, or ExecutorUnavailable once it passes `limit` bytes."""
+    data = bytearray()
+    while chunk := await response.content.read(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            raise ExecutorUnavailable(f"{what} is over {limit} bytes")
+    return bytes(data)
 
 
 async def _all(coroutines: list[Any]) -> list[np.ndarray]:

@@ -48,6 +48,10 @@ def safe_video_path(video_dir: Path, name: str) -> Path | None:
     ):
         return None
     try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (its bytes arrive as lone surrogates): no URL names it
+        return None
+    try:
         base = Path(video_dir).resolve(strict=True)
         path = (base / name).resolve(strict=True)
     except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop

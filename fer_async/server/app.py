@@ -167,6 +167,9 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except web.HTTPException:
         raise
+    except ConnectionError as exc:  # the client went away mid-request (a reset during a WebSocket handshake)
+        logger.info("%s %s: the client went away: %s", request.method, request.path, exc)
+        return web.json_response({"error": "the connection was lost"}, status=400)
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response({"error": "internal server error"}, status=500)

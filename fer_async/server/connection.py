@@ -160,7 +160,7 @@ class Connection:
         logger.info("client %s connected (%d open)", self.peer, open_count)
         try:
             await self._read_loop()
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or aiohttp's "Connection lost"
             pass
         finally:
             self.mailbox.close()
@@ -197,7 +197,7 @@ class Connection:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.ws.close(code=code, message=reason.encode())
-        except (TimeoutError, ConnectionResetError):
+        except (TimeoutError, ConnectionError):
             self.abort()
 
     def abort(self) -> None:
@@ -339,6 +339,6 @@ class Connection:
             self.evicting = True
             await self.close(WSCloseCode.POLICY_VIOLATION, "client too slow")
             return False
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or aiohttp's "Connection lost"
             return False
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,16 @@ async def test_unsafe_or_unknown_names_are_404(client: Client, video_dir: Path, 
     # aiohttp itself resolves a literal "/video/.." to "/" (the index page): no video either way.
     assert resp.status == 404 or (target == "/video/.." and resp.content_type == "text/html"), (target, resp.status)
     assert client.app[VIDEO_HUB].producers == 0
+
+
+async def test_a_file_name_that_is_not_utf8_is_left_out_of_the_list(client: Client, video_dir: Path) -> None:
+    # Its bytes arrive as lone surrogates, which no URL can carry: the page and the JSON answered 500.
+    (video_dir / os.fsdecode(b"caf\xe9.mp4")).write_bytes(b"not a video")
+    for accept in ("text/html", "application/json"):
+        response = await client.get("/videos", headers={"Accept": accept})
+        assert response.status == 200, await response.text()
+    listed = await (await client.get("/videos", headers={"Accept": "application/json"})).json()
+    assert [video["name"] for video in listed["videos"]] == [CLIP_NAME]
 
 
 async def test_videos_page_lists_files_as_html_and_json(client: Client, video_dir: Path) -> None:

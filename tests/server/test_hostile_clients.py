@@ -1,6 +1,7 @@
-"""Uploads that fail on the client's side, on a server run as `run_app` runs it: a client that
-goes away, stalls, sends a malformed multipart body or a name that is not UTF-8, or floods the
-analysis uploads. Each gets a clear 4xx, no ERROR in the log, no file left, and the server serves on."""
+"""Clients that fail on their side, on a server run as `run_app` runs it: an upload that goes away,
+stalls, sends a malformed multipart body or a name that is not UTF-8, or floods the analysis
+uploads; a WebSocket handshake reset half-way. Each gets a clear 4xx (where anyone is left to
+read it), no ERROR in the log, no file left, and the server serves on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncio
 import csv
 import io
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +211,23 @@ async def test_uploads_on_their_way_hold_the_analysis_places(server: Server) -> 
         writer.close()
     await until(lambda: not server.uploads_left())
     assert server.uploads_left() == []
+
+
+async def test_a_websocket_handshake_reset_half_way_is_not_a_server_error(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+    def reset_after_upgrade() -> None:
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(upgrade)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST
+
+    for _ in range(30):
+        await asyncio.to_thread(reset_after_upgrade)
+    await asyncio.sleep(0.5)
+    assert errors(caplog) == []
+    assert await server.healthy()
