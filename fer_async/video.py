@@ -76,6 +76,15 @@ def _clamp_fps(fps: float) -> float:
     return min(MAX_FPS, max(MIN_FPS, fps))
 
 
+def has_frames(path: Path) -> bool:
+    """Whether OpenCV opens `path` and decodes a first frame (blocking: a few ms)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return cap.isOpened() and cap.read()[0]
+    finally:
+        cap.release()
+
+
 def frame_step_s(previous_ms: float | None, ms: float, fps: float) -> float:
     """Seconds from one frame to the next: their timestamps' difference, within the frame rates
     the stream keeps to (1..60 fps: a pause in a recording is shown, up to a second); 1 / fps
@@ -118,8 +127,16 @@ class VideoReader:
         # The last frame's time in the file, from 0 at each pass: what a tracker is given, so a
         # looping file starting over resets the tracks, and labels are smoothed as the CLI does.
         self.position_s = 0.0
+        self._real_path: Path | None = None
 
     def _open(self) -> cv2.VideoCapture:
+        # Each pass reopens the path: a file swapped meanwhile for a link to another place (out of
+        # --video-dir) must not be followed.
+        real = self.path.resolve()
+        if self._real_path is None:
+            self._real_path = real
+        elif real != self._real_path:
+            raise VideoError(f"video {self.path.name} was replaced by a link to another file")
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             cap.release()

@@ -165,6 +165,20 @@ async def test_loops_at_the_end(tmp_path: Path) -> None:
     assert reader.frames_read == 13
 
 
+async def test_a_file_swapped_for_a_link_elsewhere_is_not_followed_at_the_next_pass(tmp_path: Path) -> None:
+    (tmp_path / "videos").mkdir()
+    watched = make_clip(tmp_path / "videos" / "watched.avi", 3, 50)
+    outside = make_clip(tmp_path / "outside.avi", 3, 50)
+    reader = VideoReader(watched, loop=True)
+    with pytest.raises(VideoError, match="replaced by a link"):
+        async with contextlib.aclosing(reader.frames()) as frames:
+            async for _ in frames:
+                if reader.frames_read == 1:  # mid-pass: the swap shows when the file is opened again
+                    watched.unlink()
+                    watched.symlink_to(outside)
+    assert reader.frames_read == 3
+
+
 async def test_max_width_downscales(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "wide.avi", 2, 25, size=(640, 480))
     reader = VideoReader(clip, loop=False, max_width=320)

@@ -225,7 +225,9 @@ class Connection:
                 await self._on_text(msg.data)
             elif msg.type is WSMsgType.ERROR:
                 # aiohttp has already started closing (e.g. 1009 for an over-size message).
-                too_big = self.ws.close_code == WSCloseCode.MESSAGE_TOO_BIG
+                # The close code may not be set yet: the error itself carries it (WebSocketError.code).
+                code = getattr(msg.data, "code", None) or self.ws.close_code
+                too_big = code == WSCloseCode.MESSAGE_TOO_BIG
                 refuse(self.metrics, Reason.TOO_LARGE if too_big else Reason.PROTOCOL, str(msg.data))
                 logger.info("closing %s: %s", self.peer, msg.data)
                 break

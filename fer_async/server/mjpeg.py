@@ -15,7 +15,7 @@ from aiohttp import web
 from fer_async.mailbox import MailboxClosed
 from fer_async.server.keys import METRICS, SETTINGS, VIDEO_HUB
 from fer_async.server.video_hub import HubClosed
-from fer_async.video import safe_video_path
+from fer_async.video import has_frames, safe_video_path
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ async def video_stream(request: web.Request) -> web.StreamResponse:
     path = safe_video_path(settings.video_dir, request.match_info["name"])
     if path is None:
         raise web.HTTPNotFound(text='{"error": "no such video"}', content_type="application/json")
+    if not await asyncio.to_thread(has_frames, path):  # an empty stream would say nothing of why
+        raise web.HTTPUnsupportedMediaType(
+            text='{"error": "not a video OpenCV can decode (empty, truncated or corrupt)"}',
+            content_type="application/json",
+        )
     hub = request.app[VIDEO_HUB]
     metrics = request.app[METRICS]
     response = web.StreamResponse(

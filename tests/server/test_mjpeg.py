@@ -171,6 +171,17 @@ async def test_a_file_name_that_is_not_utf8_is_left_out_of_the_list(client: Clie
     assert [video["name"] for video in listed["videos"]] == [CLIP_NAME]
 
 
+@pytest.mark.parametrize("content", [b"", b"not a video at all" * 100], ids=["empty", "garbage"])
+async def test_a_video_that_does_not_decode_is_a_415_not_an_empty_stream(
+    client: Client, video_dir: Path, content: bytes
+) -> None:
+    (video_dir / "broken.mp4").write_bytes(content)
+    response = await client.get("/video/broken.mp4")
+    assert response.status == 415
+    assert "not a video OpenCV can decode" in (await response.json())["error"]
+    assert client.app[VIDEO_HUB].producers == 0
+
+
 async def test_videos_page_lists_files_as_html_and_json(client: Client, video_dir: Path) -> None:
     (video_dir / "notes.txt").write_text("not a video")
     resp = await client.get("/videos", headers={"Accept": "application/json"})

@@ -221,6 +221,10 @@ async def test_message_far_over_the_limit_closes_1009_and_others_are_unaffected(
     await bystander.send_bytes(face_jpeg)
     assert (await reply_for(bystander, 1))["type"] == "result"
     await bystander.close()
+    # Counted as what it is: the close code was not set yet when the error arrived ("protocol").
+    registry = client.app[METRICS].registry
+    assert registry.get_sample_value("fer_frame_errors_total", {"reason": "too_large"}) == 1.0
+    assert registry.get_sample_value("fer_frame_errors_total", {"reason": "protocol"}) in (None, 0.0)
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:1", "null", "https://127.0.0.1"])
