@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fer_async.config import Settings
+from fer_async.scratch import scratch_dir
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -183,7 +183,7 @@ def supervise(settings: Settings) -> int:
             os.write(wake_write, b"x")
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    shared_dir = Path(tempfile.mkdtemp(prefix="fer-workers-"))
+    shared_dir = scratch_dir("fer-workers-")
     if settings.results_dir is None:  # one directory of analysis results that every worker reads
         settings = settings.replace(results_dir=shared_dir / "analyses")
     supervisor = _Supervisor(settings, shared_dir)

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -47,6 +46,7 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import BodyPartReader, web
 
+from fer_async.scratch import scratch_dir
 from fer_async.server.jobs import UPLOAD_CHUNK, AnalysisJobs, JobsBusy
 from fer_async.server.keys import METRICS, PIPELINE, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.server.results_dir import RUNNING_STATES, ResultsDir
@@ -195,11 +195,11 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     made = settings.results_dir is None  # ours alone (no --workers): removed with the server
     if settings.results_dir is None:
-        results_path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="fer-analyses-"))
+        results_path = await asyncio.to_thread(scratch_dir, "fer-analyses-")
     else:
         results_path = settings.results_dir
         await asyncio.to_thread(results_path.mkdir, parents=True, exist_ok=True)
-    uploads = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="fer-uploads-"))
+    uploads = await asyncio.to_thread(scratch_dir, "fer-uploads-")
     connections, hub = app[WEBSOCKETS], app[VIDEO_HUB]
     jobs = AnalysisJobs(
         settings,
