@@ -17,7 +17,7 @@ import numpy as np
 
 from fer_async.alignment import aligned_face
 from fer_async.image_limits import MAX_PIXELS, MAX_REDUCED_FACTOR
-from fer_async.labels import EMOTION_COLOURS, EMOTIONS, FACE_SIZE, Box, Face
+from fer_async.labels import EMOTION_COLOURS, EMOTIONS, FACE_SIZE, Box, Face, label_ink
 from fer_async.tracker import TrackedFace
 
 logger = logging.getLogger(__name__)
@@ -76,16 +76,16 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def _count_scans(data: bytes, start: int) -> int:
-    """How many FF DA (start-of-scan) pairs `data` holds from `start` on.
+def _count_scans(data: bytes, start: int, end: int) -> int:
+    """How many FF DA (start-of-scan) pairs `data[start:end]` holds.
 
     Every frame's header is read twice (on the event loop, then on a detection thread): numpy
     compares whole blocks, where bytes.count took 2-3x as long. Blocks of SCAN_BLOCK bytes keep
     its memory bounded (a body of FF bytes cost 18x its size in one piece).
     """
     scans = 0
-    for offset in range(start, len(data) - 1, SCAN_BLOCK):
-        block = np.frombuffer(data, np.uint8, offset=offset, count=min(SCAN_BLOCK + 1, len(data) - offset))
+    for offset in range(start, end - 1, SCAN_BLOCK):
+        block = np.frombuffer(data, np.uint8, offset=offset, count=min(SCAN_BLOCK + 1, end - offset))
         scans += int(np.count_nonzero((block[:-1] == 0xFF) & (block[1:] == 0xDA)))
     return scans
 
@@ -123,12 +123,14 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int]:
                 raise ImageError(_CORRUPT)
             # libjpeg decodes a file cut short mid-scan into a grey-padded image and only warns,
             # so a missing EOI is how we catch truncation. Inside entropy-coded data 0xFF is
-            # always stuffed (FF 00) or a restart marker, so FF D9 can only be the real EOI;
-            # bytes some cameras append after EOI are tolerated. Searched from the end, where it is.
-            if data.rfind(b"\xff\xd9", pos) < 0:
+            # always stuffed (FF 00) or a restart marker, so the first FF D9 after the scan header
+            # is the real EOI; bytes some cameras append after it are tolerated.
+            end = data.find(b"\xff\xd9", pos)
+            if end < 0:
                 raise ImageError(_CORRUPT)
-            # The same stuffing rule makes FF DA a real start-of-scan wherever it appears.
-            scans = _count_scans(data, pos - 2)
+            # The same stuffing rule makes FF DA a real start-of-scan wherever it appears up to
+            # the EOI; what follows it (a phone's "motion photo" appends its MP4) is not this image.
+            scans = _count_scans(data, pos - 2, end)
             if scans > MAX_JPEG_SCANS:
                 raise ImageError(f"JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}")
             return (*size, scans)
@@ -327,8 +329,6 @@ def draw_annotations(image: np.ndarray, faces: Sequence[Face | TrackedFace]) -> 
             top = y
         bottom = top + th + baseline + 2 * pad
         cv2.rectangle(image, (x, top), (x + tw + 2 * pad, bottom), colour, cv2.FILLED)
-        # Dark text on light fills and vice versa (Rec. 601 luma).
-        luma = 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2]
-        text_colour = (0, 0, 0) if luma > 128 else (255, 255, 255)
+        text_colour = label_ink((colour[2], colour[1], colour[0]))  # the pages' overlay draws the same
         origin = (x + pad, bottom - baseline - pad)
         cv2.putText(image, label, origin, font, font_scale, text_colour, thickness, cv2.LINE_AA)

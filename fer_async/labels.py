@@ -31,6 +31,25 @@ def emotion_colours_css() -> dict[str, str]:
     return {name: "#{:02x}{:02x}{:02x}".format(*rgb) for name, rgb in EMOTION_COLOURS.items()}
 
 
+def _relative_luminance(rgb: tuple[int, int, int]) -> float:
+    linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def label_ink(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white text on a label filled with `rgb`: whichever contrasts more (WCAG 2's ratio).
+
+    Every emotion's label then reads at 4.5:1 or more (black on fear's purple was 3.65:1)."""
+    luminance = _relative_luminance(rgb)
+    on_black, on_white = (luminance + 0.05) / 0.05, 1.05 / (luminance + 0.05)
+    return (0, 0, 0) if on_black >= on_white else (255, 255, 255)
+
+
+def emotion_inks_css() -> dict[str, str]:
+    """Each emotion's `label_ink` as a CSS colour, for the pages' overlay."""
+    return {name: "#000" if label_ink(rgb) == (0, 0, 0) else "#fff" for name, rgb in EMOTION_COLOURS.items()}
+
+
 #: The side of the square grey faces the model takes (FER2013's 48x48).
 FACE_SIZE = 48
 

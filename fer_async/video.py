@@ -85,13 +85,18 @@ def has_frames(path: Path) -> bool:
         cap.release()
 
 
-def frame_step_s(previous_ms: float | None, ms: float, fps: float) -> float:
-    """Seconds from one frame to the next: their timestamps' difference, within the frame rates
-    the stream keeps to (1..60 fps: a pause in a recording is shown, up to a second); 1 / fps
-    where the file has no timestamps or they do not move forward."""
+def file_step_s(previous_ms: float | None, ms: float, fps: float) -> float:
+    """Seconds from one frame to the next in the file: their timestamps' difference; 1 / fps where
+    the file has no timestamps or they do not move forward."""
     if previous_ms is None or not math.isfinite(ms) or ms <= previous_ms:
         return 1.0 / fps
-    return min(1.0 / MIN_FPS, max(1.0 / MAX_FPS, (ms - previous_ms) / 1000.0))
+    return (ms - previous_ms) / 1000.0
+
+
+def frame_step_s(previous_ms: float | None, ms: float, fps: float) -> float:
+    """Seconds from showing one frame to showing the next: `file_step_s` within the frame rates the
+    stream keeps to (1..60 fps: a pause in a recording is shown, up to a second)."""
+    return min(1.0 / MIN_FPS, max(1.0 / MAX_FPS, file_step_s(previous_ms, ms, fps)))
 
 
 def shrink_to_width(frame: np.ndarray, max_width: int | None) -> np.ndarray:
@@ -179,11 +184,10 @@ class VideoReader:
                     read_since_open, previous_ms = 0, None
                     continue
                 frame, ms = read
-                step = frame_step_s(previous_ms, ms, self.fps)
                 if yielded:  # the first frame after a rewind: 1 / fps after the last one
-                    due += step
+                    due += frame_step_s(previous_ms, ms, self.fps)
                 yielded = True
-                self.position_s = self.position_s + step if read_since_open else 0.0
+                self.position_s = self.position_s + file_step_s(previous_ms, ms, self.fps) if read_since_open else 0.0
                 read_since_open += 1
                 self.frames_read += 1
                 previous_ms = ms

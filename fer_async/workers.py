@@ -26,7 +26,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fer_async.config import Settings
-from fer_async.scratch import scratch_dir
+from fer_async.scratch import remove_scratch, scratch_dir
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -201,6 +200,6 @@ def supervise(settings: Settings) -> int:
             signal.signal(sig, handler)
         os.close(wake_read)
         os.close(wake_write)
-        shutil.rmtree(shared_dir, ignore_errors=True)
+        remove_scratch(shared_dir)
     logger.info("all workers stopped")
     return supervisor.exit_code

@@ -5,6 +5,7 @@ import { colourOf, faceId } from "./labels.js";
 import { drawTimeline } from "./timeline.js";
 
 const POLL_MS = 500;
+const POLL_RETRY_MS = [1000, 2000, 4000, 8000]; // while the server cannot be reached (restarting)
 const $ = (id) => document.getElementById(id);
 const maxBytes = Number(document.body.dataset.maxUploadBytes);
 // The server's tracks are smoothed unless it runs with --smoothing-ms 0 (#scores-note says so too).
@@ -24,27 +25,53 @@ async function errorText(response) {
   }
 }
 
-function follow(job) {
-  current = job.id;
+// A new analysis (or upload) starts from an empty box: the last job's bar, tracks, timeline and
+// CSV link must never show under another file's name.
+function clearJob(name) {
+  current = null;
   $("job").hidden = false;
-  $("job-name").textContent = job.name;
+  $("job-name").textContent = name;
+  $("progress").max = 1;
+  $("progress").value = 0;
+  $("job-state").textContent = "";
+  $("job-state").className = "status";
+  $("job-warning").hidden = true;
+  $("stop").hidden = true;
   $("charts").replaceChildren();
   $("tracks").hidden = true;
   $("csv").hidden = true;
-  render(job);
-  poll(job.url);
+  $("csv").removeAttribute("href");
 }
 
-async function poll(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
-  if (!response.ok) {
-    showMessage(await errorText(response));
+function follow(job) {
+  clearJob(job.name);
+  current = job.id;
+  render(job);
+  poll(job.url, 0);
+}
+
+async function poll(url, failures) {
+  let response;
+  try {
+    response = await fetch(url, { headers: { Accept: "application/json" } });
+  } catch {
+    // The server went away (restarting, or the network): say so and keep asking, less often.
+    const wait = POLL_RETRY_MS[Math.min(failures, POLL_RETRY_MS.length - 1)];
+    showMessage(`lost contact with the server; asking again in ${wait / 1000} s`);
+    setTimeout(() => poll(url, failures + 1), wait);
     return;
   }
+  if (!response.ok) {
+    const gone = response.status === 404 ? "this analysis is no longer on the server (restarted or expired)" : "";
+    showMessage(gone || (await errorText(response)));
+    $("stop").hidden = true;
+    return;
+  }
+  showMessage("");
   const job = await response.json();
   if (job.id !== current) return;
   render(job);
-  if (job.state === "queued" || job.state === "running") setTimeout(() => poll(url), POLL_MS);
+  if (job.state === "queued" || job.state === "running") setTimeout(() => poll(url, 0), POLL_MS);
 }
 
 function render(job) {
@@ -63,7 +90,7 @@ function render(job) {
     $("csv").hidden = false;
   }
   renderTracks(job.tracks);
-  if (job.timeline) renderCharts(job.timeline);
+  if (job.timeline) renderCharts(job.timeline, job.frames_done);
 }
 
 function renderTracks(tracks) {
@@ -87,10 +114,11 @@ function renderTracks(tracks) {
   $("tracks").hidden = tracks.length === 0;
 }
 
-function renderCharts(timeline) {
+function renderCharts(timeline, framesDone) {
   const charts = $("charts");
   charts.replaceChildren();
   if (!timeline.tracks.length) {
+    if (!framesDone) return; // nothing was analysed (the file failed): the error says why
     const p = document.createElement("p");
     p.className = "hint";
     p.textContent = "No face was seen in 3 or more frames.";
@@ -119,21 +147,26 @@ function renderCharts(timeline) {
   }
 }
 
+function megabytes(bytes) {
+  const mb = bytes / 1048576;
+  return mb >= 10 ? mb.toFixed(0) : mb.toFixed(mb >= 1 ? 1 : 2);
+}
+
 function upload(file) {
   if (file.size > maxBytes) {
-    const size = (file.size / 1048576).toFixed(1);
-    showMessage(`${file.name} is ${size} MB; the limit is ${(maxBytes / 1048576).toFixed(0)} MB.`);
+    showMessage(`${file.name} is ${megabytes(file.size)} MB; the limit is ${megabytes(maxBytes)} MB.`);
     return;
   }
   showMessage("");
+  clearJob(file.name);
   const form = new FormData();
   form.append("video", file);
   // XMLHttpRequest, not fetch: it reports upload progress.
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/api/analyses");
   xhr.upload.onprogress = (event) => {
-    $("job").hidden = false;
-    $("job-name").textContent = file.name;
+    $("progress").max = event.total || 1;
+    $("progress").value = event.loaded;
     $("job-state").textContent = `uploading ${Math.round((100 * event.loaded) / (event.total || 1))}%`;
   };
   xhr.onload = () => {
@@ -144,21 +177,31 @@ function upload(file) {
       // shown below
     }
     if (xhr.status === 202) follow(body);
-    else showMessage(body.error || `upload failed (HTTP ${xhr.status})`);
+    else {
+      $("job").hidden = true; // nothing of this file was analysed
+      showMessage(body.error || `upload failed (HTTP ${xhr.status})`);
+    }
   };
-  xhr.onerror = () => showMessage("upload failed: the connection was lost");
+  xhr.onerror = () => {
+    $("job").hidden = true;
+    showMessage("upload failed: the connection was lost");
+  };
   xhr.send(form);
 }
 
 async function analyseServerFile(name) {
   showMessage("");
+  clearJob(name);
   const response = await fetch("/api/analyses", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ video: name }),
   });
   if (response.status === 202) follow(await response.json());
-  else showMessage(await errorText(response));
+  else {
+    $("job").hidden = true;
+    showMessage(await errorText(response));
+  }
 }
 
 $("upload").addEventListener("submit", (event) => {

@@ -38,6 +38,8 @@ const panel = new Panel({ bars: $("bars"), mainFace: $("main-face"), mainLabel: 
 const link = new Link({ onConnecting, onOpen, onMessage, onClose, onRetry });
 const pacer = new Pacer(camera, link, { state, onAnswering });
 let running = false;
+const CAMERA_PICTURE_TIMEOUT_MS = 10000;
+let countdown = null; // the "retrying in N s" status, counted down
 
 async function start() {
   status.message("");
@@ -59,11 +61,23 @@ async function start() {
     startButton.disabled = false;
     return;
   }
-  try {
-    await camera.play();
-  } catch (err) {
-    // Autoplay of a muted stream is allowed everywhere; a failure here is unexpected.
-    status.message(`Could not play the camera stream: ${err.message || err}`);
+  // A camera that grants access but sends no picture (in use elsewhere, a broken driver) never
+  // lets play() settle: say so after a while, and let Stop work, instead of waiting for ever.
+  const played = camera.play().then(
+    () => true,
+    (err) => {
+      // Autoplay of a muted stream is allowed everywhere; a failure here is unexpected.
+      status.message(`Could not play the camera stream: ${err.message || err}`);
+      return true;
+    },
+  );
+  const noPicture = new Promise((resolve) => setTimeout(() => resolve(false), CAMERA_PICTURE_TIMEOUT_MS));
+  if (!(await Promise.race([played, noPicture]))) {
+    status.message("The camera sends no picture (another program may be using it). Stop, then try again.");
+    status.set("no picture from the camera", "bad");
+    running = true;
+    stopButton.disabled = false;
+    return;
   }
   placeholder.hidden = true;
   running = true;
@@ -75,6 +89,7 @@ async function start() {
 
 function stop() {
   running = false;
+  clearInterval(countdown);
   link.close();
   pacer.stop();
   stats.stop();
@@ -97,6 +112,7 @@ function clearFaces() {
 }
 
 function onConnecting() {
+  clearInterval(countdown);
   status.set("connecting…");
   pacer.reset();
 }
@@ -123,7 +139,14 @@ function onClose(event) {
 }
 
 function onRetry(delay) {
-  status.set(`disconnected — retrying in ${(delay / 1000).toFixed(1)} s`, "bad");
+  clearInterval(countdown);
+  const until = performance.now() + delay;
+  const show = () => {
+    const left = Math.max(0, until - performance.now()) / 1000;
+    status.set(`disconnected — retrying in ${left.toFixed(left < 10 ? 1 : 0)} s`, "bad");
+  };
+  show();
+  countdown = setInterval(show, 1000);
   stage.classList.add("offline");
 }
 

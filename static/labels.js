@@ -12,6 +12,12 @@ export function colourOf(emotion) {
   return COLOURS[emotion] || UNKNOWN_COLOUR;
 }
 
+// Black or white, whichever reads better on the emotion's colour (fer_async.labels.label_ink).
+const INKS = JSON.parse(data.emotionInks || "{}");
+export function inkOn(emotion) {
+  return INKS[emotion] || "#000";
+}
+
 // "#3" on every page, as the server draws it on its video streams; "" for an untracked face.
 export function faceId(id) {
   return id === undefined || id === null ? "" : `#${id}`;

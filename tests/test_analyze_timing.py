@@ -77,3 +77,17 @@ def test_a_complete_webm_is_complete_and_its_annotated_video_runs_at_its_rate(
     fps, count = opencv_guess(out / "slow_annotated.mp4")
     assert fps == pytest.approx(1.0, abs=0.01) and count == 12
     assert "12 frames read" in capsys.readouterr().out
+
+
+def test_a_webm_that_starts_late_or_has_longer_sound_is_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its duration (12.4 s: it starts at 10 s) is no count of its frames; it read as 24 of 310, truncated.
+    # Times count from the stream's start, as a player shows them.
+    clip = timed_clip(tmp_path / "late.webm", [10_000 + 100 * i for i in range(24)])
+    out = tmp_path / "out"
+    assert main([str(clip), "--out", f"{out}/", "--detector", "haar"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["late.csv"]
+    with (out / "late.csv").open(newline="") as f:
+        times = sorted({float(row["time_s"]) for row in csv.DictReader(f)})
+    assert times[0] == 0.0 and times[-1] == pytest.approx(2.3)

@@ -146,6 +146,15 @@ def test_counting_scans_over_a_body_of_ff_bytes_takes_bounded_memory() -> None:
     assert peak < 8_000_000  # was about 18 x the body (600 MB), on the event loop
 
 
+def test_a_motion_photo_is_one_jpeg_whatever_its_appended_video_holds(astronaut_bgr: np.ndarray) -> None:
+    # Google's and Samsung's motion photos append an MP4 after the EOI; its bytes hold FF DA pairs
+    # (about one per 64 KB), which were counted as scans: 12 MP photos were refused as scan bombs.
+    photo = cv2.imencode(".jpg", cv2.resize(astronaut_bgr, (4032, 3024)))[1].tobytes()
+    video = bytes(np.random.default_rng(0).integers(0, 256, 2_000_000, dtype=np.uint8)) + b"\xff\xda" * 100
+    assert check_image_header(photo + video) == (4032, 3024)
+    assert decode_scaled(photo + video, min_width=320).image.shape[1] >= 320
+
+
 def test_jpeg_with_trailing_bytes_after_eoi_still_decodes(face_jpeg: bytes) -> None:
     assert decode_image(face_jpeg + b"\x00" * 64 + b"trailer").shape == (480, 640, 3)
 

@@ -152,6 +152,17 @@ async def test_a_webm_streams_at_its_timestamps_not_opencvs_guess(tmp_path: Path
     assert time.monotonic() - started >= 0.95
 
 
+async def test_a_channels_position_is_the_files_time_though_a_pause_is_shown_shorter(tmp_path: Path) -> None:
+    # A 3 s pause is shown for 1 s at most, but the tracker is given the file's own times.
+    clip = timed_clip(tmp_path / "paused.webm", [0, 100, 3100, 3200], size=(160, 120))
+    reader = VideoReader(clip, loop=False)
+    positions = []
+    async with contextlib.aclosing(reader.frames()) as frames:
+        async for _ in frames:
+            positions.append(reader.position_s)
+    assert positions == pytest.approx([0.0, 0.1, 3.1, 3.2])
+
+
 async def test_loops_at_the_end(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "short.avi", 5, 50)
     reader = VideoReader(clip, loop=True)

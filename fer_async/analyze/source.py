@@ -122,8 +122,9 @@ def _counted(info: SourceInfo, limit: int | None) -> SourceInfo:
     """`info` of a container without a frame count, its frames counted and its rate measured in the packets.
 
     OpenCV's count for such a file is its duration (where the header has one) times a rate it
-    guesses (24 fps for a WebM with millisecond timestamps, whatever it holds). The header's
-    duration stays what the file announces: frames at the measured rate over that duration.
+    guesses (24 fps for a WebM with millisecond timestamps, whatever it holds). Nor does that
+    duration announce the video's frames: it spans a start offset and a longer audio track too
+    (a complete WebM starting at 10 s read as 60 of 310 frames). So the packets are the count.
     """
     times = packet_times(info.path, None if limit is None else limit + 1)
     if times is None:
@@ -131,8 +132,7 @@ def _counted(info: SourceInfo, limit: int | None) -> SourceInfo:
     fps = info.fps
     if len(times) >= 2 and (span := max(times) - min(times)) > 0:
         fps = (len(times) - 1) / (span / 1000.0)
-    announced = round(info.duration_s * fps) if info.frame_count else len(times)
-    return dataclasses.replace(info, fps=fps, frame_count=announced, packets=len(times))
+    return dataclasses.replace(info, fps=fps, frame_count=len(times), packets=len(times))
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -46,11 +45,18 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import BodyPartReader, web
 
-from fer_async.scratch import scratch_dir
+from fer_async.scratch import remove_scratch, scratch_dir
 from fer_async.server.jobs import UPLOAD_CHUNK, AnalysisJobs, JobsBusy
 from fer_async.server.keys import METRICS, PIPELINE, SETTINGS, VIDEO_HUB, WEBSOCKETS
 from fer_async.server.results_dir import RUNNING_STATES, ResultsDir
-from fer_async.server.uploads import CLIENT_FAILURES, UploadTooLarge, body_chunks, client_failure, next_part
+from fer_async.server.uploads import (
+    CLIENT_FAILURES,
+    UploadTooLarge,
+    body_chunks,
+    client_failure,
+    next_part,
+    upload_deadline,
+)
 from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
 
 logger = logging.getLogger(__name__)
@@ -68,7 +74,7 @@ def _no_such_analysis() -> web.HTTPNotFound:
     return web.HTTPNotFound(text='{"error": "no such analysis"}', content_type="application/json")
 
 
-async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | web.Response:
+async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader, deadline: float) -> Path | web.Response:
     """The uploaded video streamed to a temporary file, or the error to answer (the file removed)."""
     suffix = Path(part.filename or "").suffix.lower()
     if suffix not in VIDEO_EXTENSIONS:
@@ -77,7 +83,7 @@ async def _receive_upload(jobs: AnalysisJobs, part: BodyPartReader) -> Path | we
     written = 0
     try:
         with path.open("wb") as out:
-            async for chunk in body_chunks(part, jobs.max_upload_bytes, UPLOAD_CHUNK):
+            async for chunk in body_chunks(part, jobs.max_upload_bytes, UPLOAD_CHUNK, deadline):
                 written += len(chunk)
                 await asyncio.to_thread(out.write, chunk)
     except BaseException as exc:
@@ -124,14 +130,15 @@ async def create_analysis(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > jobs.max_upload_bytes + UPLOAD_CHUNK:
             return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
         try:
-            part = await next_part(await request.multipart())
+            deadline = upload_deadline(jobs.max_upload_bytes)
+            part = await next_part(await request.multipart(), deadline)
         except CLIENT_FAILURES as exc:
             return client_failure(exc, "POST /api/analyses")
         if not isinstance(part, BodyPartReader) or part.name != "video":
             return _error(400, "multipart upload needs the file as its first field, named 'video'")
         try:
             with jobs.receiving():
-                received = await _receive_upload(jobs, part)
+                received = await _receive_upload(jobs, part, deadline)
         except JobsBusy as exc:  # others started while this request's headers arrived
             return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
         if isinstance(received, web.Response):
@@ -186,9 +193,15 @@ async def analyze_page(request: web.Request) -> dict[str, Any]:
     return {
         "videos": list_videos(settings.video_dir),
         "max_upload_bytes": request.app[ANALYSIS_JOBS].max_upload_bytes,
-        "max_upload_mb": request.app[ANALYSIS_JOBS].max_upload_bytes // (1024 * 1024),
+        "max_upload_mb": _megabytes(request.app[ANALYSIS_JOBS].max_upload_bytes),
         "max_video_frames": settings.max_video_frames,
     }
+
+
+def _megabytes(size: int) -> str:
+    """As the page's script writes them: "200", "1.5", "0.95" (a small limit is not "0 MB")."""
+    mb = size / (1024 * 1024)
+    return f"{mb:.0f}" if mb >= 10 else f"{mb:.1f}" if mb >= 1 else f"{mb:.2f}"
 
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -218,9 +231,9 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     heartbeat.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await heartbeat
-    await asyncio.to_thread(shutil.rmtree, uploads, True)
+    await asyncio.to_thread(remove_scratch, uploads)
     if made:
-        await asyncio.to_thread(shutil.rmtree, results_path, True)
+        await asyncio.to_thread(remove_scratch, results_path)
 
 
 def setup(app: web.Application, max_upload_bytes: int) -> None:

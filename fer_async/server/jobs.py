@@ -199,6 +199,7 @@ class AnalysisJobs:
             self._receiving -= 1
 
     def new_upload_path(self, suffix: str) -> Path:
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)  # removed under us (a /tmp cleaner): made again
         handle, name = tempfile.mkstemp(dir=self.uploads_dir, prefix="upload-", suffix=suffix)
         os.close(handle)
         return Path(name)
@@ -346,8 +347,10 @@ class AnalysisJobs:
             return "failed", _without_path(str(exc), job.source), None
         if info.frames_present > limit:
             # Packets are counted up to limit + 1; a header's count is told as it is.
-            count = "frames" if info.packets is not None else f"{info.frames_present} frames"
-            message = f"{count}, more than the {limit} {READ_LIMIT}: cut the video first"
+            if info.packets is not None:
+                message = f"more than the {limit} frames {READ_LIMIT}: cut the video first"
+            else:
+                message = f"{info.frames_present} frames, more than the {limit} {READ_LIMIT}: cut the video first"
             return "failed", message, None
         job.frames_total, job.fps, job.state = info.frames_present, info.fps, "running"
         self._publish(job)

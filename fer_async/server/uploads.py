@@ -34,10 +34,19 @@ class UploadStalled(Exception):
     pass
 
 
-async def next_part(reader: MultipartReader) -> BodyPartReader | MultipartReader | None:
-    """The next part of a multipart body, its headers within UPLOAD_IDLE_S (UploadStalled)."""
+def upload_deadline(limit: int) -> float:
+    """The monotonic time by which a whole request body of at most `limit` bytes must have arrived."""
+    return time.monotonic() + upload_deadline_s(limit)
+
+
+def _wait_s(deadline: float) -> float:
+    return max(0.0, min(UPLOAD_IDLE_S, deadline - time.monotonic()))
+
+
+async def next_part(reader: MultipartReader, deadline: float) -> BodyPartReader | MultipartReader | None:
+    """The next part of a multipart body, its headers within UPLOAD_IDLE_S and `deadline` (UploadStalled)."""
     try:
-        async with asyncio.timeout(UPLOAD_IDLE_S):
+        async with asyncio.timeout(_wait_s(deadline)):
             return await reader.next()
     except TimeoutError:
         raise UploadStalled(
@@ -49,14 +58,15 @@ def upload_deadline_s(limit: int) -> float:
     return max(MIN_UPLOAD_DEADLINE_S, limit / MIN_UPLOAD_RATE)
 
 
-async def body_chunks(stream: StreamReader | BodyPartReader, limit: int, chunk: int) -> AsyncIterator[bytes]:
-    """The body's chunks; UploadTooLarge past `limit` bytes, UploadStalled when it stops arriving."""
+async def body_chunks(
+    stream: StreamReader | BodyPartReader, limit: int, chunk: int, deadline: float
+) -> AsyncIterator[bytes]:
+    """The body's chunks; UploadTooLarge past `limit` bytes, UploadStalled when it stops arriving or
+    misses `deadline` (`upload_deadline`: one for the whole request, whatever its parts)."""
     received = 0
-    deadline = time.monotonic() + upload_deadline_s(limit)
     while True:
-        wait = min(UPLOAD_IDLE_S, deadline - time.monotonic())
         try:
-            async with asyncio.timeout(max(wait, 0.0)):
+            async with asyncio.timeout(_wait_s(deadline)):
                 data = await (stream.read_chunk(chunk) if isinstance(stream, BodyPartReader) else stream.read(chunk))
         except TimeoutError:
             raise UploadStalled(

@@ -13,7 +13,7 @@ import aiohttp_jinja2
 from aiohttp import BodyPartReader, StreamReader, web
 
 from fer_async.config import Settings
-from fer_async.labels import EMOTIONS, emotion_colours_css
+from fer_async.labels import EMOTIONS, emotion_colours_css, emotion_inks_css
 from fer_async.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fer_async.server.keys import (
     DETECTOR_NAME,
@@ -26,7 +26,14 @@ from fer_async.server.keys import (
     WEBSOCKETS,
 )
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
-from fer_async.server.uploads import CLIENT_FAILURES, UploadTooLarge, body_chunks, client_failure, next_part
+from fer_async.server.uploads import (
+    CLIENT_FAILURES,
+    UploadTooLarge,
+    body_chunks,
+    client_failure,
+    next_part,
+    upload_deadline,
+)
 from fer_async.server.worker import WORKER
 from fer_async.video import list_videos
 
@@ -39,6 +46,9 @@ READ_CHUNK = 64 * 1024
 MULTIPART_OVERHEAD = 16 * 1024
 # Photos buffered at once by /api/predict: with --max-photo-bytes (32 MB) at most 128 MB of uploads.
 PHOTO_UPLOADS_AT_ONCE = 4
+# Streams the /videos page plays at once: each holds one of the 6 connections a browser opens to
+# a server, and the page's links and other tabs need some of them.
+VIDEOS_PLAYING_AT_ONCE = 3
 RAW_CONTENT_TYPES = ("image/jpeg", "image/png", "image/pjpeg", "application/octet-stream")
 # The HTTP status of each refusal; the passing ones (503) also say when to retry.
 HTTP_STATUS = {
@@ -62,6 +72,7 @@ def template_globals(settings: Settings) -> dict[str, Any]:
         "emotions": EMOTIONS,
         "emotions_json": json.dumps(list(EMOTIONS)),
         "emotion_colours_json": json.dumps(emotion_colours_css()),
+        "emotion_inks_json": json.dumps(emotion_inks_css()),
         "smoothing_ms": settings.smoothing_ms,
     }
 
@@ -87,7 +98,7 @@ async def videos(request: web.Request) -> web.StreamResponse:
     entries = [{"name": name, "url": f"/video/{quote(name)}"} for name in names]
     if _wants_json(request):
         return web.json_response({"videos": entries})
-    context = {"videos": entries, "video_dir": video_dir}
+    context = {"videos": entries, "video_dir": video_dir, "max_playing": VIDEOS_PLAYING_AT_ONCE}
     return aiohttp_jinja2.render_template("videos.html", request, context)
 
 
@@ -130,24 +141,25 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def _read_limited(stream: StreamReader | BodyPartReader, limit: int) -> bytes:
+async def _read_limited(stream: StreamReader | BodyPartReader, limit: int, deadline: float) -> bytes:
     data = bytearray()
-    async for chunk in body_chunks(stream, limit, READ_CHUNK):
+    async for chunk in body_chunks(stream, limit, READ_CHUNK, deadline):
         data += chunk
     return bytes(data)
 
 
 async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
     """The image bytes of a raw or multipart upload, or the error response to send instead."""
+    deadline = upload_deadline(limit)  # one for the request: many slow parts must not each get their own
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
-        while (part := await next_part(reader)) is not None:
+        while (part := await next_part(reader, deadline)) is not None:
             if isinstance(part, BodyPartReader) and part.name == "image":
-                return await _read_limited(part, limit)
+                return await _read_limited(part, limit, deadline)
             # Other fields are read and discarded, within the same limit: without a Content-Length
             # (a chunked upload) nothing else would stop a client streaming junk fields forever.
             if isinstance(part, BodyPartReader):
-                async for _ in body_chunks(part, limit + MULTIPART_OVERHEAD, READ_CHUNK):
+                async for _ in body_chunks(part, limit + MULTIPART_OVERHEAD, READ_CHUNK, deadline):
                     if request.content.total_bytes > limit + MULTIPART_OVERHEAD:
                         raise UploadTooLarge
             if request.content.total_bytes > limit + MULTIPART_OVERHEAD:  # a nested multipart, or many fields
@@ -155,7 +167,7 @@ async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
         return _error(400, "multipart upload needs a form field named 'image'")
     if request.content_type not in RAW_CONTENT_TYPES:
         return _error(415, "send the image as the body (image/jpeg or image/png) or as form field 'image'")
-    return await _read_limited(request.content, limit)
+    return await _read_limited(request.content, limit, deadline)
 
 
 async def predict(request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 10000;
+const BUSY_MIN_MS = 2000; // a server full of clients (1013): not again within 2 s
 
 function wsUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -53,7 +54,6 @@ export class Link {
     this.socket = socket;
     socket.onopen = () => {
       if (socket !== this.socket) return;
-      this.delay = RECONNECT_MIN_MS;
       this.handlers.onOpen();
     };
     socket.onmessage = (event) => {
@@ -64,12 +64,16 @@ export class Link {
       } catch {
         return;
       }
+      // Back off afresh only once the server has taken us: a full server opens the socket and
+      // closes it at once (1013), and a reset on open had every waiting tab retry twice a second.
+      if (msg.type === "hello") this.delay = RECONNECT_MIN_MS;
       this.handlers.onMessage(msg);
     };
     socket.onclose = (event) => {
       if (socket !== this.socket) return;
       this.socket = null;
       this.handlers.onClose(event);
+      if (event.code === 1013) this.delay = Math.max(this.delay, BUSY_MIN_MS);
       if (this.wanted) this.retry();
     };
     // Errors are always followed by a close event, which handles them.

@@ -1,6 +1,6 @@
 // The overlay canvas over the video: a box and a "#id emotion score" label per face.
 
-import { colourOf, faceLabel } from "../labels.js";
+import { colourOf, faceLabel, inkOn } from "../labels.js";
 
 // A selfie view is mirrored (CSS on the <video>); boxes are mirrored to match, never the text.
 const MIRROR = true;
@@ -59,7 +59,7 @@ export class Overlay {
       const ty = y - textH >= 0 ? y - textH : y;
       ctx.fillStyle = colour;
       ctx.fillRect(x - 1.5, ty, textW, textH);
-      ctx.fillStyle = "#000";
+      ctx.fillStyle = inkOn(face.emotion);
       ctx.fillText(label, x + 3, ty + 3);
     }
     this.canvas.dataset.faces = String(result.faces.length);

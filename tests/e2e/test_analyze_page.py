@@ -120,3 +120,56 @@ async def test_videos_at_their_own_size_and_the_analyse_link_runs_one(
         )
         assert await page.text_content("#job-name") == "on_server.mp4"
         assert await page.is_visible("#csv")
+
+
+async def test_a_new_upload_never_shows_the_last_jobs_results(
+    chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
+) -> None:
+    # The box kept the last job's bar, timeline and CSV link under the next file's name, so a
+    # user could download another file's rows as theirs.
+    clip = analyze_clips.face_clip(tmp_path / "first.mp4", frames=10)
+    text = analyze_clips.not_a_video(tmp_path / "second.mp4")
+    async with browser_session(chromium, face_clip) as (browser, errors):
+        page = await open_page(browser, live_server.base_url, errors)
+        await page.goto(f"{live_server.base_url}/analyze")
+        for upload in (clip, text):
+            await page.set_input_files("#file", str(upload))
+            await page.click("#send")
+            await page.wait_for_function(
+                "() => /^(done|failed)/.test(document.querySelector('#job-state').textContent)", timeout=TIMEOUT_MS
+            )
+        assert await page.text_content("#job-name") == "second.mp4"
+        assert (await page.text_content("#job-state") or "").startswith("failed")
+        assert not await page.is_visible("#csv") and await page.get_attribute("#csv", "href") is None
+        assert await page.locator("canvas[data-face]").count() == 0
+        assert "No face was seen" not in (await page.text_content("#charts") or "")  # it failed: nothing was read
+        assert "not a video" in (await page.text_content("#job-warning") or "")
+
+
+async def test_the_videos_page_plays_a_few_streams_and_says_why_one_does_not_play(
+    chromium: Path, face_clip: Path, live_server: LiveServer, tmp_path: Path
+) -> None:
+    # Each stream holds one of the 6 connections a browser opens to a server: with 6 playing, a
+    # link on the page (or another tab) waited for ever.
+    for i in range(5):
+        analyze_clips.face_clip(tmp_path / "videos" / f"clip{i}.mp4", frames=6)
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"")
+    async with browser_session(chromium, face_clip) as (browser, errors):
+        page = await open_page(browser, live_server.base_url, errors)
+        await page.goto(f"{live_server.base_url}/videos")
+        playing = "() => [...document.querySelectorAll('.videos img')].filter(i => i.getAttribute('src')).length"
+        # The first three start: broken.mp4 (first by name) fails and says why, clip0 and clip1 play.
+        await page.wait_for_function(
+            "() => !document.querySelector('figure[data-name=\"broken.mp4\"] .stream-error').hidden", polling=100
+        )
+        error = await page.text_content("figure[data-name='broken.mp4'] .stream-error")
+        assert "not a video OpenCV can decode" in (error or "")
+        assert await page.evaluate(playing) == 2
+        for name in ("clip4.mp4", "clip3.mp4"):  # the third plays; the fourth stops the first started
+            await page.click(f"figure[data-name='{name}'] .play")
+        assert await page.evaluate(playing) == 3
+        assert await page.get_attribute("figure[data-name='clip0.mp4'] img", "src") is None
+        assert await page.get_attribute("figure[data-name='clip3.mp4'] img", "src") == "/video/clip3.mp4"
+        await page.click("a[href='/analyze']", timeout=5000)  # the page's links still go somewhere
+        await page.wait_for_url("**/analyze", timeout=5000)
+        errors[:] = [e for e in errors if not e.startswith("HTTP 415 for ") or not e.endswith("/video/broken.mp4")]

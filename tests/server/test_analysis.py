@@ -328,6 +328,6 @@ async def test_a_webms_frames_are_counted_not_guessed_against_the_limit(
     job, _ = await wait_for_job(client, (await response.json())["url"])
     assert job["state"] == "failed"
     assert job["error"] == (
-        "frames, more than the 20 an analysis on this server reads (--max-video-frames): cut the video first"
+        "more than the 20 frames an analysis on this server reads (--max-video-frames): cut the video first"
     )
     assert uploads_left(client) == []

@@ -133,6 +133,30 @@ async def test_an_upload_that_stops_arriving_is_dropped_with_408(
     assert await server.healthy()
 
 
+async def test_a_trickle_of_small_parts_meets_one_deadline_for_the_request(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each junk part used to get a deadline of its own: a byte, a pause under the idle limit, the
+    # next part, and a photo slot was held for as long as the client liked.
+    monkeypatch.setattr(uploads, "UPLOAD_IDLE_S", 1.0)
+    monkeypatch.setattr(uploads, "MIN_UPLOAD_DEADLINE_S", 2.0)
+    monkeypatch.setattr(uploads, "MIN_UPLOAD_RATE", 1 << 40)  # the deadline: MIN_UPLOAD_DEADLINE_S
+    reader, writer = await server.send(request_head("/api/predict", "multipart/form-data; boundary=b", None), b"")
+    status_line = b""
+    for _ in range(40):  # 12 s of parts at most; the deadline passes after 2 s
+        part = b'--b\r\nContent-Disposition: form-data; name="junk"\r\n\r\nx\r\n'
+        writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+        await writer.drain()
+        try:
+            status_line = await asyncio.wait_for(reader.readline(), 0.3)
+            break
+        except TimeoutError:
+            continue
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    assert await server.healthy()
+
+
 async def test_junk_fields_before_the_image_count_against_the_limit(make_client: Any) -> None:
     client = await make_client(max_photo_bytes=100_000)
 

@@ -190,5 +190,6 @@ async def test_videos_page_lists_files_as_html_and_json(client: Client, video_di
     resp = await client.get("/videos")
     assert resp.status == 200 and resp.content_type == "text/html"
     html = await resp.text()
-    assert f'<img src="/video/{CLIP_NAME}"' in html
+    assert f'<figure data-url="/video/{CLIP_NAME}"' in html  # static/videos.js plays it (a few at once)
+    assert 'data-max-playing="3"' in html
     assert "notes.txt" not in html
