@@ -70,6 +70,10 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _busy(exc: JobsBusy) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
+
+
 def _no_such_analysis() -> web.HTTPNotFound:
     return web.HTTPNotFound(text='{"error": "no such analysis"}', content_type="application/json")
 
@@ -115,7 +119,7 @@ async def create_analysis(request: web.Request) -> web.Response:
     try:
         jobs.check_capacity()  # before reading an upload nobody would analyse
     except JobsBusy as exc:
-        return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
+        return _busy(exc)
     if request.content_type == "application/json":
         try:
             body = await request.json()
@@ -140,7 +144,7 @@ async def create_analysis(request: web.Request) -> web.Response:
             with jobs.receiving():
                 received = await _receive_upload(jobs, part, deadline)
         except JobsBusy as exc:  # others started while this request's headers arrived
-            return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
+            return _busy(exc)
         if isinstance(received, web.Response):
             return received
         try:
@@ -148,7 +152,7 @@ async def create_analysis(request: web.Request) -> web.Response:
         except BaseException as exc:
             await asyncio.to_thread(received.unlink, True)
             if isinstance(exc, JobsBusy):  # others started while this one uploaded
-                return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
+                return _busy(exc)
             raise
     else:
         return _error(415, "upload the video as multipart form field 'video', or POST JSON {\"video\": NAME}")
@@ -191,7 +195,7 @@ async def analysis_csv(request: web.Request) -> web.StreamResponse:
 async def analyze_page(request: web.Request) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     return {
-        "videos": list_videos(settings.video_dir),
+        "videos": await asyncio.to_thread(list_videos, settings.video_dir),  # thousands of files: 330 ms
         "max_upload_bytes": request.app[ANALYSIS_JOBS].max_upload_bytes,
         "max_upload_mb": _megabytes(request.app[ANALYSIS_JOBS].max_upload_bytes),
         "max_video_frames": settings.max_video_frames,
