@@ -317,7 +317,7 @@ def _analyse_all(
     for analysis in analyses:
         info = analysis.info
         try:
-            with _progress(info.frames_present, info.path.name) if own_bars else contextlib.nullcontext() as bar:
+            with _progress(info.frame_count, info.path.name) if own_bars else contextlib.nullcontext() as bar:
                 result = _analyse_file(args, analysis, several, stop, report, bar)
         except (OutputError, OSError) as exc:  # an output that cannot be written: no point going on
             _error(str(exc))
@@ -342,7 +342,7 @@ def _run_ray(args: argparse.Namespace, sources: list[SourceInfo], several: bool,
     started = time.perf_counter()
     try:
         with ray_session(args.ray), _StopOnInterrupt() as stop:
-            with _progress(sum(info.frames_present for info in sources), "all files") as bar:
+            with _progress(sum(info.frame_count for info in sources), "all files") as bar:
                 run = RayRun(
                     sources,
                     settings,

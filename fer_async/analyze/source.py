@@ -46,19 +46,16 @@ class SourceInfo:
     path: Path
     kind: str  # "video" or "image"
     fps: float  # the container's (DEFAULT_FPS when it does not say); 0 for an image
-    frame_count: int  # frames the header announces (0 when unknown); 1 for an image
+    # Frames the header announces (0 when unknown), or, where the container keeps no count
+    # (Matroska/WebM), the packets counted (`packets`); 1 for an image.
+    frame_count: int
     width: int
     height: int
-    packets: int | None = None  # frames counted in the packets, where the container keeps no count
+    packets: int | None = None  # frames counted in the packets (up to open_source's count_limit + 1)
 
     @property
     def duration_s(self) -> float:
         return self.frame_count / self.fps if self.fps > 0 else 0.0
-
-    @property
-    def frames_present(self) -> int:
-        """The frames in the file as far as its packets or header say (0 when unknown)."""
-        return self.packets if self.packets is not None else self.frame_count
 
 
 def _head(path: Path) -> bytes:

@@ -345,14 +345,14 @@ class AnalysisJobs:
             info = open_source(job.source, count_limit=limit)
         except InputError as exc:
             return "failed", _without_path(str(exc), job.source), None
-        if info.frames_present > limit:
+        if info.frame_count > limit:
             # Packets are counted up to limit + 1; a header's count is told as it is.
             if info.packets is not None:
                 message = f"more than the {limit} frames {READ_LIMIT}: cut the video first"
             else:
-                message = f"{info.frames_present} frames, more than the {limit} {READ_LIMIT}: cut the video first"
+                message = f"{info.frame_count} frames, more than the {limit} {READ_LIMIT}: cut the video first"
             return "failed", message, None
-        job.frames_total, job.fps, job.state = info.frames_present, info.fps, "running"
+        job.frames_total, job.fps, job.state = info.frame_count, info.fps, "running"
         self._publish(job)
         analysis = FileAnalysis(
             info,
@@ -383,7 +383,7 @@ class AnalysisJobs:
         ending = None
         try:
             ending = analysis.run(on_frame, should_stop)
-            if hit_limit and analysis.frames_read == info.frames_present:
+            if hit_limit and analysis.frames_read == info.frame_count:
                 hit_limit, ending = False, analysis.ending  # the file has exactly `limit` frames: all read
         finally:
             if analysis.frames_read == 0:
