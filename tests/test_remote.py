@@ -65,11 +65,15 @@ def test_request_body_is_the_json_a_server_expects(datatype: str) -> None:
 
 def test_response_is_checked_against_the_signature() -> None:
     signature = parse_metadata(TRITON_METADATA)
-    probs = np.random.default_rng(1).random((3, 7)).astype(np.float32)
+    scores = np.random.default_rng(1).random((3, 7)).astype(np.float32)
+    probs = scores / scores.sum(axis=1, keepdims=True)  # a softmax's rows, as the served network gives
     answer = {
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [3, 7], "data": probs.ravel().tolist()}]
     }
     np.testing.assert_array_equal(decode_response(signature, answer, 3), probs)
+    answer["outputs"][0]["data"] = scores.ravel().tolist()  # rows that are not distributions
+    with pytest.raises(ExecutorMisconfigured, match="not probabilities"):
+        decode_response(signature, answer, 3)
     with pytest.raises(ExecutorMisconfigured, match="6 values"):
         decode_response(signature, {"outputs": [{"name": "probabilities", "data": [0.0] * 6}]}, 3)
     with pytest.raises(ExecutorMisconfigured, match="no output"):
