@@ -66,7 +66,8 @@ def test_a_signal_mid_file_leaves_a_valid_incomplete_csv(tmp_path: Path, signum:
     assert all(len(row) == len(header) for row in rows)  # no half-written line
     frames = sorted({int(row[1]) for row in rows})
     assert frames == list(range(len(frames)))  # no hole: every frame up to the stop
-    assert 20 <= len(frames) < 400
+    # The wait was for 20 rows; Haar (no ../shared: no YuNet) finds a second "face" in some frames.
+    assert len(rows) >= 20 and len(frames) < 400
     annotated = cv2.VideoCapture(str(tmp_path / "long_annotated.incomplete.mp4"))
     assert annotated.get(cv2.CAP_PROP_FRAME_COUNT) >= len(frames)
     assert "long.incomplete.csv" in stdout
