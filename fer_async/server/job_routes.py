@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path, PureWindowsPath
@@ -64,6 +65,8 @@ logger = logging.getLogger(__name__)
 ANALYSIS_JOBS: web.AppKey[AnalysisJobs] = web.AppKey("analysis_jobs", AnalysisJobs)
 # Set by `setup`; a test may lower it before the app starts.
 MAX_UPLOAD_BYTES: web.AppKey[int] = web.AppKey("analysis_max_upload_bytes", int)
+# {"video": NAME} names a file of --video-dir: a body longer than this is no such request.
+MAX_JSON_BYTES = 64 * 1024
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -121,11 +124,20 @@ async def create_analysis(request: web.Request) -> web.Response:
     except JobsBusy as exc:
         return _busy(exc)
     if request.content_type == "application/json":
+        too_large = _error(413, f"a JSON body is at most {MAX_JSON_BYTES} bytes")
+        if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+            return too_large
         try:
-            body = await request.json()
+            deadline = upload_deadline(MAX_JSON_BYTES)
+            raw = b"".join([chunk async for chunk in body_chunks(request.content, MAX_JSON_BYTES, 65536, deadline)])
+            body = json.loads(raw)
             name = str(body["video"])
+        except UploadTooLarge:  # chunked, without a length to refuse first
+            return too_large
         except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[... nested too deep
             return _error(400, 'send {"video": NAME} for a file of the video directory')
+        except CLIENT_FAILURES as exc:
+            return client_failure(exc, "POST /api/analyses")
         path = safe_video_path(request.app[SETTINGS].video_dir, name)
         if path is None:
             return _error(404, "no such video")

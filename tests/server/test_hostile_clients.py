@@ -198,6 +198,23 @@ async def test_a_json_body_nested_too_deep_is_a_400(make_client: Any) -> None:
     assert response.status == 400
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_json_body_too_large_is_a_json_413(make_client: Any, chunked: bool) -> None:
+    # aiohttp's own 413 past client_max_size was plain text, unlike every other answer of the API.
+    client = await make_client()
+    body = b'{"video": "' + b"a" * 3_000_000 + b'"}'
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    response = await client.post(
+        "/api/analyses", data=chunks() if chunked else body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 413
+    assert "at most" in (await response.json())["error"]
+
+
 async def test_a_name_that_is_not_utf8_is_kept_readable(make_client: Any, tmp_path: Path) -> None:
     # Latin-1 "café" from an old client: the job wrote its CSV in UTF-8 and failed on the name.
     client = await make_client()
