@@ -24,7 +24,7 @@ from fer_async.image_limits import MAX_PIXELS
 from fer_async.imaging import ImageError, crop_faces, decode_scaled
 from fer_async.labels import EMOTIONS, Box, Face, FrameResult
 from fer_async.predictor import Predictor
-from fer_async.schedule import PHOTO, FramePlan, Hints, Search, View
+from fer_async.schedule import PHOTO, FramePlan, Search, View
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,26 @@ def _to_image(box: Box, scale: tuple[float, float]) -> Box:
     sx, sy = scale
     x, y, w, h = box
     return (round(x / sx), round(y / sy), max(1, round(w / sx)), max(1, round(h / sy)))
+
+
+def _covered(box: Box, faces: Sequence[DetectedFace]) -> bool:
+    """Whether one of `faces` is the face `box` held (its centre inside the box, or the other way round)."""
+    return any(_centre_inside(face.box, box) or _centre_inside(box, face.box) for face in faces)
+
+
+def _centre_inside(inner: Box, outer: Box) -> bool:
+    x, y, w, h = outer
+    cx, cy = inner[0] + inner[2] / 2, inner[1] + inner[3] / 2
+    return x <= cx <= x + w and y <= cy <= y + h
+
+
+def _with_others(faces: list[DetectedFace], others: Sequence[DetectedFace | None]) -> list[DetectedFace]:
+    """The whole frame's faces and those the region searches found that none of them already is."""
+    kept = list(faces)
+    for face in others:
+        if face is not None and not _covered(face.box, kept):
+            kept.append(face)
+    return sorted(kept, key=lambda face: size_order(face.box))[:MAX_FACES_PER_FRAME]
 
 
 @dataclass(frozen=True)
@@ -134,7 +154,7 @@ class Analyzer:
         else:
             raise TypeError(f"a frame must be bytes or a numpy array, not {type(frame).__name__}")
         decoded_at = time.perf_counter()
-        found, search = self._detect(image, plan.hints, width, height, scale)
+        found, search = self._detect(image, plan, width, height, scale)
         detected = time.perf_counter()
         boxes = [face.box for face in found]
         faces = crop_faces(image, boxes, [face.landmarks for face in found] if self.align else None)
@@ -154,21 +174,28 @@ class Analyzer:
         )
 
     def _detect(
-        self, image: np.ndarray, hints: Hints | None, width: int, height: int, scale: tuple[float, float]
+        self, image: np.ndarray, plan: FramePlan, width: int, height: int, scale: tuple[float, float]
     ) -> tuple[list[DetectedFace], Search]:
         """The frame's faces (largest first, at most MAX_FACES_PER_FRAME) and which search found them."""
         detector = self.detector
+        hints = plan.hints
         if (
             hints is None
             or not hints.fit(width, height)
             or not isinstance(detector, RegionDetector)
             or not detector.regions_cheaper(len(hints.boxes), image.shape)
         ):
-            return self._detect_full(image, width), Search.FULL
+            faces = self._detect_full(image, width)
+            recheck = plan.recheck
+            if recheck is not None and recheck.fit(width, height) and isinstance(detector, RegionDetector):
+                missed = [box for box in (_to_image(b, scale) for b in recheck.boxes) if not _covered(box, faces)]
+                if missed:
+                    faces = _with_others(faces, detector.detect_regions(image, missed))
+            return faces, Search.FULL
         found = detector.detect_regions(image, [_to_image(box, scale) for box in hints.boxes])
         faces = [face for face in found if face is not None]
         if len(faces) < len(found):
-            return self._detect_full(image, width), Search.REGIONS_LOST
+            return _with_others(self._detect_full(image, width), faces), Search.REGIONS_LOST
         return sorted(faces, key=lambda face: size_order(face.box))[:MAX_FACES_PER_FRAME], Search.REGIONS
 
     def _detect_full(self, image: np.ndarray, width: int) -> list[DetectedFace]:

@@ -17,14 +17,16 @@ A live connection shifts its period by an `offset` (its number modulo N): client
 together would otherwise all get their full detections in the same batches, every N-th one.
 
 A face the region search does not find is searched for on the whole of the same frame
-(`Search.REGIONS_LOST`; `Analyzer.prepare`), so a track is never left without its face.
+(`Search.REGIONS_LOST`; `Analyzer.prepare`), so a track is never left without its face. The
+other way round too: a face of the previous frame that a full detection misses is looked for in
+its region (`FramePlan.recheck`), and the faces either search finds are kept.
 
 The decision and the hints are a pure function of the frame count since `reset()` (modulo N)
-and the previous frame's raw detections: never of a tracker's smoothing or of the clock. So a
-run (offset 0, as every file analysis) that starts (or `reset()`s) at a frame whose count is a
-multiple of N produces exactly the raw detections the uninterrupted run produces from that
-frame on: split a file into chunks whose first frames are multiples of N (in analysed
-frames), reset the schedule at each, and the chunks together give the boxes of the whole run.
+and the previous frame's raw detections: never of a tracker's smoothing or of the clock. Right
+after `reset()` there is no previous frame, so that frame's detection depends on nothing before
+it. A file analysis resets its schedule at fixed frames (`analyze.core.chunk_unit`), so a run
+that starts at one of them (a Ray chunk) produces exactly the raw detections the uninterrupted
+run produces from there on, and the chunks together give the boxes of the whole run.
 
 `DETECT_EVERY` (the `--detect-every` default) is chosen by measurement: see the README, "Detect
 less, track more" (`python -m fer_async.bench.detect_every`).
@@ -99,10 +101,17 @@ class Hints:
 @dataclass(frozen=True)
 class FramePlan:
     """What one frame gets from its stream's schedule: where to search for faces (None: the whole
-    frame) and which view of them to classify. The default, `PHOTO`, is a photo's."""
+    frame) and which view of them to classify. The default, `PHOTO`, is a photo's.
+
+    `recheck`, on a frame searched whole, is the previous frame's faces: one the whole-frame search
+    misses is looked for around its box too. YuNet at the detection width misses small, dark or
+    turned faces that it finds in their regions, and a track would otherwise lose its face until
+    the next full detection happened to find it (5 to 10 frames of a dark clip).
+    """
 
     hints: Hints | None = None
     view: View = View.BOTH
+    recheck: Hints | None = None
 
 
 PHOTO = FramePlan()
@@ -140,8 +149,10 @@ class DetectionSchedule:
         return View.AS_SEEN if self._frames % VIEW_PERIOD == 0 else View.MIRRORED
 
     def plan(self) -> FramePlan:
-        """The next frame's hints and view, together as the pipeline takes them."""
-        return FramePlan(self.hints(), self.view())
+        """The next frame's hints (or, on a full detection, the faces to recheck) and view."""
+        hints = self.hints()
+        recheck = self._last if hints is None and self._last is not None and self._last.boxes else None
+        return FramePlan(hints, self.view(), recheck)
 
     def observe(self, width: int, height: int, boxes: Sequence[Box]) -> None:
         """The raw detections of the frame just analysed (the boxes the detector returned, in its pixels)."""

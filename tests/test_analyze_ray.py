@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from analyze_clips import face_clip, no_face_clip, not_a_video, truncated_clip
 
@@ -28,6 +29,7 @@ from fer_async.config import Settings  # noqa: E402
 from fer_async.demo import write_clip  # noqa: E402
 from fer_async.loading import load_detector  # noqa: E402
 from fer_async.schedule import DEFAULT_CADENCE, Cadence  # noqa: E402
+from fer_async.synthetic import astronaut_bgr, compose_frame, write_video  # noqa: E402
 from fer_async.tracker import tracker_for  # noqa: E402
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -136,6 +138,30 @@ def test_the_default_period_starts_chunks_at_its_multiples(
     assert len(shares) == 2 and shares[0] == shares[1], report
     if "detector: yunet" in report:
         assert int(shares[0]) < 100
+
+
+def test_faces_kept_through_dark_full_detections_and_chunks_agree(
+    local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A face the whole-frame search misses is kept by its region (`FramePlan.recheck`), which
+    depends on the frame before: the plain run starts afresh where chunks start, and agrees."""
+    bright = compose_frame(astronaut_bgr(), 60, 20, side=160, seed=0)
+    dark = (bright.astype(np.float32) * 0.1).astype(np.uint8)
+    # Bright only on full detections 0, 20 and 36; chunks (16 frames, --detect-every 4) start at 16 and 32.
+    frames = [bright if i in (0, 20, 36) else dark for i in range(48)]
+    clip = write_video(tmp_path / "dimmed.avi", frames, 10.0)
+    written = {}
+    for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
+        target = tmp_path / f"{name}.csv"
+        assert main([str(clip), "--out", str(target), "--detect-every", str(PERIOD), *options]) == 0
+        written[name] = target.read_bytes()
+    report = capsys.readouterr().out
+    assert written["ray"] == written["plain"]
+    if "detector: yunet" in report:
+        rows = [line.split(",") for line in written["plain"].decode().splitlines()[1:]]
+        with_face = {int(row[1]) for row in rows if row[3]}
+        # From each bright frame to the next start of a chunk, where the dark full detection finds nobody.
+        assert with_face == set(range(16)) | set(range(20, 32)) | set(range(36, 48))
 
 
 def test_real_clips_and_variable_frame_rates_by_timestamp(

@@ -107,6 +107,31 @@ def test_a_face_not_in_its_region_sends_the_whole_frame_to_the_detector(analyzer
     assert lost.search is Search.REGIONS_LOST and lost.boxes == [face]
 
 
+def dimmed(frame: np.ndarray, gain: float) -> np.ndarray:
+    return (frame.astype(np.float32) * gain).astype(np.uint8)
+
+
+def test_a_face_the_whole_frame_search_misses_is_kept_by_its_region(analyzer: Analyzer) -> None:
+    # A 160 px frame of the astronaut with the light down to a tenth: YuNet at the detection width
+    # misses her face there, in the region around her last box it finds it. The full detections
+    # of a schedule (frames 5 and 10) dropped her for 5 frames each.
+    bright = compose_frame(astronaut_bgr(), 60, 20, side=160, seed=0)
+    frames = [bright] + [dimmed(bright, 0.1)] * 11
+    assert analyzer.detector.detect_faces(frames[1]) == []
+    for every in (EVERY, 1):
+        prepared = stream(analyzer, frames, every)
+        assert [len(p.boxes) for p in prepared] == [1] * len(frames), every
+        assert all(p.search in (Search.FULL, Search.REGIONS) for p in prepared)
+    assert [len(p.boxes) for p in stream(analyzer, frames[1:], EVERY)] == [0] * (len(frames) - 1)  # none invented
+    # A hinted face lost in its region sends the whole frame to the detector, and one the whole
+    # frame misses but its own region finds is kept.
+    (face,) = stream(analyzer, [bright], 1)[0].boxes
+    elsewhere = (500, 380, 80, 80)
+    lost = analyzer.prepare(frames[1], FramePlan(Hints(WIDTH, HEIGHT, (face, elsewhere))))
+    assert not isinstance(lost, ImageError)
+    assert lost.search is Search.REGIONS_LOST and len(lost.boxes) == 1 and iou(lost.boxes[0], face) > 0.7
+
+
 def test_the_whole_frame_when_hints_do_not_apply(analyzer: Analyzer, yunet_model: Path) -> None:
     frame = drifting(1)[0]
     (face,) = stream(analyzer, [frame], 1)[0].boxes

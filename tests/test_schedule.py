@@ -126,6 +126,21 @@ def test_a_plan_is_the_next_frames_hints_and_view_together() -> None:
     assert (PHOTO.hints, PHOTO.view) == (None, View.BOTH)  # what a photo gets: the whole frame, both views
 
 
+def test_a_full_detection_rechecks_the_last_frames_faces_but_not_after_a_reset() -> None:
+    schedule = DetectionSchedule(2)
+    assert schedule.plan().recheck is None  # frame 0: nothing before it
+    schedule.observe(640, 480, [A])
+    schedule.observe(640, 480, [A])
+    assert schedule.plan() == FramePlan(None, View.BOTH, Hints(640, 480, (A,)))  # frame 2: full, A rechecked
+    schedule.observe(640, 480, [])
+    schedule.observe(640, 480, [])
+    assert schedule.plan().recheck is None  # nobody in the last frame: nothing to recheck
+    schedule.observe(640, 480, [A])
+    schedule.reset()
+    assert schedule.plan() == FramePlan(None, View.BOTH)  # a fresh start depends on nothing before it
+    assert PHOTO.recheck is None
+
+
 def test_alternate_flip_is_a_setting_on_by_default() -> None:
     assert Settings().alternate_flip is True
     assert Settings.from_args(["--no-alternate-flip"], env={}).alternate_flip is False

@@ -15,10 +15,11 @@ batcher; both hand `FileAnalysis` the two `Stages`. Frames are analysed at their
 (`ANALYSIS_MAX_WIDTH`; `max_width=VIDEO_MAX_WIDTH` shrinks them as the MJPEG stream does).
 
 Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), reset at its
-first frame: a full detection every `cadence.detect_every` analysed frames, only the regions
-around the last faces between. So frame i+1's detection needs frame i's boxes: frames are prepared
-one after the other on one thread, while the file is decoded on the caller's thread and the faces
-of the frames prepared before are classified in one model call per batch on a third.
+first frame and at every multiple of `chunk_unit`: a full detection every `cadence.detect_every`
+analysed frames, only the regions around the last faces between. So frame i+1's detection
+needs frame i's boxes: frames are prepared one after the other on one thread, while the file is
+decoded on the caller's thread and the faces of the frames prepared before are classified in one
+model call per batch on a third.
 
 Memory stays flat: frames are decoded, classified in batches and dropped; only the per-track
 counters (and, when asked for, a compact timeline) grow with the file.
@@ -139,7 +140,9 @@ def chunk_unit(every: int, frames_per_call: int, cadence: Cadence) -> int:
     the schedule's reset), so in frame indices a schedule restarts every `every * detect_every`
     frames. A chunk that starts there, its schedule reset, gets the plain run's full detection on
     its first frame and the same region searches after it, and, with `alternate_flip`, at an even
-    count (VIEW_PERIOD), the same views of its faces.
+    count (VIEW_PERIOD), the same views of its faces. The plain run resets its schedule at these
+    frames too: a full detection elsewhere rechecks the previous frame's faces
+    (`schedule.FramePlan.recheck`), which a chunk's first frame cannot know.
     """
     view_period = VIEW_PERIOD if cadence.alternate_flip else 1
     return math.lcm(batch_span(every, frames_per_call), every * cadence.detect_every, every * view_period)
@@ -151,9 +154,9 @@ class RawStage:
 
     Every `every`-th frame (by index in the file, frame 0 first) is analysed. Its faces are
     searched for in frame order on a thread of their own, as this stage's `schedule` says (reset
-    at the reader's first frame); they are classified in batches that `batch_span` fixes by
-    frame index, on another thread. So a chunk that starts at a multiple of `chunk_unit` detects
-    and classifies exactly as the plain run does there. `stages` reach the Analyzer
+    at the reader's first frame and at multiples of `chunk_unit`); they are classified in batches
+    that `batch_span` fixes by frame index, on another thread. So a chunk that starts at a
+    multiple of `chunk_unit` detects and classifies exactly as the plain run does there. `stages` reach the Analyzer
     (`analyzer_stages` for one in this process); frames are shrunk to `max_width` first.
     """
 
@@ -176,6 +179,8 @@ class RawStage:
 
     def __iter__(self) -> Iterator[RawFrame]:
         span = batch_span(self.every, self.frames_per_call)
+        # The schedule starts afresh at these frames, as a chunk of a Ray run starts at them.
+        unit = chunk_unit(self.every, self.frames_per_call, self.cadence)
         self.schedule.reset()
         detect = ThreadPoolExecutor(1, thread_name_prefix="fer-file-detect")
         classify = ThreadPoolExecutor(1, thread_name_prefix="fer-file-classify")
@@ -188,7 +193,7 @@ class RawStage:
                 if frame is not None and index % self.every == 0:
                     while awaiting and (awaiting[0].done() or len(awaiting) >= MAX_AWAITING_DETECTION):
                         awaiting.popleft().result()
-                    prepared = detect.submit(self._prepare, frame)
+                    prepared = detect.submit(self._prepare, frame, index % unit == 0)
                     awaiting.append(prepared)
                 batch.frames.append((index, frame if self.keep_images else None, prepared))
                 batch.widths[index] = 0 if frame is None else frame.shape[1]
@@ -207,9 +212,11 @@ class RawStage:
             detect.shutdown(wait=True, cancel_futures=True)
             classify.shutdown(wait=True, cancel_futures=True)
 
-    def _prepare(self, frame: np.ndarray) -> Prepared:
+    def _prepare(self, frame: np.ndarray, reset: bool) -> Prepared:
         """Detect and crop one frame with the schedule's hints (on the detection thread, in frame order)."""
         schedule = self.schedule
+        if reset:
+            schedule.reset()
         prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), schedule.plan())
         schedule.observe(prepared.width, prepared.height, prepared.boxes)
         return prepared
