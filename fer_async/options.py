@@ -32,7 +32,8 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_int(text: str) -> int:
-    return int(text.replace("_", ""), 0)  # accepts 2_000_000 and 0x...
+    # Base 10: a leading zero (FER_DETECT_EVERY=05, --port 08305) is still decimal (base 0 refuses it).
+    return int(text.replace("_", ""), 10)  # accepts 2_000_000
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,11 @@ def test_command_line_beats_environment_beats_default() -> None:
     assert (tracked.smoothing_ms, tracked.label_margin) == (0.0, 0.2)
 
 
+def test_integers_with_a_leading_zero_are_decimal() -> None:
+    settings = Settings.from_args(["--port", "08305"], env={"FER_DETECT_EVERY": "05"})
+    assert (settings.port, settings.detect_every) == (8305, 5)
+
+
 def test_every_option(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     settings = Settings.from_args(
