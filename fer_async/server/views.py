@@ -175,9 +175,9 @@ async def predict(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     limit = settings.max_photo_bytes
     too_large = f"image larger than {limit} bytes (--max-photo-bytes)"
-    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
-        return _error(413, too_large)
     metrics_ = request.app[METRICS]
+    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
+        return _refused(refuse(metrics_, Reason.TOO_LARGE, too_large))
     slots = request.app[PHOTO_UPLOADS]
     if slots.locked():  # each upload is buffered whole: a bound on them is a bound on memory
         return _refused(refuse(metrics_, Reason.BUSY, f"{PHOTO_UPLOADS_AT_ONCE} uploads are being read; try again"))

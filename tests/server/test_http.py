@@ -17,8 +17,8 @@ from testsupport import eventually
 from fer_async.config import Settings
 from fer_async.imaging import decode_image, encode_jpeg
 from fer_async.labels import EMOTION_COLOURS, EMOTIONS, Box
-from fer_async.server.keys import PHOTO_UPLOADS
-from fer_async.server.views import PHOTO_UPLOADS_AT_ONCE
+from fer_async.server.keys import METRICS, PHOTO_UPLOADS
+from fer_async.server.views import MULTIPART_OVERHEAD, PHOTO_UPLOADS_AT_ONCE
 
 from .helpers import Client, MakeClient, iou
 
@@ -144,6 +144,23 @@ async def test_predict_too_large_is_413(make_client: MakeClient, face_jpeg: byte
     content_type = f"multipart/form-data; boundary={boundary}"
     resp = await client.post("/api/predict", data=streamed(), headers={"Content-Type": content_type})
     assert resp.status == 413
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_predict_over_the_limit_is_the_same_413_with_or_without_content_length(
+    make_client: MakeClient, chunked: bool
+) -> None:
+    client = await make_client(max_photo_bytes=20_000)
+    body = b"\xff" * (20_000 + MULTIPART_OVERHEAD + 1)  # past the limit before any image check
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    resp = await client.post("/api/predict", data=chunks() if chunked else body, headers={"Content-Type": "image/jpeg"})
+    assert resp.status == 413
+    assert (await resp.json())["reason"] == "too_large"
+    assert client.app[METRICS].registry.get_sample_value("fer_frame_errors_total", {"reason": "too_large"}) == 1.0
 
 
 async def test_healthz(client: Client) -> None:
