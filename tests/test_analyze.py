@@ -242,6 +242,16 @@ def test_cli_refuses_one_output_for_several_inputs(tmp_path: Path, clips: dict[s
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_refuses_plot_without_matplotlib_before_analysing(
+    tmp_path: Path, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: its import fails
+    out = tmp_path / "out"
+    assert main([str(clips["face"]), "--out", f"{out}/", "--plot", f"{out}/"]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_real_clip_single_face(analyzer: Analyzer) -> None:
     """single_face.mp4: one man, neutral, a broad smile around frames 30-55 (SOURCES.md)."""
     rows = list(analyze_video(shared_clip("single_face.mp4"), analyzer=analyzer))

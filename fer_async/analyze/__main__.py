@@ -46,6 +46,7 @@ from fer_async.analyze.outputs import (
     AnnotationWriter,
     OutputError,
     RowWriter,
+    check_plot_available,
     output_path,
     plot_timeline,
 )
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         for option, default in ((args.out, ".csv"), (args.annotate, ".mp4"), (args.plot, ".png")):
             if option is not None and option != "-":
                 output_path(option, paths[0], several, default)
+        if args.plot is not None:
+            check_plot_available()
     except OutputError as exc:
         _error(str(exc))
         return EXIT_USAGE

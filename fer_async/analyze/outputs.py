@@ -8,6 +8,7 @@ file was analysed to its end; an interrupted or cut-short analysis keeps what it
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ PLOT_MAX_TRACKS = 6  # more panels than this are unreadable; the longest tracks 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"):
 # a file named `=HYPERLINK(...)+cmd.mp4` would do that in the file column.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLOT_NEEDS = "--plot needs matplotlib: pip install 'fer_async[analyze]'"
 
 
 class OutputError(ValueError):
@@ -182,6 +184,12 @@ def draw_tracked(image: np.ndarray, frame: AnalysedFrame) -> None:
     draw_annotations(image, frame.faces)
 
 
+def check_plot_available() -> None:
+    """Refuse --plot before any frame is analysed, rather than after the rows are written."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise OutputError(PLOT_NEEDS)
+
+
 def emotion_colours_rgb() -> dict[str, tuple[float, float, float]]:
     """The drawing colours (labels.EMOTION_COLOURS) as matplotlib RGB fractions, so plot and video match."""
     return {name: (r / 255, g / 255, b / 255) for name, (r, g, b) in EMOTION_COLOURS.items()}
@@ -197,7 +205,7 @@ def plot_timeline(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise OutputError("--plot needs matplotlib: pip install 'fer_async[analyze]'") from None
+        raise OutputError(PLOT_NEEDS) from None
     tracks = summary.main_tracks(PLOT_MAX_TRACKS)
     colours = emotion_colours_rgb()
     panels = max(1, len(tracks))
