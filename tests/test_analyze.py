@@ -44,6 +44,8 @@ from fer_async.analyze import (
 )
 from fer_async.analyze import source as source_module
 from fer_async.analyze.__main__ import main
+from fer_async.analyze.core import FileSummary
+from fer_async.analyze.outputs import plot_timeline
 from fer_async.analyze.source import FrameReader
 from fer_async.analyze.stages import analyzer_stages
 from fer_async.config import Settings
@@ -250,6 +252,32 @@ def test_cli_refuses_plot_without_matplotlib_before_analysing(
     assert main([str(clips["face"]), "--out", f"{out}/", "--plot", f"{out}/"]) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("duration_s", [0.04, 4.0, 0.0])
+def test_a_plot_without_faces_says_so_in_its_middle_above_its_time_axis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, duration_s: float
+) -> None:
+    import matplotlib.pyplot as plt
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to measure it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied" when the text left the canvas
+        plot_timeline(FileSummary(keep_timeline=True), "clip.mp4", tmp_path / "t.png", duration_s=duration_s)
+    [figure] = figures
+    renderer = figure.canvas.get_renderer()
+    [ax] = figure.axes
+    [text] = ax.texts
+    panel, note = ax.get_window_extent(renderer), text.get_window_extent(renderer)
+    assert panel.x0 < note.x0 and note.x1 < panel.x1 and panel.y0 < note.y0 and note.y1 < panel.y1
+    assert abs((note.x0 + note.x1) / 2 - (panel.x0 + panel.x1) / 2) < 1
+    label = ax.xaxis.label
+    assert label.get_text() == "time (s)"
+    box = label.get_window_extent(renderer)
+    assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1 and figure.bbox.y0 <= box.y0
+    monkeypatch.undo()
+    plt.close(figure)
 
 
 def test_real_clip_single_face(analyzer: Analyzer) -> None:

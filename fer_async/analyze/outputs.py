@@ -217,7 +217,10 @@ def plot_timeline(
         ax.set_ylabel(f"face {track_id}")
         ax.grid(alpha=0.3)
     if not tracks:
-        axes[0, 0].text(0.5, 0.5, "no face seen in 3 or more frames", ha="center", va="center")
+        # Axes coordinates: at data (0.5, 0.5) the text left the canvas of a 1-frame clip's time axis.
+        axes[0, 0].text(
+            0.5, 0.5, "no face seen in 3 or more frames", ha="center", va="center", transform=axes[0, 0].transAxes
+        )
     axes[0, 0].set_title(title, fontsize=10)
     axes[-1, 0].set_xlabel("time (s)")
     if duration_s > 0:  # the whole file, so where a face appears and leaves shows
