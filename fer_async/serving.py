@@ -102,8 +102,8 @@ def serve(
     settings: Settings, *, worker: WorkerInfo | None = None, on_listening: Callable[[], None] | None = None
 ) -> int:
     """Run one server process until Ctrl-C/SIGTERM; `worker` when it is one of several on the port."""
-    # Import after logging is set up; the app factory does not import TensorFlow (the model
-    # is loaded in its own thread during startup).
+    # Import after logging is set up; the app factory loads neither the model nor the detector
+    # (both load in a thread during startup, which logs the detector that runs).
     from fer_async.server.app import create_app
 
     loop, loop_name = new_event_loop()
@@ -118,7 +118,8 @@ def serve(
     if problem is not None:
         logger.error("cannot start: %s", problem)
         return 1
-    logger.info("starting on %s (model %s, detector %s)", settings.url, settings.model_name, settings.detector)
+    # Not the detector: --detector yunet may fall back to Haar; startup logs the one that loaded.
+    logger.info("starting on %s (model %s)", settings.url, settings.model_name)
     if not settings.tls and settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.info("browsers allow the camera only on https or localhost: use --cert/--key for other machines")
     app = create_app(settings, worker=worker)

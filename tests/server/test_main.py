@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -82,6 +83,36 @@ async def test_serves_and_stops_cleanly_on_sigterm(tmp_path: Path, video_dir: Pa
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_the_log_names_only_the_detector_that_runs(tmp_path: Path) -> None:
+    port, nothing_there = free_port(), free_port()
+    log = tmp_path / "server.log"
+    # YuNet is neither cached nor downloadable (a refused connection): the server runs Haar.
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path),
+        "FER_DETECTOR_MODEL_URL": f"http://127.0.0.1:{nothing_there}/",
+    }
+    env.pop("FER_DETECTOR_MODEL", None)
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "fer_async", "--host", "127.0.0.1", "--port", str(port), "--detector", "yunet"],
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        health = await wait_healthy(f"http://127.0.0.1:{port}", proc)
+        assert health["detector"] == "haar"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log.read_text()
+    assert re.findall(r"detector:? (yunet|haar)\b", text) == ["haar"], text[-3000:]
 
 
 async def test_port_in_use_is_reported_before_the_model_loads(tmp_path: Path) -> None:
