@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from fer_async.config import Settings
 from fer_async.server.connection import HEARTBEAT_S
@@ -35,6 +38,28 @@ def test_nginx_limits_match_the_server() -> None:
     assert min(_seconds("proxy_read_timeout", ws_location)) > 2 * HEARTBEAT_S
     video_location = conf[conf.index("location /video/") :].split("}", 1)[0]
     assert "proxy_buffering off;" in video_location
+
+
+def test_ingress_limits_match_the_server() -> None:
+    """Each path's ingress-nginx body limit is the server's default for it, as in the nginx conf."""
+    settings = Settings()
+    by_path: dict[str, dict[str, Any]] = {}
+    for ingress in yaml.safe_load_all((DEPLOY / "k8s" / "ingress.yaml").read_text()):
+        assert ingress["kind"] == "Ingress"
+        annotations = {
+            key.removeprefix("nginx.ingress.kubernetes.io/"): value
+            for key, value in ingress["metadata"]["annotations"].items()
+        }
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"] == {"name": "fer-async", "port": {"name": "http"}}
+                by_path[path["path"]] = annotations
+    assert set(by_path) == {"/", "/api/predict", "/api/analyses"}
+    assert int(by_path["/"]["proxy-body-size"]) == settings.max_frame_bytes + MULTIPART_OVERHEAD
+    assert int(by_path["/api/predict"]["proxy-body-size"]) == settings.max_photo_bytes + MULTIPART_OVERHEAD
+    assert int(by_path["/api/analyses"]["proxy-body-size"]) == settings.max_video_bytes + UPLOAD_CHUNK
+    assert by_path["/api/analyses"]["proxy-request-buffering"] == "off"
+    assert int(by_path["/"]["proxy-read-timeout"]) > 2 * HEARTBEAT_S  # /ws is under /
 
 
 def test_container_and_kubernetes_probe_the_health_endpoint() -> None:
