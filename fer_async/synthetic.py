@@ -29,7 +29,9 @@ def astronaut_bgr() -> np.ndarray:
     try:
         from skimage import data as skdata
     except ImportError as exc:  # scikit-image is a dev extra, not a server dependency
-        raise SystemExit("synthetic faces need scikit-image: pip install -e '.[dev]'") from exc
+        raise SystemExit(
+            "synthetic faces need scikit-image: pip install scikit-image (part of the [dev] extra)"
+        ) from exc
     return cv2.cvtColor(np.asarray(skdata.astronaut()), cv2.COLOR_RGB2BGR)
 
 
