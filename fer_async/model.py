@@ -300,7 +300,7 @@ class FacialExpressionModel:
             try:
                 return "keras", _keras_forward(self.json_path, self.weights_path, self._device)
             except ImportError as exc:
-                raise ValueError(f"--runtime keras needs TensorFlow: pip install -e '.[train]' ({exc})") from exc
+                raise ValueError(f"--runtime keras needs TensorFlow: pip install 'fer_async[train]' ({exc})") from exc
         if runtime == "onnx":
             if not self.onnx_path.is_file():
                 raise FileNotFoundError(f"model file not found: {self.onnx_path} (export it with `{EXPORT_COMMAND}`)")
