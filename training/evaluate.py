@@ -23,7 +23,7 @@ Two label sets, two figures (both printed, each with its per-class table and con
   is one of the seven classes and untied (`training.ferplus`; 3,281 of PublicTest's 3,589 faces).
   This is the figure the literature reports on FER+ and the one models are selected on.
   "agreed" is the accuracy on the faces where both label sets agree (2,135 on PublicTest).
-Exit status 2, with a one-line message on stderr, when the split or the weights are missing.
+Exit status 2, with a one-line message on stderr, when the split, the weights or matplotlib are missing.
 
 `--via-detector` also measures the model on what the SERVER feeds it instead of FER2013's own
 crops: each face is upscaled to 160x160 (INTER_CUBIC), pasted in the middle of a neutral grey
@@ -54,6 +54,7 @@ Select models on "val" (FER2013 PublicTest); look at "test" (PrivateTest) once, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -70,7 +71,7 @@ from training.cameras import CAMERAS
 from training.data import DEFAULT_DATA, SPLITS, Split, load_split
 from training.ferplus import DEFAULT_VOTES, load_votes, majority_labels
 from training.metrics import Report, report
-from training.plots import plot_confusion
+from training.plots import MATPLOTLIB_NEEDED, plot_confusion
 from training.server_path import evaluate_via_detector
 
 if TYPE_CHECKING:  # TensorFlow: imported at run time only once the inputs are known to be there
@@ -287,6 +288,8 @@ def _stem(args: argparse.Namespace, model: FacialExpressionModel) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:  # the confusion matrices: before any work
+        return fail(MATPLOTLIB_NEEDED)
     # Reading the data first makes a wrong path or split fail in a second, before TensorFlow loads.
     try:
         evaluated = prepare_split(args)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from fer_async.labels import EMOTIONS
+
+# matplotlib is imported when a figure is drawn, not with this module: training.evaluate imports
+# it and refuses to start with one line when matplotlib is missing (a plain install has none).
+MATPLOTLIB_NEEDED = "matplotlib is not installed: pip install 'fer_async[analyze]' (or the [train] extra)"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_history(csv_path: Path, png_path: Path) -> None:
@@ -21,6 +31,7 @@ def plot_history(csv_path: Path, png_path: Path) -> None:
     if not rows:
         return
     epochs = [int(r["epoch"]) + 1 for r in rows]
+    plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     # Runs on the FER+ votes score PublicTest in a callback: no val_loss, and val_accuracy is
     # the FER+ majority, with FER2013's labels beside it as val_fer2013.
@@ -47,6 +58,7 @@ def plot_history(csv_path: Path, png_path: Path) -> None:
 def plot_confusion(cm: np.ndarray, png_path: Path, title: str) -> None:
     """Row-normalised confusion matrix (recall on the diagonal) with raw counts in each cell."""
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")

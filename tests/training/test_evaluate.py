@@ -85,6 +85,27 @@ def test_missing_split_exits_2_without_traceback(tiny_npz: Path, tmp_path: Path)
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
+def test_missing_matplotlib_exits_2_with_one_line(tiny_npz: Path, tmp_path: Path) -> None:
+    # As on a plain install: importing matplotlib fails.
+    block = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        "runpy.run_module('training.evaluate', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", block, "--data", str(tiny_npz), "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr
+        == "evaluate: error: matplotlib is not installed: pip install 'fer_async[analyze]' (or the [train] extra)\n"
+    )
+    assert done.stdout == ""
+
+
 def test_missing_weights_exits_2(tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = evaluate.main(["--data", str(tiny_npz), "--weights", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert rc == 2
