@@ -124,7 +124,8 @@ class Settings:
     detector_model: Path | None = option(
         None,
         "--detector-model",
-        "YuNet's face_detection_yunet.onnx; without it: the per-user cache (~/.cache/fer_async), "
+        "YuNet's face_detection_yunet.onnx; without it: the per-user cache ($XDG_CACHE_HOME/fer_async, "
+        "by default ~/.cache/fer_async), "
         "else one download from OpenCV's model zoo, pinned by sha256",
         "PATH",
         parse=Path,
