@@ -42,7 +42,7 @@ DEFAULT_ALIGN = True
 # 1080p shot (faces under about 100 px missed; docs/benchmarks.md, "Detection width").
 # AUTO_DETECT_WIDTH (the default) takes a third of the frame's width, from MIN_DETECT_WIDTH (every
 # frame up to 960 px wide, webcams included: as fast as ever) to MAX_AUTO_DETECT_WIDTH (faces from
-# about 40 px in 1080p, 80 px in 4K, at 2-5 x the 320 px detection's time).
+# about 40 to 64 px in 1080p, 80 px in 4K, at 2-5 x the 320 px detection's time).
 AUTO_DETECT_WIDTH = 0
 MIN_DETECT_WIDTH = 320
 MAX_AUTO_DETECT_WIDTH = 960
