@@ -189,7 +189,8 @@ class Analyzer:
             recheck = plan.recheck
             if recheck is not None and recheck.fit(width, height) and isinstance(detector, RegionDetector):
                 missed = [box for box in (_to_image(b, scale) for b in recheck.boxes) if not _covered(box, faces)]
-                if missed:
+                # Past a full detection's worth of regions (a crowd), every frame is searched whole anyway.
+                if missed and detector.regions_cheaper(len(missed), image.shape):
                     faces = _with_others(faces, detector.detect_regions(image, missed))
             return faces, Search.FULL
         found = detector.detect_regions(image, [_to_image(box, scale) for box in hints.boxes])

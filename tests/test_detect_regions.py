@@ -132,6 +132,25 @@ def test_a_face_the_whole_frame_search_misses_is_kept_by_its_region(analyzer: An
     assert lost.search is Search.REGIONS_LOST and len(lost.boxes) == 1 and iou(lost.boxes[0], face) > 0.7
 
 
+def test_no_recheck_past_a_full_detections_worth_of_regions(yunet_model: Path) -> None:
+    class CountingYuNet(YuNetDetector):
+        regions = 0
+
+        def detect_regions(self, image_bgr: np.ndarray, around: Sequence[Any]) -> list[Any]:
+            self.regions += len(around)
+            return super().detect_regions(image_bgr, around)
+
+    detector = CountingYuNet(yunet_model)
+    dark = dimmed(compose_frame(astronaut_bgr(), 60, 20, side=160, seed=0), 0.1)
+    crowd = tuple((20 + 60 * (i % 10), 20 + 60 * (i // 10), 50, 50) for i in range(40))
+    with Analyzer(NoModel(), detector) as analyzer:
+        for recheck, regions in ((crowd[:2], 2), (crowd, 0)):
+            detector.regions = 0
+            prepared = analyzer.prepare(dark, FramePlan(None, recheck=Hints(WIDTH, HEIGHT, recheck)))
+            assert not isinstance(prepared, ImageError)
+            assert (prepared.search, detector.regions) == (Search.FULL, regions)
+
+
 def test_the_whole_frame_when_hints_do_not_apply(analyzer: Analyzer, yunet_model: Path) -> None:
     frame = drifting(1)[0]
     (face,) = stream(analyzer, [frame], 1)[0].boxes
