@@ -53,7 +53,9 @@ def port_problem(host: str, port: int, *, reuse_port: bool = False) -> str | Non
 
     Checked before the model loads, which takes seconds to minutes: a taken port should fail
     at once, not after the wait. aiohttp binds again later (a port taken in between still
-    fails there, with the same message). `reuse_port`: bind as `--workers` do, beside siblings.
+    fails there, with the same message). `reuse_port`: bind as `--workers` do, beside siblings;
+    it also succeeds beside another server's reuse_port listeners of the same user, so the
+    supervisor checks without it.
     """
     if port == 0:
         return None

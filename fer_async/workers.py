@@ -14,10 +14,11 @@ one inherited socket or gunicorn (README, "Scaling"):
 This module is the supervisor (the parent process, which loads neither TensorFlow nor OpenCV)
 and each worker's entry point (which tells the supervisor when it listens); what a worker adds
 to its app (publishing its metrics for its siblings, stopping when the supervisor disappears,
-even after a SIGKILL of the parent) is in `fer_async.server.worker`. The supervisor checks the port once,
-forwards SIGINT/SIGTERM to all workers, waits for their clean shutdown, restarts a worker that
-dies after it had started, and stops everything (exit 1) when a worker cannot start (bad
-weights, a port taken meanwhile).
+even after a SIGKILL of the parent) is in `fer_async.server.worker`. The supervisor checks once
+that nothing listens on the port (another server with `--workers` included), forwards
+SIGINT/SIGTERM to all workers, waits for their clean shutdown, restarts a worker that dies
+after it had started, and stops everything (exit 1) when a worker cannot start (bad weights, a
+port taken meanwhile).
 """
 
 from __future__ import annotations
@@ -169,7 +170,10 @@ def supervise(settings: Settings) -> int:
         logger.warning("SO_REUSEPORT spreads connections evenly only on Linux: workers may be unevenly loaded")
     from fer_async.serving import port_problem
 
-    problem = port_problem(settings.host, settings.port, reuse_port=True)
+    # Without SO_REUSEPORT: with it the bind succeeds beside any listener of the same user (another
+    # server with --workers), and both would answer on the port. None of our workers listens yet,
+    # and the probe is closed before they start, so it takes nothing from them.
+    problem = port_problem(settings.host, settings.port)
     if problem is not None:  # before N processes load N models
         logger.error("cannot start: %s", problem)
         return 1

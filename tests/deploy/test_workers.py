@@ -181,6 +181,23 @@ async def test_port_in_use_stops_the_workers_before_they_load_a_model() -> None:
     assert "worker 0 started" not in text, text  # refused by the supervisor, before any worker
 
 
+async def test_a_second_server_with_workers_on_the_same_port_is_refused(tmp_path: Path) -> None:
+    """SO_REUSEPORT lets any process of the same user listen beside another: the check must not."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "first.log"
+    async with server_process(["--workers", "2"], log, port) as first:
+        await wait_until_serving(base, first, log)
+        second_log = tmp_path / "second.log"
+        async with server_process(["--workers", "2"], second_log, port) as second:
+            code = await asyncio.wait_for(second.wait(), STOP_TIMEOUT_S)
+        text = tail(second_log)
+        assert code == 1, text
+        assert f"cannot listen on 127.0.0.1:{port}" in text and "in use" in text, text
+        assert "worker 0 started" not in text, text
+        assert first.returncode is None
+
+
 async def test_every_worker_answers_for_every_analysis_job(tmp_path: Path) -> None:
     """`--workers 2`, default results directory: polls, downloads and a stop reach a job from either worker."""
     port = free_port()
