@@ -94,6 +94,7 @@ class Job:
     # are written in order and progress never goes back.
     lock: threading.Lock = field(default_factory=threading.Lock)
     published: float = 0.0  # time.monotonic() of the last write of its state
+    lost: bool = False  # another process gave it up for lost (ResultsDir.read_state): it writes nothing more
 
     def snapshot(self) -> dict[str, Any]:
         ended = self.state not in RUNNING_STATES
@@ -268,9 +269,16 @@ class AnalysisJobs:
 
     def _publish(self, job: Job, *, at_most_every: float = 0.0) -> None:
         with job.lock:
-            if time.monotonic() - job.published < at_most_every:
+            if job.lost or time.monotonic() - job.published < at_most_every:
                 return
             job.published = time.monotonic()
+            if self.results.declared_lost(job.id):
+                # This process was paused past LOST_AFTER_S: clients were told the job failed, and
+                # a state written now would not change that. Stop it, as its lost process would be.
+                logger.warning("analysis %s was given up for lost while this process was not answering", job.id)
+                job.lost = True
+                job.stop.set()
+                return
             self.results.write_state(job.snapshot())
 
     async def _run(self, job: Job) -> None:
@@ -386,7 +394,7 @@ class AnalysisJobs:
             if hit_limit and analysis.frames_read == info.frame_count:
                 hit_limit, ending = False, analysis.ending  # the file has exactly `limit` frames: all read
         finally:
-            if analysis.frames_read == 0:
+            if analysis.frames_read == 0 or job.lost:
                 writer.discard()
             else:
                 finished = writer.finish(ending is Ending.DONE)

@@ -5,6 +5,7 @@ One job is one id (12 URL-safe characters, unguessable) and these files::
     ID.json                        its state (what GET /api/analyses/ID answers), replaced as it runs
     ID.csv  or  ID.incomplete.csv  its rows, renamed into place when the job has ended
     ID.stop                        a stop request, written by whichever process got the DELETE
+    ID.lost                        the verdict on a job whose process stopped heartbeating (below)
     .ID.part<pid>.csv, .tmp-*      files being written, never read
 
 The process running a job is the only writer of its state and rows; every process (a worker of
@@ -13,7 +14,11 @@ removes what has expired. Every file is written under a temporary name in the sa
 renamed, so a reader never sees half a file (rename is atomic on local disks, NFS and CephFS).
 
 A running job's owner rewrites its state at least every HEARTBEAT_S; a "running" state older than
-LOST_AFTER_S belongs to a process that died and is answered as failed. Ended jobs expire after
+LOST_AFTER_S belongs to a process that died and is answered as failed. The first reader to find it
+so writes that verdict to ID.lost, which outweighs ID.json from then on: a process that was only
+paused (SIGSTOP, a stuck VM) and comes back cannot bring the job back to life (its next write of
+the state finds the verdict, and it stops the job). The owner never writes ID.lost, and readers
+never write ID.json, so neither can undo the other. Ended jobs expire after
 RESULT_TTL_S, and at most MAX_KEPT_JOBS are kept; whichever process sweeps removes them.
 """
 
@@ -40,9 +45,9 @@ LOST_AFTER_S = 15.0
 RUNNING_STATES = ("queued", "running")
 LOST_MESSAGE = "the server process running this analysis stopped"
 _ID = re.compile(r"[A-Za-z0-9_-]{12}")
-_STATE, _STOP, _TEMPORARY = ".json", ".stop", ".tmp-"
+_STATE, _STOP, _LOST, _TEMPORARY = ".json", ".stop", ".lost", ".tmp-"
 # Only files named like these are ever removed: --results-dir may be given a directory that holds more.
-_OURS = re.compile(r"\.?[A-Za-z0-9_-]{12}(\.json|\.csv|\.incomplete\.csv|\.stop|\.part\d+\.csv)|\.tmp-\w+\.json")
+_OURS = re.compile(r"\.?[A-Za-z0-9_-]{12}(\.json|\.csv|\.incomplete\.csv|\.stop|\.lost|\.part\d+\.csv)|\.tmp-\w+\.json")
 
 
 def new_job_id() -> str:
@@ -57,6 +62,14 @@ def is_job_id(text: str) -> bool:
 def _job_of(file_name: str) -> str:
     """The job id a file of the directory belongs to ("" for none)."""
     return file_name.lstrip(".").split(".", 1)[0]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return record
 
 
 def ended_at(state: dict[str, Any]) -> float | None:
@@ -88,28 +101,46 @@ class ResultsDir:
         path = self.path / str(name)
         return path if path.parent == self.path and path.is_file() else None
 
-    def write_state(self, state: dict[str, Any]) -> None:
-        """Replace the job's state at once: a reader gets the old file or the new one, never half of one."""
+    def _lost_path(self, job_id: str) -> Path:
+        return self.path / f"{job_id}{_LOST}"
+
+    def _replace_json(self, target: Path, record: dict[str, Any]) -> None:
+        """Replace `target` at once: a reader gets the old file or the new one, never half of one."""
         handle, name = tempfile.mkstemp(dir=self.path, prefix=_TEMPORARY, suffix=_STATE)
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(state | {"updated_at": time.time()}, out, separators=(",", ":"))
-            os.replace(name, self._state_path(state["id"]))
+                json.dump(record, out, separators=(",", ":"))
+            os.replace(name, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(name)
             raise
 
+    def write_state(self, state: dict[str, Any]) -> None:
+        """Replace the job's state (its owner's heartbeat: stamped with the present)."""
+        self._replace_json(self._state_path(state["id"]), state | {"updated_at": time.time()})
+
+    def declared_lost(self, job_id: str) -> bool:
+        """Whether a reader has given the job up for lost: its owner then stops it and writes no more."""
+        return self._lost_path(job_id).exists()
+
     def read_state(self, job_id: str) -> dict[str, Any] | None:
-        """The job's state, None for an unknown id; a running job whose process is gone reads as failed."""
+        """The job's state, None for an unknown id; a running job whose process is gone reads as failed, for good."""
         if not is_job_id(job_id):
             return None
-        try:
-            state: dict[str, Any] = json.loads(self._state_path(job_id).read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
+        state = _read_json(self._state_path(job_id))
+        if state is None:
             return None
+        verdict = _read_json(self._lost_path(job_id))
+        if verdict is not None:
+            return verdict
         if state.get("state") in RUNNING_STATES and time.time() - float(state.get("updated_at", 0.0)) > LOST_AFTER_S:
-            state |= {"state": "failed", "error": LOST_MESSAGE, "finished_at": state.get("updated_at")}
+            verdict = state | {"state": "failed", "error": LOST_MESSAGE, "finished_at": state.get("updated_at")}
+            try:  # two readers may both get here: their verdicts are alike, and the last rename wins whole
+                self._replace_json(self._lost_path(job_id), verdict)
+            except OSError as exc:  # a full disk: answered all the same, and written by a later reader
+                logger.warning("cannot write the verdict on lost analysis %s: %s", job_id, exc)
+            return verdict
         return state
 
     def request_stop(self, job_id: str) -> None:

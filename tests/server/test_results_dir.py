@@ -91,6 +91,40 @@ def test_a_running_job_whose_process_is_gone_reads_as_failed(tmp_path: Path) -> 
     assert (results.read_state(alive) or {})["state"] == "running"
     read = results.read_state(lost) or {}
     assert read["state"] == "failed" and read["error"] == LOST_MESSAGE
+    results.write_state(state(lost, at=now, running=True))  # its process comes back: the verdict stands
+    assert results.read_state(lost) == read and results.declared_lost(lost) and not results.declared_lost(alive)
+
+
+async def test_a_job_declared_lost_stays_lost_when_its_server_comes_back(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A replica paused past LOST_AFTER_S (SIGSTOP, a stuck VM) and then resumed: the verdict stands."""
+    shared = tmp_path / "results"
+    owner, reader = await make_client(results_dir=shared), await make_client(results_dir=shared)
+    started = await owner.post("/api/analyses", data=upload_form(face_clip(tmp_path / "long.mp4", frames=300)))
+    url = (await started.json())["url"]
+    job_id = url.rsplit("/", 1)[1]
+    while True:
+        if (await (await reader.get(url)).json())["frames_done"] >= 4:
+            break
+        await asyncio.sleep(0.05)
+    job = owner.app[ANALYSIS_JOBS].running[job_id]
+    await asyncio.to_thread(job.lock.acquire)  # the owner can neither add a frame nor write its state
+    try:
+        last = json.loads((shared / f"{job_id}.json").read_text())
+        put(ResultsDir(shared), last | {"updated_at": time.time() - LOST_AFTER_S - 1})
+        lost = await (await reader.get(url)).json()
+    finally:
+        job.lock.release()  # it resumes
+    assert lost["state"] == "failed" and lost["error"] == LOST_MESSAGE
+    while job_id in owner.app[ANALYSIS_JOBS].running:
+        for client in (reader, owner):
+            assert (await (await client.get(url)).json())["state"] == "failed"
+        await asyncio.sleep(0.05)
+    for client in (reader, owner):
+        assert await (await client.get(url)).json() == lost | {"elapsed_s": lost["elapsed_s"]}
+    assert job.frames_done < 300  # the owner stopped the analysis when it found the verdict
+    assert not list(shared.glob(f".{job_id}.part*"))
 
 
 def test_sweep_removes_expired_jobs_and_leftovers_but_nothing_else(tmp_path: Path) -> None:
