@@ -6,7 +6,7 @@ One job is one id (12 URL-safe characters, unguessable) and these files::
     ID.csv  or  ID.incomplete.csv  its rows, renamed into place when the job has ended
     ID.stop                        a stop request, written by whichever process got the DELETE
     ID.lost                        the verdict on a job whose process stopped heartbeating (below)
-    .ID.part<pid>.csv, .tmp-*      files being written, never read
+    .ID.part<pid>.csv, .tmp-*      files being written, read only once their job is lost
 
 The process running a job is the only writer of its state and rows; every process (a worker of
 `--workers`, or a replica sharing the directory on a volume) reads them, asks for a stop, and
@@ -15,11 +15,12 @@ renamed, so a reader never sees half a file (rename is atomic on local disks, NF
 
 A running job's owner rewrites its state at least every HEARTBEAT_S; a "running" state older than
 LOST_AFTER_S belongs to a process that died and is answered as failed. The first reader to find it
-so writes that verdict to ID.lost, which outweighs ID.json from then on: a process that was only
-paused (SIGSTOP, a stuck VM) and comes back cannot bring the job back to life (its next write of
-the state finds the verdict, and it stops the job). The owner never writes ID.lost, and readers
-never write ID.json, so neither can undo the other. Ended jobs expire after
-RESULT_TTL_S, and at most MAX_KEPT_JOBS are kept; whichever process sweeps removes them.
+so writes that verdict to ID.lost, which outweighs ID.json from then on, and copies the whole rows
+of the part file to ID.incomplete.csv. A process that was only paused (SIGSTOP, a stuck VM) and
+comes back cannot bring the job back to life: its next write of the state finds the verdict, and
+it stops the job and discards its part file. The owner never writes ID.lost and readers never
+write ID.json, so neither can undo the other. Ended jobs expire after RESULT_TTL_S, and at most
+MAX_KEPT_JOBS are kept; whichever process sweeps removes them.
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ HEARTBEAT_S = 2.0
 LOST_AFTER_S = 15.0
 RUNNING_STATES = ("queued", "running")
 LOST_MESSAGE = "the server process running this analysis stopped"
+LOST_ROWS_WARNING = "the rows it had written are in the CSV"
+_COPY_CHUNK = 1024 * 1024
 _ID = re.compile(r"[A-Za-z0-9_-]{12}")
 _STATE, _STOP, _LOST, _TEMPORARY = ".json", ".stop", ".lost", ".tmp-"
 # Only files named like these are ever removed: --results-dir may be given a directory that holds more.
-_OURS = re.compile(r"\.?[A-Za-z0-9_-]{12}(\.json|\.csv|\.incomplete\.csv|\.stop|\.lost|\.part\d+\.csv)|\.tmp-\w+\.json")
+_OURS = re.compile(
+    r"\.?[A-Za-z0-9_-]{12}(\.json|\.csv|\.incomplete\.csv|\.stop|\.lost|\.part\d+\.csv)|\.tmp-\w+\.(json|csv)"
+)
 
 
 def new_job_id() -> str:
@@ -136,12 +141,46 @@ class ResultsDir:
             return verdict
         if state.get("state") in RUNNING_STATES and time.time() - float(state.get("updated_at", 0.0)) > LOST_AFTER_S:
             verdict = state | {"state": "failed", "error": LOST_MESSAGE, "finished_at": state.get("updated_at")}
+            verdict |= self._rows_of_lost(job_id)
             try:  # two readers may both get here: their verdicts are alike, and the last rename wins whole
                 self._replace_json(self._lost_path(job_id), verdict)
             except OSError as exc:  # a full disk: answered all the same, and written by a later reader
                 logger.warning("cannot write the verdict on lost analysis %s: %s", job_id, exc)
             return verdict
         return state
+
+    def _rows_of_lost(self, job_id: str) -> dict[str, Any]:
+        """What a lost job's process left in `.ID.part<pid>.csv`, up to its last whole row, as its
+        `ID.incomplete.csv`: the state's fields that point to it ({} when it had no rows).
+
+        The rows are flushed frame by frame, so only the last line may be cut. The part file is
+        still: its process has not written its state for LOST_AFTER_S, and it writes its state
+        as rows go by. It is copied, not moved, so that two readers here at once make the same file.
+        """
+        try:
+            parts = sorted((p.stat().st_mtime, p) for p in self.path.glob(f".{job_id}.part*.csv"))
+            if not parts:
+                return {}
+            handle, name = tempfile.mkstemp(dir=self.path, prefix=_TEMPORARY, suffix=".csv")
+        except OSError:
+            return {}
+        target, lines, whole = self.path / f"{job_id}.incomplete.csv", 0, 0
+        try:
+            with parts[-1][1].open("rb") as part, os.fdopen(handle, "wb") as out:
+                while chunk := part.read(_COPY_CHUNK):
+                    out.write(chunk)
+                    if (last := chunk.rfind(b"\n")) >= 0:
+                        lines, whole = lines + chunk.count(b"\n"), out.tell() - len(chunk) + last + 1
+                out.truncate(whole)
+            if lines >= 2:  # more than its header
+                os.replace(name, target)
+        except OSError:
+            lines = 0
+        if lines < 2:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            return {}
+        return {"rows_file": target.name, "rows": lines - 1, "warning": LOST_ROWS_WARNING}
 
     def request_stop(self, job_id: str) -> None:
         if is_job_id(job_id):

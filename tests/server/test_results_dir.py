@@ -125,6 +125,28 @@ async def test_a_job_declared_lost_stays_lost_when_its_server_comes_back(
         assert await (await client.get(url)).json() == lost | {"elapsed_s": lost["elapsed_s"]}
     assert job.frames_done < 300  # the owner stopped the analysis when it found the verdict
     assert not list(shared.glob(f".{job_id}.part*"))
+    rows = (await (await reader.get(lost["csv_url"])).text()).splitlines()
+    assert lost["rows"] == len(rows) - 1 >= 4  # the rows it had written when it was given up
+
+
+async def test_a_lost_jobs_rows_are_served_up_to_its_last_whole_row(make_client: MakeClient, tmp_path: Path) -> None:
+    """A process killed mid-job leaves `.ID.part<pid>.csv`: its whole rows become the job's incomplete CSV."""
+    shared = tmp_path / "results"
+    shared.mkdir()
+    client = await make_client(results_dir=shared)
+    job_id = new_job_id()
+    put(ResultsDir(shared), state(job_id, at=time.time() - LOST_AFTER_S - 1, running=True))
+    (shared / f".{job_id}.part4242.csv").write_bytes(b"file,frame\nclip.mp4,0\nclip.mp4,1\nclip.mp4,2,0.5")
+    url = f"/api/analyses/{job_id}"
+    job = await (await client.get(url)).json()
+    assert job["state"] == "failed" and job["error"] == LOST_MESSAGE
+    assert job["rows"] == 2 and job["csv_url"] == url + "/csv", job
+    for _ in range(2):  # the verdict and its file stay as they were made
+        response = await client.get(url + "/csv")
+        assert response.status == 200
+        assert "clip.incomplete.csv" in response.headers["Content-Disposition"]
+        assert await response.read() == b"file,frame\nclip.mp4,0\nclip.mp4,1\n"
+    assert await (await client.get(url)).json() == job
 
 
 def test_sweep_removes_expired_jobs_and_leftovers_but_nothing_else(tmp_path: Path) -> None:
@@ -141,7 +163,8 @@ def test_sweep_removes_expired_jobs_and_leftovers_but_nothing_else(tmp_path: Pat
     running = new_job_id()
     put(results, state(running, at=now, running=True))
     (tmp_path / f".{running}.part123.csv").write_text("rows so far\n")
-    leftovers = [f".{new_job_id()}.part99.csv", ".tmp-abc123.json", f"{new_job_id()}.stop"]
+    leftovers = [f".{new_job_id()}.part99.csv", ".tmp-abc123.json", ".tmp-def456.csv", f"{new_job_id()}.stop"]
+    leftovers.append(f"{new_job_id()}.lost")
     strangers = ["notes.txt", "ABCDEFGHIJKL.txt", "keep"]
     for name in leftovers + strangers:
         (tmp_path / name).write_text("x")
