@@ -61,6 +61,8 @@ BATCH_RESULT_TIMEOUT_S = 300.0  # a chunk's frames not answered in this long: th
 PROGRESS_EVERY_S = 0.25  # how often a running job's state is rewritten as frames go by
 SWEEP_EVERY_S = 60.0  # expired results go even when no new job starts
 READ_LIMIT = "an analysis on this server reads (--max-video-frames)"
+# A stopped job's warning when no user asked for the stop: otherwise the two read the same.
+SHUTDOWN_WARNING = "the server shut down during the analysis"
 
 # What a job's state says for each ending of its FileAnalysis.
 JOB_STATES = {Ending.DONE: "done", Ending.CUT_SHORT: "done", Ending.STOPPED: "stopped", Ending.NO_FRAMES: "failed"}
@@ -94,6 +96,7 @@ class Job:
     # are written in order and progress never goes back.
     lock: threading.Lock = field(default_factory=threading.Lock)
     published: float = 0.0  # time.monotonic() of the last write of its state
+    stop_reason: str | None = None  # the warning of a stop that no user asked for
     lost: bool = False  # another process gave it up for lost (ResultsDir.read_state): it writes nothing more
 
     def snapshot(self) -> dict[str, Any]:
@@ -262,6 +265,8 @@ class AnalysisJobs:
         """Stop every job and wait for their threads; their last states are written. Idempotent."""
         self._closed = True
         for job in self.running.values():
+            if not job.stop.is_set():
+                job.stop_reason = SHUTDOWN_WARNING
             job.stop.set()
         tasks = [job.task for job in self.running.values() if job.task is not None]
         if tasks:
@@ -407,6 +412,8 @@ class AnalysisJobs:
             return "done", None, warning
         if ending is Ending.NO_FRAMES:
             return JOB_STATES[ending], analysis.describe_ending(ending), None
+        if ending is Ending.STOPPED:
+            return JOB_STATES[ending], None, job.stop_reason
         if ending is Ending.CUT_SHORT:
             warning = f"{analysis.describe_ending(ending)}; the rows up to there are in the CSV"
             return JOB_STATES[ending], None, warning

@@ -14,6 +14,7 @@ import pytest
 from analyze_clips import face_clip
 
 from fer_async.server.job_routes import ANALYSIS_JOBS
+from fer_async.server.jobs import SHUTDOWN_WARNING
 from fer_async.server.results_dir import (
     LOST_AFTER_S,
     LOST_MESSAGE,
@@ -45,7 +46,7 @@ async def test_two_servers_sharing_the_directory_answer_for_each_others_jobs(
     stopped = await second.delete(url)  # a stop request that lands on the other server
     assert stopped.status == 200
     job, _ = await wait_for_job(second, url)
-    assert job["state"] == "stopped" and 4 <= job["frames_done"] < 300
+    assert job["state"] == "stopped" and 4 <= job["frames_done"] < 300 and job["warning"] is None
     assert job == await (await first.get(url)).json() | {"elapsed_s": job["elapsed_s"]}
     downloads = [await (await client.get(job["csv_url"])).read() for client in (first, second, first)]
     assert len(set(downloads)) == 1 and downloads[0].count(b"\n") > 4
@@ -55,6 +56,23 @@ async def test_two_servers_sharing_the_directory_answer_for_each_others_jobs(
             assert (await client.get(f"/api/analyses/{bad}")).status == 404
             assert (await client.delete(f"/api/analyses/{bad}")).status == 404
     assert sorted(p.name for p in shared.iterdir()) == sorted([f"{job['id']}.json", f"{job['id']}.incomplete.csv"])
+
+
+async def test_a_job_stopped_by_its_servers_shutdown_says_so(make_client: MakeClient, tmp_path: Path) -> None:
+    """A replica stopped (SIGTERM: a deploy, a scale-down) mid-job: not to be taken for the user's own Stop."""
+    shared = tmp_path / "results"
+    owner, reader = await make_client(results_dir=shared), await make_client(results_dir=shared)
+    started = await owner.post("/api/analyses", data=upload_form(face_clip(tmp_path / "long.mp4", frames=300)))
+    url = (await started.json())["url"]
+    while True:
+        if (await (await reader.get(url)).json())["frames_done"] >= 4:
+            break
+        await asyncio.sleep(0.05)
+    await owner.close()  # the app's shutdown, as run_app does it on SIGTERM
+    job = await (await reader.get(url)).json()
+    assert job["state"] == "stopped" and job["error"] is None and 4 <= job["frames_done"] < 300, job
+    assert job["warning"] == SHUTDOWN_WARNING, job
+    assert (await reader.get(job["csv_url"])).status == 200
 
 
 def state(job_id: str, *, at: float, running: bool = False, rows: str | None = None) -> dict[str, Any]:
