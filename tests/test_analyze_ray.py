@@ -199,6 +199,24 @@ def test_a_chunk_that_lands_on_the_wrong_frame_is_decoded_from_the_start(
     assert rows == list(plain)
 
 
+def test_frames_read_counts_the_frames_handed_out_as_the_plain_run_does(
+    local_ray: None, clips: dict[str, Path]
+) -> None:
+    """What the CLI's summary and its "interrupted at frame N" say when a run stops mid-chunk."""
+    info = open_source(clips["face"])
+    settings = Settings(detect_every=PERIOD).replace(detector=load_detector(Settings())[1])
+    run = RayRun([info], settings, max_width=640, chunk_frames=16)
+    try:
+        analysis = run.analysis(0, tracker_for(settings))
+        for frame in analysis:  # every frame is analysed (every=1), as in the plain run
+            assert analysis.frames_read == frame.index + 1 == analysis.frames_analysed
+            if frame.index == 20:  # in the second chunk
+                break
+    finally:
+        run.close()
+    assert analysis.frames_read == 21
+
+
 def test_the_api_gives_the_plain_rows_exactly_and_a_file_missing_on_a_node_fails_alone(
     local_ray: None, clips: dict[str, Path], tmp_path: Path
 ) -> None:

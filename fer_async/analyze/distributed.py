@@ -314,7 +314,11 @@ class StitchedChunks:
                     )
                     self.board.submit((self.file, number), dataclasses.replace(spec, sequential=True))
                     result = self.board.result((self.file, number))
-            yield from result.frames
+            for raw in result.frames:
+                # Counted as each frame is handed out, as the plain run counts them: an interrupted
+                # run's summary and its "interrupted at frame N" must not lag a chunk behind.
+                self.frames_read = raw.index + 1
+                yield raw
             self.frames_read = max(self.frames_read, result.frames_read)
             if result.decode_failed:
                 self.decode_failed = True
