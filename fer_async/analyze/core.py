@@ -14,12 +14,11 @@ CLI calls the Analyzer's two stages directly, the server goes through its pipeli
 batcher; both hand `FileAnalysis` the two `Stages`. Frames are analysed at their own size
 (`ANALYSIS_MAX_WIDTH`; `max_width=VIDEO_MAX_WIDTH` shrinks them as the MJPEG stream does).
 
-Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), reset at its
-first frame and at every multiple of `chunk_unit`: a full detection every `cadence.detect_every`
-analysed frames, only the regions around the last faces between. So frame i+1's detection
-needs frame i's boxes: frames are prepared one after the other on one thread, while the file is
-decoded on the caller's thread and the faces of the frames prepared before are classified in one
-model call per batch on a third.
+Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), reset every
+`chunk_unit` frames: a full detection every `cadence.detect_every` analysed frames, only the
+regions around the last faces between. So frame i+1's detection needs frame i's boxes: frames
+are prepared in order on one thread, while the file is decoded on the caller's thread and the
+faces of the frames prepared before are classified in one model call per batch on a third.
 
 Memory stays flat: frames are decoded, classified in batches and dropped; only the per-track
 counters (and, when asked for, a compact timeline) grow with the file.
@@ -55,15 +54,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Frames are analysed at their own size: the detector searches a 320 px copy on a full detection
-# anyway, and only the faces (and the regions around them) are cut from the frame. Shrinking
-# every frame to the MJPEG stream's 640 px first cost more than detecting (OpenCV's INTER_AREA
-# at 960 -> 640: 3.4 ms, at 1920 -> 640: 5.4 ms) and changed no label: on the two 960x540 clips
-# of ../shared, all 144 faces got the same label, the probabilities differing by <= 0.012 at the
-# 95th percentile (README, "Detect less, track more"). VIDEO_MAX_WIDTH gives the stream's frames.
+# Frames are analysed at their own size: a full detection searches a shrunk copy anyway, and only
+# faces and their regions are cut from the frame. Shrinking every frame to the stream's 640 px
+# first cost more than detecting (INTER_AREA 960 -> 640: 3.4 ms) and changed no label on the
+# 144 faces of ../shared's 960x540 clips (README, "Detect less, track more").
 ANALYSIS_MAX_WIDTH: int | None = None
-# The most decoded frames waiting for their face search: a file decodes faster than it is searched
-# at times (a 4K frame's full detection), and those frames are at full size.
+# Decoded full-size frames waiting for their face search (decoding can outrun a 4K full detection).
 MAX_AWAITING_DETECTION = 8
 FRAMES_PER_CALL = 16  # frames per Analyzer call in the CLI: the model's batch, as the server's max_batch
 # With --every N and --annotate the skipped frames wait for their batch too; bound that buffer.
@@ -140,9 +136,8 @@ def chunk_unit(every: int, frames_per_call: int, cadence: Cadence) -> int:
     the schedule's reset), so in frame indices a schedule restarts every `every * detect_every`
     frames. A chunk that starts there, its schedule reset, gets the plain run's full detection on
     its first frame and the same region searches after it, and, with `alternate_flip`, at an even
-    count (VIEW_PERIOD), the same views of its faces. The plain run resets its schedule at these
-    frames too: a full detection elsewhere rechecks the previous frame's faces
-    (`schedule.FramePlan.recheck`), which a chunk's first frame cannot know.
+    count (VIEW_PERIOD), the same views of its faces. The plain run resets there too: elsewhere a
+    full detection rechecks the previous frame's faces (`FramePlan.recheck`), unknown to a chunk.
     """
     view_period = VIEW_PERIOD if cadence.alternate_flip else 1
     return math.lcm(batch_span(every, frames_per_call), every * cadence.detect_every, every * view_period)
@@ -154,9 +149,9 @@ class RawStage:
 
     Every `every`-th frame (by index in the file, frame 0 first) is analysed. Its faces are
     searched for in frame order on a thread of their own, as this stage's `schedule` says (reset
-    at the reader's first frame and at multiples of `chunk_unit`); they are classified in batches
-    that `batch_span` fixes by frame index, on another thread. So a chunk that starts at a
-    multiple of `chunk_unit` detects and classifies exactly as the plain run does there. `stages` reach the Analyzer
+    at multiples of `chunk_unit`); they are classified in batches that `batch_span` fixes by frame
+    index, on another thread. So a chunk that starts at a multiple of `chunk_unit` detects and
+    classifies exactly as the plain run does there. `stages` reach the Analyzer
     (`analyzer_stages` for one in this process); frames are shrunk to `max_width` first.
     """
 
@@ -179,8 +174,7 @@ class RawStage:
 
     def __iter__(self) -> Iterator[RawFrame]:
         span = batch_span(self.every, self.frames_per_call)
-        # The schedule starts afresh at these frames, as a chunk of a Ray run starts at them.
-        unit = chunk_unit(self.every, self.frames_per_call, self.cadence)
+        unit = chunk_unit(self.every, self.frames_per_call, self.cadence)  # where Ray chunks start
         self.schedule.reset()
         detect = ThreadPoolExecutor(1, thread_name_prefix="fer-file-detect")
         classify = ThreadPoolExecutor(1, thread_name_prefix="fer-file-classify")
@@ -215,7 +209,7 @@ class RawStage:
     def _prepare(self, frame: np.ndarray, reset: bool) -> Prepared:
         """Detect and crop one frame with the schedule's hints (on the detection thread, in frame order)."""
         schedule = self.schedule
-        if reset:
+        if reset:  # at a multiple of chunk_unit
             schedule.reset()
         prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), schedule.plan())
         schedule.observe(prepared.width, prepared.height, prepared.boxes)
