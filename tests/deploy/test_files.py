@@ -65,7 +65,8 @@ def test_ingress_limits_match_the_server() -> None:
 def test_container_and_kubernetes_probe_the_health_endpoint() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"(?m)^USER 10001$", dockerfile)  # not root
-    assert "/healthz" in dockerfile.split("HEALTHCHECK", 1)[1].split("\n\n", 1)[0]
+    # /healthz through fer_async.healthcheck: the server's own FER_* port, https with FER_CERT.
+    assert 'CMD ["python", "-m", "fer_async.healthcheck"]' in dockerfile.split("HEALTHCHECK", 1)[1].split("\n", 2)[1]
     deployment = (DEPLOY / "k8s" / "deployment.yaml").read_text()
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert re.search(rf"{probe}:.*\n\s+httpGet: {{path: /healthz, port: http}}", deployment), probe
