@@ -24,7 +24,7 @@ its region (`FramePlan.recheck`), and the faces either search finds are kept.
 The decision and the hints are a pure function of the frame count since `reset()` (modulo N)
 and the previous frame's raw detections: never of a tracker's smoothing or of the clock. Right
 after `reset()` there is no previous frame, so that frame's detection depends on nothing before
-it. A file analysis resets its schedule at fixed frames (`analyze.core.chunk_unit`), so a run
+it. A file analysis resets its schedule at fixed frames (`analyze.chunks.restart_period`), so a run
 that starts at one of them (a Ray chunk) produces exactly the raw detections the uninterrupted
 run produces from there on, and the chunks together give the boxes of the whole run.
 

@@ -22,7 +22,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fer_
 from fer_async.analyze import IncompleteVideoWarning, analyze_video  # noqa: E402
 from fer_async.analyze import distributed as distributed_module  # noqa: E402
 from fer_async.analyze.__main__ import main  # noqa: E402
-from fer_async.analyze.core import chunk_unit, frame_rows  # noqa: E402
+from fer_async.analyze.chunks import chunk_unit  # noqa: E402
+from fer_async.analyze.core import frame_rows  # noqa: E402
 from fer_async.analyze.distributed import RayRun  # noqa: E402
 from fer_async.analyze.source import InputError, SourceInfo, frame_times, open_source  # noqa: E402
 from fer_async.config import Settings  # noqa: E402
@@ -77,7 +78,7 @@ def outputs(directory: Path) -> dict[str, bytes]:
 def both_runs(tmp_path: Path, inputs: list[Path], out: str, *extra: str) -> tuple[tuple[int, Path], tuple[int, Path]]:
     """(status, output directory) of the plain run and of the --ray run with small chunks."""
     runs = []
-    for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
+    for name, options in (("plain", ["--chunk-frames", CHUNK]), ("ray", ["--ray", "--chunk-frames", CHUNK])):
         target = tmp_path / name
         status = main([*map(str, inputs), "--out", str(target) + out, "--detect-every", str(PERIOD), *extra, *options])
         runs.append((status, target))
@@ -126,7 +127,7 @@ def test_the_default_period_starts_chunks_at_its_multiples(
     clip = tmp_path / "two_faces.mp4"
     write_clip(clip, seconds=12, fps=15)  # 180 frames: chunks at frames 0, 80 and 160
     written = {}
-    for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
+    for name, options in (("plain", ["--chunk-frames", CHUNK]), ("ray", ["--ray", "--chunk-frames", CHUNK])):
         target = tmp_path / f"{name}.csv"
         assert main([str(clip), "--out", str(target), *options]) == 0
         written[name] = target.read_bytes()
@@ -151,7 +152,7 @@ def test_faces_kept_through_dark_full_detections_and_chunks_agree(
     frames = [bright if i in (0, 20, 36) else dark for i in range(48)]
     clip = write_video(tmp_path / "dimmed.avi", frames, 10.0)
     written = {}
-    for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
+    for name, options in (("plain", ["--chunk-frames", CHUNK]), ("ray", ["--ray", "--chunk-frames", CHUNK])):
         target = tmp_path / f"{name}.csv"
         assert main([str(clip), "--out", str(target), "--detect-every", str(PERIOD), *options]) == 0
         written[name] = target.read_bytes()
@@ -162,6 +163,12 @@ def test_faces_kept_through_dark_full_detections_and_chunks_agree(
         with_face = {int(row[1]) for row in rows if row[3]}
         # From each bright frame to the next start of a chunk, where the dark full detection finds nobody.
         assert with_face == set(range(16)) | set(range(20, 32)) | set(range(36, 48))
+        # With the default chunks (1040 frames here) the face is kept on every frame.
+        target = tmp_path / "default.csv"
+        assert main([str(clip), "--out", str(target), "--detect-every", str(PERIOD)]) == 0
+        assert {int(row.split(",")[1]) for row in target.read_text().splitlines()[1:] if row.split(",")[3]} == set(
+            range(48)
+        )
 
 
 def test_real_clips_and_variable_frame_rates_by_timestamp(
@@ -268,7 +275,7 @@ def test_chunks_run_a_window_at_a_time_and_none_is_cancelled(
 
 def test_ray_option_checks(capsys: pytest.CaptureFixture[str], clips: dict[str, Path]) -> None:
     for argv, message in (
-        ([str(clips["face"]), "--chunk-frames", "8"], "--chunk-frames needs --ray"),
+        ([str(clips["face"]), "--chunk-frames", "0"], "--chunk-frames must be at least 1"),
         (["--ray", str(clips["face"]), str(clips["no_face"])], "--ray takes an address, not an input"),
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -280,7 +287,7 @@ def test_ray_option_checks(capsys: pytest.CaptureFixture[str], clips: dict[str, 
 def test_analysis_keeps_its_images_with_ray(local_ray: None, tmp_path: Path, clips: dict[str, Path]) -> None:
     """--annotate with --ray decodes the frames once more on this machine: the same annotated video."""
     sizes: dict[str, Any] = {}
-    for name, options in (("plain", []), ("ray", ["--ray", "--chunk-frames", CHUNK])):
+    for name, options in (("plain", ["--chunk-frames", CHUNK]), ("ray", ["--ray", "--chunk-frames", CHUNK])):
         target = tmp_path / f"{name}.mp4"
         assert main([str(clips["two_faces"]), "--annotate", str(target), "--detect-every", str(PERIOD), *options]) == 0
         sizes[name] = target.read_bytes()

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fer_async.analyze.chunks import CHUNK_FRAMES, restart_period
 from fer_async.analyze.core import (
     ANALYSIS_MAX_WIDTH,
     AnalysedFrame,
@@ -41,7 +42,6 @@ from fer_async.analyze.core import (
     frame_rows,
     open_source,
 )
-from fer_async.analyze.distributed import CHUNK_FRAMES
 from fer_async.analyze.stages import Stages, analyzer_stages
 from fer_async.config import Settings
 from fer_async.schedule import ALTERNATE_FLIP, DETECT_EVERY, Cadence
@@ -169,7 +169,8 @@ def analyze_video(
     extra), with the same rows: "local" starts a Ray on this machine for this call, "auto" or
     an address joins a cluster; a Ray this process already joined (`ray.init`) is used as it
     is. The workers load the analyzer `options` describes (load_analyzer's keyword arguments;
-    `analyzer` is for a run in this process).
+    `analyzer` is for a run in this process). With or without `ray`, the face search restarts
+    at each chunk's first frame (`chunks.restart_period`), so both give the same rows.
 
     Raises InputError (one line) for a missing file, a non-video, a video without frames. A
     video cut short (a decoding error, or decoding ending well before the end its header
@@ -201,6 +202,7 @@ def analyze_video(
                 every=every,
                 max_width=max_width,
                 cadence=Cadence(detect_every, alternate_flip),
+                restart_every=restart_period(every, Cadence(detect_every, alternate_flip), chunk_frames),
             )
         name = str(info.path)
         for frame in analysis:

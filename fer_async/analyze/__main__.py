@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from fer_async.analyze.chunks import CHUNK_FRAMES, restart_period
 from fer_async.analyze.core import (
     ANALYSIS_MAX_WIDTH,
     AnalysedFrame,
@@ -41,7 +42,7 @@ from fer_async.analyze.core import (
     frame_rows,
     open_source,
 )
-from fer_async.analyze.distributed import CHUNK_FRAMES, LOCAL
+from fer_async.analyze.distributed import LOCAL
 from fer_async.analyze.outputs import (
     AnnotationWriter,
     OutputError,
@@ -98,8 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--chunk-frames",
         type=int,
         metavar="N",
-        help=f"with --ray: frames per task of a long file (default: {CHUNK_FRAMES}, rounded up to whole batches "
-        "and detection periods)",
+        help=f"frames per chunk of a long file (default: {CHUNK_FRAMES}, rounded up to whole batches and detection "
+        "periods): a Ray task each with --ray; the face search restarts at each chunk with or without it, so the "
+        "plain run gives --ray's rows for the same N",
     )
     # --smoothing-ms --label-margin --detect-every --weights --model-name --runtime --model-precision
     # --flip-tta --detector(-model) --align: the server's own options, so a file gets the server's labels.
@@ -119,8 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--max-width must be 0 or at least 16")
     if args.ray is not None and (Path(args.ray).exists() or Path(args.ray).suffix.lower() in INPUT_SUFFIXES):
         p.error(f"--ray takes an address, not an input ({args.ray}): give the inputs before --ray")
-    if args.chunk_frames is not None and (args.ray is None or args.chunk_frames < 1):
-        p.error("--chunk-frames needs --ray and must be at least 1")
+    if args.chunk_frames is not None and args.chunk_frames < 1:
+        p.error("--chunk-frames must be at least 1")
     # Command line > FER_* > default, checked as the server checks them.
     args.settings = resolve_options(p, args, SERVER_OPTIONS)
     return args
@@ -301,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_width=args.max_width or None,
                 keep_images=args.annotate is not None,
                 cadence=args.settings.cadence,
+                restart_every=restart_period(args.every, args.settings.cadence, args.chunk_frames or CHUNK_FRAMES),
             )
             for info in sources
         )

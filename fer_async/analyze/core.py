@@ -14,8 +14,8 @@ CLI calls the Analyzer's two stages directly, the server goes through its pipeli
 batcher; both hand `FileAnalysis` the two `Stages`. Frames are analysed at their own size
 (`ANALYSIS_MAX_WIDTH`; `max_width=VIDEO_MAX_WIDTH` shrinks them as the MJPEG stream does).
 
-Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), reset every
-`chunk_unit` frames: a full detection every `cadence.detect_every` analysed frames, only the
+Detection follows the raw stage's own `DetectionSchedule` (fer_async.schedule), restarted every
+`chunks.restart_period` frames: a full detection every `cadence.detect_every` analysed frames, only the
 regions around the last faces between. So frame i+1's detection needs frame i's boxes: frames
 are prepared in order on one thread, while the file is decoded on the caller's thread and the
 faces of the frames prepared before are classified in one model call per batch on a third.
@@ -39,13 +39,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from fer_async.analyze.chunks import FRAMES_PER_CALL as FRAMES_PER_CALL  # re-exported: the CLI's batch
+from fer_async.analyze.chunks import batch_span, restart_period
 from fer_async.analyze.source import FrameReader
 from fer_async.analyze.source import InputError as InputError  # re-exported: the jobs and the API name it here
 from fer_async.analyze.source import SourceInfo as SourceInfo
 from fer_async.analyze.source import open_source as open_source
 from fer_async.analyze.stages import Batch, Stages
 from fer_async.labels import EMOTIONS, Box, Face
-from fer_async.schedule import DEFAULT_CADENCE, VIEW_PERIOD, Cadence, DetectionSchedule
+from fer_async.schedule import DEFAULT_CADENCE, Cadence, DetectionSchedule
 from fer_async.tracker import TrackedFace, Tracker
 from fer_async.video import DEFAULT_FPS, shrink_to_width
 
@@ -61,9 +63,6 @@ logger = logging.getLogger(__name__)
 ANALYSIS_MAX_WIDTH: int | None = None
 # Decoded full-size frames waiting for their face search (decoding can outrun a 4K full detection).
 MAX_AWAITING_DETECTION = 8
-FRAMES_PER_CALL = 16  # frames per Analyzer call in the CLI: the model's batch, as the server's max_batch
-# With --every N and --annotate the skipped frames wait for their batch too; bound that buffer.
-MAX_BUFFERED_FRAMES = 64
 
 BASE_COLUMNS: tuple[str, ...] = ("file", "frame", "time_s", "face", "x", "y", "w", "h", "emotion")
 SMOOTHED_PREFIX = "smoothed_"
@@ -124,34 +123,15 @@ class RawSource(Protocol):
     def __iter__(self) -> Iterator[RawFrame]: ...
 
 
-def batch_span(every: int, frames_per_call: int) -> int:
-    """Frames per classify call: batches are [k * span, (k + 1) * span), the same in every chunk."""
-    return min(frames_per_call * every, MAX_BUFFERED_FRAMES)
-
-
-def chunk_unit(every: int, frames_per_call: int, cadence: Cadence) -> int:
-    """Chunk boundaries are multiples of this: batches and detection schedules fall as in the plain run.
-
-    `cadence.detect_every` counts analysed frames (a full detection every that many, counted from
-    the schedule's reset), so in frame indices a schedule restarts every `every * detect_every`
-    frames. A chunk that starts there, its schedule reset, gets the plain run's full detection on
-    its first frame and the same region searches after it, and, with `alternate_flip`, at an even
-    count (VIEW_PERIOD), the same views of its faces. The plain run resets there too: elsewhere a
-    full detection rechecks the previous frame's faces (`FramePlan.recheck`), unknown to a chunk.
-    """
-    view_period = VIEW_PERIOD if cadence.alternate_flip else 1
-    return math.lcm(batch_span(every, frames_per_call), every * cadence.detect_every, every * view_period)
-
-
 @dataclass
 class RawStage:
     """Decode, detect, crop and classify the frames `reader` yields: RawFrames in order.
 
     Every `every`-th frame (by index in the file, frame 0 first) is analysed. Its faces are
     searched for in frame order on a thread of their own, as this stage's `schedule` says (reset
-    at multiples of `chunk_unit`); they are classified in batches that `batch_span` fixes by frame
-    index, on another thread. So a chunk that starts at a multiple of `chunk_unit` detects and
-    classifies exactly as the plain run does there. `stages` reach the Analyzer
+    at multiples of `restart_every`, by default `chunks.restart_period`); they are classified in
+    batches that `batch_span` fixes by frame index, on another thread. So a chunk that starts at
+    such a multiple detects and classifies exactly as the plain run does there. `stages` reach the Analyzer
     (`analyzer_stages` for one in this process); frames are shrunk to `max_width` first.
     """
 
@@ -162,6 +142,7 @@ class RawStage:
     frames_per_call: int = FRAMES_PER_CALL
     keep_images: bool = False
     cadence: Cadence = DEFAULT_CADENCE
+    restart_every: int | None = None
     schedule: DetectionSchedule = field(init=False, repr=False)
     frames_read: int = field(default=0, init=False)  # frames handed out so far (decoding runs ahead)
 
@@ -174,7 +155,7 @@ class RawStage:
 
     def __iter__(self) -> Iterator[RawFrame]:
         span = batch_span(self.every, self.frames_per_call)
-        unit = chunk_unit(self.every, self.frames_per_call, self.cadence)  # where Ray chunks start
+        period = self.restart_every or restart_period(self.every, self.cadence)
         self.schedule.reset()
         detect = ThreadPoolExecutor(1, thread_name_prefix="fer-file-detect")
         classify = ThreadPoolExecutor(1, thread_name_prefix="fer-file-classify")
@@ -187,7 +168,7 @@ class RawStage:
                 if frame is not None and index % self.every == 0:
                     while awaiting and (awaiting[0].done() or len(awaiting) >= MAX_AWAITING_DETECTION):
                         awaiting.popleft().result()
-                    prepared = detect.submit(self._prepare, frame, index % unit == 0)
+                    prepared = detect.submit(self._prepare, frame, index % period == 0)
                     awaiting.append(prepared)
                 batch.frames.append((index, frame if self.keep_images else None, prepared))
                 batch.widths[index] = 0 if frame is None else frame.shape[1]
@@ -209,7 +190,7 @@ class RawStage:
     def _prepare(self, frame: np.ndarray, reset: bool) -> Prepared:
         """Detect and crop one frame with the schedule's hints (on the detection thread, in frame order)."""
         schedule = self.schedule
-        if reset:  # at a multiple of chunk_unit
+        if reset:  # where a chunk of a Ray run would start
             schedule.reset()
         prepared = self.stages.prepare(shrink_to_width(frame, self.max_width), schedule.plan())
         schedule.observe(prepared.width, prepared.height, prepared.boxes)
@@ -245,6 +226,7 @@ class FileAnalysis:
     other consumer does) gets each analysed frame's time (`frame_time`). `raw` replaces the raw
     stage this builds from `stages` (then None) with raw frames analysed elsewhere: the chunks of
     a Ray run. `searches` counts the analysed frames by the face search they got (schedule.Search).
+    `restart_every`: `RawStage`'s (a Ray run's chunk length, `chunks.restart_period`).
     """
 
     info: SourceInfo
@@ -256,6 +238,7 @@ class FileAnalysis:
     keep_images: bool = False
     cadence: Cadence = DEFAULT_CADENCE
     raw: RawSource | None = None
+    restart_every: int | None = None
     frames_analysed: int = field(default=0, init=False)
     searches: Counter[str] = field(default_factory=Counter, init=False)
     _last_faces: tuple[TrackedFace, ...] = field(default=(), init=False, repr=False)
@@ -278,6 +261,7 @@ class FileAnalysis:
                 self.frames_per_call,
                 self.keep_images,
                 self.cadence,
+                self.restart_every,
             )
 
     @property

@@ -1,9 +1,10 @@
 """Many files, and long files in chunks, as Ray tasks; the rows come out as in the plain run.
 
 `python -m fer_async.analyze VIDEOS... --out DIR/ --ray [ADDRESS]` and `analyze_video(..., ray=...)`.
-Each file is cut into chunks of about `CHUNK_FRAMES` frames at multiples of `core.chunk_unit`
-(the batches of the model and the full detections of the --detect-every schedule fall where the
-plain run has them; each chunk's schedule restarts at its first frame). A task
+Each file is cut into chunks of `chunks.restart_period` frames (`CHUNK_FRAMES` rounded up to
+whole `chunks.chunk_unit`s: the batches of the model and the full detections of the
+--detect-every schedule fall where the plain run has them, and the plain run restarts its
+schedule where each chunk's restarts, at its first frame). A task
 runs the raw stage of one chunk (`analyse_chunk`: decode, detect, crop, classify) and returns its
 `RawFrame`s: boxes and scores, a few hundred bytes a frame, never pixels. The driver feeds them,
 chunk after chunk, to the one `FileAnalysis` (tracker, rows, ending) of the file, the code the
@@ -21,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fer_async.analyze.core import FRAMES_PER_CALL, FileAnalysis, RawFrame, RawStage, chunk_unit
+from fer_async.analyze.chunks import CHUNK_FRAMES as CHUNK_FRAMES  # re-exported: the CLI and the API name it here
+from fer_async.analyze.chunks import FRAMES_PER_CALL, restart_period
+from fer_async.analyze.core import FileAnalysis, RawFrame, RawStage
 from fer_async.analyze.source import FrameMarker, FrameReader, InputError, SourceInfo, frame_times
 from fer_async.analyze.stages import analyzer_stages
 from fer_async.config import Settings
@@ -39,9 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCAL = "local"  # --ray without an address: a Ray of this machine alone
-# Frames per task: a few tens of seconds of work on one core, so a long file spreads over many
-# workers while a task's start (and the seek to its first frame) stays a small part of it.
-CHUNK_FRAMES = 1024
 # A local Ray's shared object store. Chunk results are boxes and scores (kilobytes per chunk), so
 # Ray's default (30 % of the machine's memory) would only reserve memory nobody uses.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -64,6 +63,7 @@ class ChunkSpec:
     stop: int | None
     start_ms: float | None  # frame `start`'s timestamp, from the packets (source.frame_times)
     sequential: bool = False  # decode from the file's first frame: the run again of a chunk whose seek missed
+    restart_every: int | None = None  # chunks.restart_period: the chunks' length
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
         spec.max_width,
         FRAMES_PER_CALL,
         cadence=spec.settings.cadence,
+        restart_every=spec.restart_every,
     )
     frames = tuple(stage)
     return ChunkResult(
@@ -140,9 +141,8 @@ def analyse_chunk(spec: ChunkSpec) -> ChunkResult:
 
 def plan(info: SourceInfo, settings: Settings, every: int, max_width: int | None, chunk_frames: int) -> list[ChunkSpec]:
     """The chunks of one file: one for an image or a short video, else about `chunk_frames` frames each."""
-    unit = chunk_unit(every, FRAMES_PER_CALL, settings.cadence)
-    size = max(unit, math.ceil(chunk_frames / unit) * unit)
-    whole = [ChunkSpec(info, settings, every, max_width, 0, None, None)]
+    size = restart_period(every, settings.cadence, chunk_frames)
+    whole = [ChunkSpec(info, settings, every, max_width, 0, None, None, restart_every=size)]
     if info.kind != "video" or 0 < info.frame_count <= size:
         return whole
     times = frame_times(info.path)  # also counts the frames of a file whose header does not
@@ -152,7 +152,7 @@ def plan(info: SourceInfo, settings: Settings, every: int, max_width: int | None
         return whole
     stops: list[int | None] = [*starts[1:], None]  # the last chunk runs to the end, wherever that is
     return [
-        ChunkSpec(info, settings, every, max_width, start, stop, times[start] if times is not None else None)
+        ChunkSpec(info, settings, every, max_width, start, stop, None if times is None else times[start], False, size)
         for start, stop in zip(starts, stops, strict=True)
     ]
 

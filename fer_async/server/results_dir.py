@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -172,6 +173,7 @@ class ResultsDir:
                     if (last := chunk.rfind(b"\n")) >= 0:
                         lines, whole = lines + chunk.count(b"\n"), out.tell() - len(chunk) + last + 1
                 out.truncate(whole)
+            shutil.copymode(parts[-1][1], name)  # mkstemp's 0600: readable as the job's other files
             if lines >= 2:  # more than its header
                 os.replace(name, target)
         except OSError:

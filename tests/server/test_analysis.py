@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from analyze_clips import face_clip, not_a_video, timed_clip
 from testsupport import FORMULA_NAMES, raw_upload
@@ -18,6 +19,7 @@ from testsupport import FORMULA_NAMES, raw_upload
 from fer_async.analyze import analyze_video, columns
 from fer_async.analyze.core import open_source
 from fer_async.config import Settings
+from fer_async.detector import YuNetDetector
 from fer_async.labels import EMOTIONS
 from fer_async.schedule import DetectionSchedule
 from fer_async.server import jobs as jobs_module
@@ -25,6 +27,7 @@ from fer_async.server.app import create_app
 from fer_async.server.job_routes import ANALYSIS_JOBS
 from fer_async.server.jobs import JOB_FRAMES_IN_FLIGHT
 from fer_async.server.keys import ANALYZER, METRICS, PIPELINE, SETTINGS
+from fer_async.synthetic import astronaut_bgr, compose_frame, write_video
 from fer_async.video import VIDEO_MAX_WIDTH, VideoReader
 
 from .helpers import CLIP_NAME, Client, upload_form, wait_for_job
@@ -89,6 +92,30 @@ async def test_an_upload_is_analysed_with_progress_then_csv_and_timeline(
     for got, want in zip(rows, expected, strict=True):
         for name in EMOTIONS:
             assert float(got[name]) == pytest.approx(want[name], abs=2e-3)
+
+
+async def test_a_face_kept_by_its_region_in_the_dark_is_kept_as_the_cli_keeps_it(
+    make_analysis_client: MakeAnalysisClient, tmp_path: Path
+) -> None:
+    # The light goes down to a tenth after frame 0: full detections miss the face there, its region
+    # finds it. Jobs restarted their schedule every 10 frames (their own batches' unit), where the
+    # CLI restarts every 1040: their CSV lost the face the CLI kept.
+    bright = compose_frame(astronaut_bgr(), 60, 20, side=160, seed=0)
+    frames = [bright] + [(bright.astype(np.float32) * 0.1).astype(np.uint8)] * 29
+    clip = write_video(tmp_path / "dimmed.avi", frames, 10.0)  # MJPG: mp4v blurs the dark face away
+    client = await make_analysis_client()
+    response = await client.post("/api/analyses", data=upload_form(clip))
+    assert response.status == 202, await response.text()
+    job, _ = await wait_for_job(client, (await response.json())["url"])
+    rows = list(csv.DictReader(io.StringIO(await (await client.get(job["csv_url"])).text())))
+    analyzer = client.app[ANALYZER]
+    expected = await asyncio.to_thread(lambda: list(analyze_video(clip, analyzer=analyzer)))
+    assert [(int(r["frame"]), r["face"], r["x"]) for r in rows] == [
+        (r["frame"], "" if r["face"] is None else str(r["face"]), "" if r["x"] is None else str(r["x"]))
+        for r in expected
+    ]
+    if isinstance(analyzer.detector, YuNetDetector):
+        assert all(r["face"] == "1" for r in rows)
 
 
 async def test_labels_agree_with_what_the_stream_path_computes(make_analysis_client: MakeAnalysisClient) -> None:

@@ -154,7 +154,8 @@ async def test_a_lost_jobs_rows_are_served_up_to_its_last_whole_row(make_client:
     client = await make_client(results_dir=shared)
     job_id = new_job_id()
     put(ResultsDir(shared), state(job_id, at=time.time() - LOST_AFTER_S - 1, running=True))
-    (shared / f".{job_id}.part4242.csv").write_bytes(b"file,frame\nclip.mp4,0\nclip.mp4,1\nclip.mp4,2,0.5")
+    part = shared / f".{job_id}.part4242.csv"
+    part.write_bytes(b"file,frame\nclip.mp4,0\nclip.mp4,1\nclip.mp4,2,0.5")
     url = f"/api/analyses/{job_id}"
     job = await (await client.get(url)).json()
     assert job["state"] == "failed" and job["error"] == LOST_MESSAGE
@@ -165,6 +166,8 @@ async def test_a_lost_jobs_rows_are_served_up_to_its_last_whole_row(make_client:
         assert "clip.incomplete.csv" in response.headers["Content-Disposition"]
         assert await response.read() == b"file,frame\nclip.mp4,0\nclip.mp4,1\n"
     assert await (await client.get(url)).json() == job
+    # Readable as any other CSV of the directory (a temporary file's mode was 0600).
+    assert (shared / f"{job_id}.incomplete.csv").stat().st_mode & 0o777 == part.stat().st_mode & 0o777
 
 
 def test_sweep_removes_expired_jobs_and_leftovers_but_nothing_else(tmp_path: Path) -> None:
