@@ -22,9 +22,7 @@ _EVERY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
 def health_url(settings: Settings) -> str:
-    host = _EVERY_ADDRESS.get(settings.host, settings.host)
-    host = f"[{host}]" if ":" in host else host
-    return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}/healthz"
+    return settings.replace(host=_EVERY_ADDRESS.get(settings.host, settings.host)).url + "healthz"
 
 
 def main() -> int:
