@@ -56,6 +56,7 @@ from fer_async.server.uploads import (
     body_chunks,
     client_failure,
     next_part,
+    read_limited,
     upload_deadline,
 )
 from fer_async.video import VIDEO_EXTENSIONS, list_videos, safe_video_path
@@ -129,8 +130,7 @@ async def create_analysis(request: web.Request) -> web.Response:
             return too_large
         try:
             deadline = upload_deadline(MAX_JSON_BYTES)
-            raw = b"".join([chunk async for chunk in body_chunks(request.content, MAX_JSON_BYTES, 65536, deadline)])
-            body = json.loads(raw)
+            body = json.loads(await read_limited(request.content, MAX_JSON_BYTES, MAX_JSON_BYTES, deadline))
             name = str(body["video"])
         except UploadTooLarge:  # chunked, without a length to refuse first
             return too_large

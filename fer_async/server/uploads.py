@@ -81,6 +81,14 @@ async def body_chunks(
         yield data
 
 
+async def read_limited(stream: StreamReader | BodyPartReader, limit: int, chunk: int, deadline: float) -> bytes:
+    """The whole body (`body_chunks`: UploadTooLarge past `limit` bytes, UploadStalled past `deadline`)."""
+    data = bytearray()
+    async for part in body_chunks(stream, limit, chunk, deadline):
+        data += part
+    return bytes(data)
+
+
 # An upload that failed on the client's side; `client_failure` answers each.
 CLIENT_FAILURES: tuple[type[Exception], ...] = (UploadStalled, ConnectionError, *MALFORMED_MULTIPART)
 

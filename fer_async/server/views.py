@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp_jinja2
-from aiohttp import BodyPartReader, StreamReader, web
+from aiohttp import BodyPartReader, web
 
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, emotion_colours_css, emotion_inks_css
@@ -32,6 +32,7 @@ from fer_async.server.uploads import (
     body_chunks,
     client_failure,
     next_part,
+    read_limited,
     upload_deadline,
 )
 from fer_async.server.worker import WORKER
@@ -141,13 +142,6 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def _read_limited(stream: StreamReader | BodyPartReader, limit: int, deadline: float) -> bytes:
-    data = bytearray()
-    async for chunk in body_chunks(stream, limit, READ_CHUNK, deadline):
-        data += chunk
-    return bytes(data)
-
-
 async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
     """The image bytes of a raw or multipart upload, or the error response to send instead."""
     deadline = upload_deadline(limit)  # one for the request: many slow parts must not each get their own
@@ -155,7 +149,7 @@ async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
         reader = await request.multipart()
         while (part := await next_part(reader, deadline)) is not None:
             if isinstance(part, BodyPartReader) and part.name == "image":
-                return await _read_limited(part, limit, deadline)
+                return await read_limited(part, limit, READ_CHUNK, deadline)
             # Other fields are read and discarded, within the same limit: without a Content-Length
             # (a chunked upload) nothing else would stop a client streaming junk fields forever.
             if isinstance(part, BodyPartReader):
@@ -167,7 +161,7 @@ async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
         return _error(400, "multipart upload needs a form field named 'image'")
     if request.content_type not in RAW_CONTENT_TYPES:
         return _error(415, "send the image as the body (image/jpeg or image/png) or as form field 'image'")
-    return await _read_limited(request.content, limit, deadline)
+    return await read_limited(request.content, limit, READ_CHUNK, deadline)
 
 
 async def predict(request: web.Request) -> web.Response:
