@@ -4,10 +4,17 @@ The shared pipeline (batcher, analyzer) is stateless and answers one frame at a 
 person watches is a stream. One `Tracker` per consumer of a stream (a WebSocket connection, an
 MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
 
-* Matching: each face is matched to the live track whose last box overlaps it most (IoU at
-  least `min_iou`), or, failing that, whose centre is nearest within `max_centre_shift` box
-  sides (a face that moved fast between two slow frames). Greedy, best pairs first; a face
-  left over starts a new track with the next integer id (1, 2, 3 ... per Tracker).
+* Matching: each face is matched to the live track whose box overlaps it most (IoU at least
+  `min_iou`), or, failing that, whose centre is nearest within `max_centre_shift` box sides (a
+  face that moved fast between two slow frames). A track's box is its last one or, where that
+  fits better, the last one moved on at the track's velocity (`predicted_box`): a face crossing
+  the picture by more than half its width a frame (a head turning fast, a person walking past a
+  webcam that sends 10 frames/s) keeps its id, where matching the last box alone gave it a new
+  id on every frame, and a face sweeping back met those stale ids again. Greedy, best pairs
+  first. A face left over then takes a track that was seen on the frame before and lost on
+  this one, when their centres are within `max_jump` sides and their sizes alike: how a track
+  with no velocity yet follows a face that set off fast. Any other face starts a new track
+  with the next integer id (1, 2, 3 ... per Tracker).
 * A track missed for `max_unseen_ms` dies; its id is never reused. That age counts the frames
   processed for the stream, not wall-clock time: each frame adds the time since the one before,
   but at most `MAX_FRAME_STEP_MS`. So a stall (a frozen server, a client that stopped sending:
@@ -48,6 +55,16 @@ MAX_FRAME_STEP_MS = 500.0
 DEFAULT_MIN_IOU = 0.3
 # Centre distance, in units of the larger of the two boxes' sides, still taken as the same face.
 DEFAULT_MAX_CENTRE_SHIFT = 0.5
+# How far (in box sides) a face may have moved from a track seen on the frame before, when
+# nothing else claims either, and by how much their sizes may differ.
+DEFAULT_MAX_JUMP = 1.5
+MAX_JUMP_SIZE_RATIO = 1.5
+# A track's velocity follows each new measurement by this weight: one frame's jitter of the
+# detector's box does not send the prediction off, and a change of direction is taken in two frames.
+VELOCITY_WEIGHT = 0.5
+# The longest a track's box is moved on at its velocity: a face missed for longer is looked for
+# where it was last seen, not half a picture away on a course it may not have kept.
+MAX_PREDICTION_S = 0.25
 
 
 def iou(a: Box, b: Box) -> float:
@@ -61,6 +78,17 @@ def iou(a: Box, b: Box) -> float:
     inter = w * h
     union = aw * ah + bw * bh - inter
     return inter / union if union > 0 else 0.0
+
+
+def _centre(box: Box) -> tuple[float, float]:
+    x, y, w, h = box
+    return x + w / 2, y + h / 2
+
+
+def _alike(a: Box, b: Box) -> bool:
+    """Whether two boxes' sizes are within MAX_JUMP_SIZE_RATIO of each other."""
+    side_a, side_b = max(a[2], a[3], 1), max(b[2], b[3], 1)
+    return max(side_a, side_b) / min(side_a, side_b) <= MAX_JUMP_SIZE_RATIO
 
 
 def centre_shift(a: Box, b: Box) -> float:
@@ -108,6 +136,14 @@ class _Track:
     shown: int  # index into EMOTIONS
     seen: int = field(default=1)
     unseen_s: float = field(default=0.0)  # age since last matched, over the frames processed since
+    velocity: tuple[float, float] = (0.0, 0.0)  # of the box's centre, px/s
+
+    def predicted_box(self, now_s: float) -> Box:
+        """The last box moved on at the track's velocity to `now_s` (at most MAX_PREDICTION_S ahead)."""
+        ahead = min(max(0.0, now_s - self.last_seen_s), MAX_PREDICTION_S)
+        x, y, w, h = self.box
+        vx, vy = self.velocity
+        return (round(x + vx * ahead), round(y + vy * ahead), w, h)
 
 
 class Tracker:
@@ -121,6 +157,7 @@ class Tracker:
         max_unseen_ms: float = DEFAULT_MAX_UNSEEN_MS,
         min_iou: float = DEFAULT_MIN_IOU,
         max_centre_shift: float = DEFAULT_MAX_CENTRE_SHIFT,
+        max_jump: float = DEFAULT_MAX_JUMP,
     ) -> None:
         if not (math.isfinite(smoothing_ms) and smoothing_ms >= 0):
             raise ValueError(f"smoothing_ms must be >= 0, got {smoothing_ms}")
@@ -132,11 +169,14 @@ class Tracker:
             raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
         if not (math.isfinite(max_centre_shift) and max_centre_shift >= 0):
             raise ValueError(f"max_centre_shift must be >= 0, got {max_centre_shift}")
+        if not (math.isfinite(max_jump) and max_jump >= 0):
+            raise ValueError(f"max_jump must be >= 0, got {max_jump}")
         self.smoothing_s = smoothing_ms / 1000.0
         self.switch_margin = switch_margin
         self.max_unseen_s = max_unseen_ms / 1000.0
         self.min_iou = min_iou
         self.max_centre_shift = max_centre_shift
+        self.max_jump = max_jump
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._last_now_s: float | None = None
@@ -167,7 +207,7 @@ class Tracker:
         for live in self._tracks:
             live.unseen_s += step
         self._tracks = [t for t in self._tracks if t.unseen_s <= self.max_unseen_s]
-        assignment = self._match(faces)
+        assignment = self._match(faces, now_s, step)
         out: list[TrackedFace] = []
         for index, face in enumerate(faces):
             raw = np.asarray(face.scores, dtype=np.float64)
@@ -189,19 +229,35 @@ class Tracker:
             )
         return tuple(out)
 
-    def _match(self, faces: Sequence[Face]) -> dict[int, _Track]:
-        """Greedy matching: highest IoU pairs first, then the nearest centres for the rest."""
+    def _match(self, faces: Sequence[Face], now_s: float, step: float) -> dict[int, _Track]:
+        """Greedy matching: highest IoU pairs first, then the nearest centres, then the jumps."""
         pairs: list[tuple[float, float, int, int]] = []  # (-iou, shift, face index, track index)
+        boxes = [(track.box, track.predicted_box(now_s)) for track in self._tracks]
         for fi, face in enumerate(faces):
-            for ti, track in enumerate(self._tracks):
-                overlap = iou(face.box, track.box)
-                shift = centre_shift(face.box, track.box)
+            for ti, (last, predicted) in enumerate(boxes):
+                overlap = max(iou(face.box, last), iou(face.box, predicted))
+                shift = min(centre_shift(face.box, last), centre_shift(face.box, predicted))
                 if overlap >= self.min_iou or shift <= self.max_centre_shift:
                     pairs.append((-overlap, shift, fi, ti))
         pairs.sort()
         assignment: dict[int, _Track] = {}
         taken: set[int] = set()
         for _neg_iou, _shift, fi, ti in pairs:
+            if fi in assignment or ti in taken:
+                continue
+            assignment[fi] = self._tracks[ti]
+            taken.add(ti)
+        jumps: list[tuple[float, int, int]] = []
+        for fi, face in enumerate(faces):
+            if fi in assignment:
+                continue
+            for ti, track in enumerate(self._tracks):
+                # unseen_s == step: matched on the frame before this one
+                if ti not in taken and track.unseen_s <= step and _alike(face.box, track.box):
+                    shift = centre_shift(face.box, track.box)
+                    if shift <= self.max_jump:
+                        jumps.append((shift, fi, ti))
+        for _shift, fi, ti in sorted(jumps):
             if fi in assignment or ti in taken:
                 continue
             assignment[fi] = self._tracks[ti]
@@ -218,6 +274,13 @@ class Tracker:
         leader = int(np.argmax(track.scores))
         if leader != track.shown and track.scores[leader] - track.scores[track.shown] >= self.switch_margin:
             track.shown = leader
+        if dt > 0:
+            (x0, y0), (x1, y1) = _centre(track.box), _centre(box)
+            vx, vy = track.velocity
+            track.velocity = (
+                vx + VELOCITY_WEIGHT * ((x1 - x0) / dt - vx),
+                vy + VELOCITY_WEIGHT * ((y1 - y0) / dt - vy),
+            )
         track.box = box
         track.last_seen_s = now_s
         track.unseen_s = 0.0

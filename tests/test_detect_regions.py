@@ -21,7 +21,7 @@ from fer_async.detector import REGION_SAME_FACE_IOU, HaarDetector, YuNetDetector
 from fer_async.imaging import ImageError
 from fer_async.recognition import Analyzer, Prepared
 from fer_async.schedule import DETECT_EVERY, DetectionSchedule, FramePlan, Hints, Search
-from fer_async.synthetic import astronaut_bgr, compose_frame, jpeg, paste
+from fer_async.synthetic import astronaut_bgr, compose_frame, drifting_face_frames, jpeg, paste, write_video
 from fer_async.tracker import iou, tracker_for
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -231,3 +231,13 @@ def test_real_clips_scheduled_no_box_without_faces_one_steady_id_with_one(analys
         assert len({face.id for frame in frames for face in frame.faces}) == ids, name
         assert analysis.searches[Search.FULL] == -(-len(frames) // DETECT_EVERY), (name, analysis.searches)
         assert analysis.searches[Search.REGIONS_LOST] == 0, (name, analysis.searches)
+
+
+def test_a_face_crossing_a_video_fast_and_back_keeps_one_id(analysing: Analyzer, tmp_path: Path) -> None:
+    """70 px a frame (0.8 of its box: each region search loses it, the whole frame finds it), there and back."""
+    frames = drifting_face_frames(14, width=1280, height=720, side=400, start=(0, 150), step=(70, 0))
+    clip = write_video(tmp_path / "fast.mp4", frames + frames[::-1], 30)
+    analysis = FileAnalysis(open_source(clip), analyzer_stages(analysing), tracker_for(Settings()))
+    seen = [frame.faces for frame in analysis]
+    assert len(seen) == 28 and all(len(faces) == 1 for faces in seen)
+    assert {faces[0].id for faces in seen} == {1}

@@ -77,6 +77,55 @@ def test_fast_move_between_slow_frames_is_matched_by_centre() -> None:
     assert far.id == 2
 
 
+def test_a_face_crossing_the_picture_fast_keeps_one_id_there_and_back() -> None:
+    # 30 frames/s, 100 px face moving 70 px a frame (0.7 sides: beyond the centre gate), then back.
+    tracker = Tracker()
+    xs = [100 + 70 * i for i in range(12)]
+    ids = [tracker.update([face(x, 200)], i / 30)[0].id for i, x in enumerate(xs + xs[::-1])]
+    assert set(ids) == {1}
+
+
+def test_two_faces_crossing_fast_keep_their_ids() -> None:
+    tracker = Tracker()
+    for i in range(14):  # 60 px a frame towards each other: they overlap around frames 6-8
+        left, right = tracker.update([face(60 * i, 200), face(800 - 60 * i, 200, size=110)], i / 30)
+        assert (left.id, right.id) == (1, 2), f"frame {i}"
+
+
+def test_a_face_appearing_far_or_of_another_size_where_one_was_lost_gets_a_new_id() -> None:
+    tracker = Tracker()
+    tracker.update([face(100, 100)], 0.0)
+    (far,) = tracker.update([face(280, 100)], 1 / 30)  # 1.8 sides from the lost one
+    assert far.id == 2
+    tracker.update([face(280, 100)], 2 / 30)
+    (other,) = tracker.update([face(380, 100, size=200)], 3 / 30)  # near, but twice the size
+    assert other.id == 3
+
+
+def test_a_jump_links_only_a_track_seen_on_the_frame_before() -> None:
+    tracker = Tracker()
+    tracker.update([face(100, 100)], 0.0)
+    tracker.update([], 1 / 30)  # missed once: still alive, but not seen on the frame before
+    (later,) = tracker.update([face(200, 100)], 2 / 30)
+    assert later.id == 2
+
+
+def test_a_missed_track_is_not_moved_on_past_its_prediction_limit() -> None:
+    tracker = Tracker()
+    for i in range(4):  # moving right at 40 px a frame, 1200 px/s, last seen at x 220
+        tracker.update([face(100 + 40 * i, 100)], i / 30)
+    # Missed for 0.6 s: a face where its course would have taken it (its velocity, 1050 px/s after
+    # three frames, from x 220) is someone else.
+    (elsewhere,) = tracker.update([face(850, 100)], 0.1 + 0.6)
+    assert elsewhere.id == 2
+    # Where it was last seen, or a little on its way, it is the same face.
+    tracker = Tracker()
+    for i in range(4):
+        tracker.update([face(100 + 40 * i, 100)], i / 30)
+    (back,) = tracker.update([face(240, 100)], 0.1 + 0.6)
+    assert back.id == 1
+
+
 def test_track_dies_after_max_unseen() -> None:
     tracker = Tracker(max_unseen_ms=500)
     tracker.update([face(100, 100)], 0.0)
@@ -190,6 +239,8 @@ def test_time_going_back_resets_tracks() -> None:
         {"max_unseen_ms": -5},
         {"min_iou": 0},
         {"max_centre_shift": -0.1},
+        {"max_jump": -1.0},
+        {"max_jump": math.nan},
     ],
 )
 def test_bad_options_are_refused(kwargs: dict[str, float]) -> None:
