@@ -19,14 +19,14 @@ import pytest
 from aiohttp import web
 
 from fer_async.config import Settings
-from fer_async.healthcheck import health_url
+from fer_async.healthcheck import health_url, server_options
 from fer_async.server.app import create_app
 
 
-async def healthcheck(env: dict[str, str]) -> int:
+async def healthcheck(env: dict[str, str], *options: str) -> int:
     clean = {name: value for name, value in os.environ.items() if not name.startswith("FER_")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fer_async.healthcheck", env={**clean, **env}, stderr=asyncio.subprocess.DEVNULL
+        sys.executable, "-m", "fer_async.healthcheck", *options, env={**clean, **env}, stderr=asyncio.subprocess.DEVNULL
     )
     return await process.wait()
 
@@ -81,3 +81,31 @@ def test_the_url_asks_loopback_for_every_address_and_the_host_otherwise() -> Non
         health_url(Settings(host="10.1.2.3", port=9000, cert=Path("c"), key=Path("k")))
         == "https://10.1.2.3:9000/healthz"
     )
+
+
+async def test_the_server_s_options_given_on_its_command_line(
+    real_model: Any, base_settings: Settings, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async for port in serve(real_model, base_settings, tls):
+        assert await healthcheck({}, "--port", str(port)) == 1  # plain http
+        assert await healthcheck({}, "--port", str(port), "--cert", str(cert), "--key", str(key)) == 0
+
+
+def test_a_server_s_options_are_read_off_its_command_line() -> None:
+    assert server_options(["/opt/fer-async/bin/python", "/opt/fer-async/bin/fer-async", "--port", "9000"]) == [
+        "--port",
+        "9000",
+    ]
+    assert server_options(["fer-async"]) == []
+    assert server_options(["python3", "-m", "fer_async", "--cert", "c.pem", "--key", "k.pem"]) == [
+        "--cert",
+        "c.pem",
+        "--key",
+        "k.pem",
+    ]
+    assert server_options(["python3", "-m", "fer_async.analyze", "clip.mp4"]) is None
+    assert server_options(["/sbin/docker-init", "--", "sh"]) is None
+    assert server_options(["python3", "-m"]) is None
