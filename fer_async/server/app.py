@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp_jinja2
 import jinja2
 from aiohttp import WSCloseCode, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from fer_async.batcher import Batcher, BatchStats
 from fer_async.config import Settings
@@ -160,6 +161,29 @@ async def _on_shutdown(app: web.Application) -> None:
         await app[VIDEO_HUB].aclose()
 
 
+class _ClientProtocolErrors(logging.Filter):
+    """A request aiohttp cannot parse (a bad chunk size, a header without a colon, Content-Length
+    with chunked) is the client's mistake, answered 400 before any handler runs; aiohttp logged
+    each at ERROR with a traceback, so any client could fill the log with them. One INFO line,
+    as a cut-off upload gets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
+            return True
+        # The logger's level was checked against ERROR: an INFO line must pass it again.
+        if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+            return False
+        reason = " ".join(str(exc.message).split())[:200]  # aiohttp's message spans lines
+        record.msg, record.args = f"{record.getMessage()}: {exc.code} {reason}", ()
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+_CLIENT_PROTOCOL_ERRORS = _ClientProtocolErrors()
+
+
 @web.middleware
 async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Unexpected exceptions become a bare JSON 500: the traceback goes to the log only."""
@@ -190,6 +214,7 @@ def create_app(
     """
     worker = worker or WorkerInfo.single()
     several = worker.count > 1
+    logging.getLogger("aiohttp.server").addFilter(_CLIENT_PROTOCOL_ERRORS)  # once: the same filter is not added twice
     app = web.Application(
         middlewares=[_errors_middleware],
         client_max_size=settings.max_frame_bytes + views.MULTIPART_OVERHEAD,
