@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,6 +35,12 @@ PLOT_MAX_TRACKS = 6  # more panels than this are unreadable; the longest tracks 
 # a file named `=HYPERLINK(...)+cmd.mp4` would do that in the file column.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PLOT_NEEDS = "--plot needs matplotlib: pip install 'fer_async[analyze]'"
+# Every line break str.splitlines knows (CR and LF, and VT, FF, FS-RS, NEL, U+2028/9): a row split
+# by any of them is two rows to whoever reads lines that way.
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# The other control characters but tab: a NUL makes tools take the file for binary, an ESC is a
+# terminal's escape sequence when someone prints the CSV.
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
 
 
 class OutputError(ValueError):
@@ -69,13 +76,14 @@ def csv_cell(value: Any) -> Any:
 
     The one place every CSV of rows goes through (`RowWriter`: the CLI's files and the server's
     downloads). Line breaks inside text become spaces, so each row stays one line (Python's csv
-    module leaves a lone CR unquoted, which splits the row for every reader). Numbers stay
+    module leaves a lone CR unquoted, which splits the row for every reader), and other control
+    characters but tab become U+FFFD (a file may be named anything). Numbers stay
     numbers (a negative box coordinate is not text); JSON Lines and the Python API keep the
     exact values.
     """
     if not isinstance(value, str):
         return value
-    cell = value.replace("\r", " ").replace("\n", " ")
+    cell = _CONTROLS.sub("\ufffd", _LINE_BREAKS.sub(" ", value))
     return "'" + cell if value.startswith(FORMULA_STARTS) else cell
 
 

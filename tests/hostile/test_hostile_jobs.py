@@ -142,3 +142,26 @@ async def test_two_servers_sharing_results_refuse_forged_ids_and_states(
         first.assert_no_leaks()
         second.assert_no_leaks()
     assert secret.read_text() == "not for you\n"
+
+
+async def test_control_characters_in_an_upload_name_stay_out_of_the_csv(
+    server: LiveServer, http: aiohttp.ClientSession, canary: Canary, tmp_path: Path
+) -> None:
+    """NUL, ESC (a terminal's escapes when someone cats the CSV) and the line breaks that
+    str.splitlines knows beyond CR and LF went into the file column byte for byte."""
+    clip = await asyncio.to_thread(face_clip, tmp_path / "face.mp4", 2)
+    parameter = "filename*=UTF-8''a%00b%1B%5B2Jc%0Bd%C2%85e%E2%80%A8f.mp4"
+    body, headers = await asyncio.to_thread(raw_upload, clip, parameter)
+    async with http.post(server.base_url + "/api/analyses", data=body, headers=headers) as response:
+        text = await response.text()
+        assert response.status == 202, text
+    job = await finished(http, server.base_url + json.loads(text)["url"])
+    assert job["state"] == "done" and job["name"] == "a\x00b\x1b[2Jc\x0bd\x85e\u2028f.mp4", job  # the name as sent
+    async with http.get(server.base_url + job["csv_url"]) as response:
+        assert response.status == 200
+        content = await response.text()
+    rows = list(csv.DictReader(io.StringIO(content, newline="")))
+    assert len(content.splitlines()) == len(rows) + 1 >= 3  # one line per row, for every reader
+    cells = {row["file"] for row in rows}
+    assert cells == {"a\ufffdb\ufffd[2Jc d e f.mp4"}, cells
+    await canary.roundtrip()
