@@ -290,7 +290,7 @@ class AnalysisJobs:
         try:
             state, error, warning = await asyncio.to_thread(self._analyse, job)
         except Exception as exc:
-            logger.exception("analysis %s of %s failed", job.id, job.name)
+            logger.exception("analysis %s of %r failed", job.id, job.name)  # %r: an upload names itself
             state, error, warning = "failed", f"analysis failed: {type(exc).__name__}", None
         finally:
             if job.upload:
