@@ -37,6 +37,7 @@ from fer_async.server.keys import (
     VIDEO_HUB,
     WEBSOCKETS,
 )
+from fer_async.server.uploads import expect_unless
 from fer_async.server.video_hub import VideoHub
 from fer_async.server.worker import WORKER, WorkerInfo, worker_ctx
 from fer_async.tracker import tracker_for
@@ -246,7 +247,9 @@ def create_app(
     app.router.add_get("/ws", ws.websocket_handler, name="ws")
     app.router.add_get("/videos", views.videos, name="videos")
     app.router.add_get("/video/{name}", mjpeg.video_stream, name="video")
-    app.router.add_post("/api/predict", views.predict, name="predict")
+    app.router.add_post(
+        "/api/predict", views.predict, name="predict", expect_handler=expect_unless(views.predict_refusal)
+    )
     app.router.add_get("/healthz", views.healthz, name="healthz")
     app.router.add_get("/metrics", views.metrics, name="metrics")
     app.router.add_static("/static", STATIC_DIR, name="static")

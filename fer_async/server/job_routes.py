@@ -55,6 +55,7 @@ from fer_async.server.uploads import (
     UploadTooLarge,
     body_chunks,
     client_failure,
+    expect_unless,
     next_part,
     read_limited,
     upload_deadline,
@@ -118,22 +119,40 @@ def _upload_name(part: BodyPartReader) -> str:
     return raw.decode("utf-8", "replace")
 
 
-async def create_analysis(request: web.Request) -> web.Response:
+def analysis_refusal(request: web.Request) -> web.Response | None:
+    """The answer to a request refused from its headers alone (no job slot, a body too large), or None."""
     jobs = request.app[ANALYSIS_JOBS]
     try:
         jobs.check_capacity()  # before reading an upload nobody would analyse
     except JobsBusy as exc:
         return _busy(exc)
+    length = request.content_length
+    if request.content_type == "application/json" and length is not None and length > MAX_JSON_BYTES:
+        return _json_too_large()
+    if (
+        request.content_type.startswith("multipart/")
+        and length is not None
+        and length > jobs.max_upload_bytes + UPLOAD_CHUNK
+    ):
+        return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
+    return None
+
+
+def _json_too_large() -> web.Response:
+    return _error(413, f"a JSON body is at most {MAX_JSON_BYTES} bytes")
+
+
+async def create_analysis(request: web.Request) -> web.Response:
+    jobs = request.app[ANALYSIS_JOBS]
+    if (refused := analysis_refusal(request)) is not None:
+        return refused
     if request.content_type == "application/json":
-        too_large = _error(413, f"a JSON body is at most {MAX_JSON_BYTES} bytes")
-        if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-            return too_large
         try:
             deadline = upload_deadline(MAX_JSON_BYTES)
             body = json.loads(await read_limited(request.content, MAX_JSON_BYTES, MAX_JSON_BYTES, deadline))
             name = str(body["video"])
         except UploadTooLarge:  # chunked, without a length to refuse first
-            return too_large
+            return _json_too_large()
         except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: [[[[... nested too deep
             return _error(400, 'send {"video": NAME} for a file of the video directory')
         except CLIENT_FAILURES as exc:
@@ -143,8 +162,6 @@ async def create_analysis(request: web.Request) -> web.Response:
             return _error(404, "no such video")
         job = await jobs.start(name, path, upload=False)
     elif request.content_type.startswith("multipart/"):
-        if request.content_length is not None and request.content_length > jobs.max_upload_bytes + UPLOAD_CHUNK:
-            return _error(413, f"video larger than {jobs.max_upload_bytes} bytes (--max-video-bytes)")
         try:
             deadline = upload_deadline(jobs.max_upload_bytes)
             part = await next_part(await request.multipart(), deadline)
@@ -257,7 +274,9 @@ def setup(app: web.Application, max_upload_bytes: int) -> None:
     app[MAX_UPLOAD_BYTES] = max_upload_bytes
     app.cleanup_ctx.append(_jobs_ctx)
     app.router.add_get("/analyze", analyze_page, name="analyze")
-    app.router.add_post("/api/analyses", create_analysis, name="analyses")
+    app.router.add_post(
+        "/api/analyses", create_analysis, name="analyses", expect_handler=expect_unless(analysis_refusal)
+    )
     app.router.add_get("/api/analyses/{id}", analysis_status, name="analysis")
     app.router.add_delete("/api/analyses/{id}", stop_analysis)
     app.router.add_get("/api/analyses/{id}/csv", analysis_csv, name="analysis_csv")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,24 @@ class UploadTooLarge(Exception):
 
 class UploadStalled(Exception):
     pass
+
+
+def expect_unless(
+    refusal: Callable[[web.Request], web.Response | None],
+) -> Callable[[web.Request], Awaitable[web.Response | None]]:
+    """An `expect_handler` that answers `Expect: 100-continue` with the route's refusal when its
+    headers already earn one (curl asks so for any body over 1 MB). aiohttp's own says "100
+    Continue" to all: a client sent 200 MB of video before it heard that it was too large or
+    that no job slot was free."""
+
+    async def expect(request: web.Request) -> web.Response | None:
+        refused = refusal(request)
+        if refused is not None:
+            return refused
+        await _default_expect_handler(request)
+        return None
+
+    return expect
 
 
 def upload_deadline(limit: int) -> float:

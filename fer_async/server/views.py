@@ -164,22 +164,33 @@ async def _upload(request: web.Request, limit: int) -> bytes | web.Response:
     return await read_limited(request.content, limit, READ_CHUNK, deadline)
 
 
+def _too_large(limit: int) -> str:
+    return f"image larger than {limit} bytes (--max-photo-bytes)"
+
+
+def predict_refusal(request: web.Request) -> web.Response | None:
+    """The answer to a photo refused from its headers alone (too large, no slot free), or None."""
+    limit = request.app[SETTINGS].max_photo_bytes
+    metrics_ = request.app[METRICS]
+    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
+        return _refused(refuse(metrics_, Reason.TOO_LARGE, _too_large(limit)))
+    if request.app[PHOTO_UPLOADS].locked():  # each upload is buffered whole: a bound on them is a bound on memory
+        return _refused(refuse(metrics_, Reason.BUSY, f"{PHOTO_UPLOADS_AT_ONCE} uploads are being read; try again"))
+    return None
+
+
 async def predict(request: web.Request) -> web.Response:
     """One image in (raw body or multipart field "image"), its faces out."""
     settings = request.app[SETTINGS]
     limit = settings.max_photo_bytes
-    too_large = f"image larger than {limit} bytes (--max-photo-bytes)"
     metrics_ = request.app[METRICS]
-    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
-        return _refused(refuse(metrics_, Reason.TOO_LARGE, too_large))
-    slots = request.app[PHOTO_UPLOADS]
-    if slots.locked():  # each upload is buffered whole: a bound on them is a bound on memory
-        return _refused(refuse(metrics_, Reason.BUSY, f"{PHOTO_UPLOADS_AT_ONCE} uploads are being read; try again"))
-    async with slots:
+    if (refused := predict_refusal(request)) is not None:
+        return refused
+    async with request.app[PHOTO_UPLOADS]:
         try:
             upload = await _upload(request, limit)
         except UploadTooLarge:
-            return _refused(refuse(metrics_, Reason.TOO_LARGE, too_large))
+            return _refused(refuse(metrics_, Reason.TOO_LARGE, _too_large(limit)))
         except CLIENT_FAILURES as exc:
             return client_failure(exc, "POST /api/predict")
     if isinstance(upload, web.Response):

@@ -8,7 +8,9 @@ with the server. They are the client's mistake, as a cut-off upload is: one INFO
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from typing import Any
 
 import pytest
 
@@ -66,3 +68,51 @@ async def test_a_quiet_server_logs_no_line_for_them(
     await asyncio.sleep(0.1)
     assert [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"] == []
     await canary.roundtrip()
+
+
+async def _head_after_expect(server: LiveServer, target: str, content_type: str, length: int) -> tuple[int, bytes, Any]:
+    """The first answer to a POST's headers with `Expect: 100-continue` (curl's for bodies over 1 MB), no body sent."""
+    conn = await open_socket("127.0.0.1", server.port)
+    conn.writer.write(
+        f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n"
+        "Expect: 100-continue\r\n\r\n".encode("ascii")
+    )
+    await conn.writer.drain()
+    status, head = await read_head(conn.reader)
+    return status, head, conn
+
+
+TOO_LARGE_AFTER_EXPECT = {
+    "photo": ("/api/predict", "image/jpeg", 300_000_000),
+    "video": ("/api/analyses", "multipart/form-data; boundary=b", 300_000_000),
+    "json": ("/api/analyses", "application/json", 100_000),
+}
+
+
+@pytest.mark.parametrize("request_line", TOO_LARGE_AFTER_EXPECT.values(), ids=TOO_LARGE_AFTER_EXPECT.keys())
+async def test_a_body_too_large_is_refused_before_100_continue(
+    server: LiveServer, canary: Canary, request_line: tuple[str, str, int]
+) -> None:
+    status, head, conn = await _head_after_expect(server, *request_line)
+    try:
+        assert status == 413, head
+        length = int(
+            next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")).split()[1]
+        )
+        body = json.loads(await asyncio.wait_for(conn.reader.readexactly(length), 10))
+        assert "larger than" in body["error"] or "at most" in body["error"], body
+    finally:
+        conn.writer.close()
+    await canary.roundtrip()
+
+
+async def test_a_photo_within_the_limits_gets_100_continue_then_its_faces(server: LiveServer, face_jpeg: bytes) -> None:
+    status, head, conn = await _head_after_expect(server, "/api/predict", "image/jpeg", len(face_jpeg))
+    try:
+        assert status == 100, head
+        conn.writer.write(face_jpeg)
+        await conn.writer.drain()
+        status, head = await read_head(conn.reader)
+        assert status == 200, head
+    finally:
+        conn.writer.close()
