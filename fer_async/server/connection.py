@@ -31,6 +31,7 @@ from fer_async.metrics import Metrics
 from fer_async.pipeline import FramePipeline
 from fer_async.server import protocol
 from fer_async.server.outcomes import Reason, Refused, check_frame, refuse, server_timings, submit
+from fer_async.server.peers import drop
 from fer_async.tracker import tracker_for
 
 logger = logging.getLogger(__name__)
@@ -202,8 +203,7 @@ class Connection:
 
     def abort(self) -> None:
         """Drop the TCP connection at once, discarding whatever is still unsent."""
-        if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.abort()
+        drop(self.transport)
 
     def _limit_send_buffer(self) -> None:
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from fer_async.mailbox import MailboxClosed
 from fer_async.server.keys import METRICS, SETTINGS, VIDEO_HUB
+from fer_async.server.peers import drop
 from fer_async.server.video_hub import HubClosed
 from fer_async.video import has_frames, safe_video_path
 
@@ -54,6 +55,7 @@ async def video_stream(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",  # reverse proxies must not buffer an endless response
         }
     )
+    transport = request.transport  # for abort(): aiohttp keeps no public handle on it
     try:
         async with hub.subscribe(path, loop=_loop_requested(request)) as mailbox:
             await response.prepare(request)
@@ -68,12 +70,14 @@ async def video_stream(request: web.Request) -> web.StreamResponse:
                         await response.write(mjpeg_part(jpeg))
             finally:
                 metrics.video_viewers.dec()
-        await response.write(f"--{BOUNDARY}--\r\n".encode("ascii"))
-        await response.write_eof()
+        async with asyncio.timeout(VIEWER_WRITE_TIMEOUT_S):  # ?loop=0: the end waits on the viewer too
+            await response.write(f"--{BOUNDARY}--\r\n".encode("ascii"))
+            await response.write_eof()
     except HubClosed:
         raise web.HTTPServiceUnavailable(
             text='{"error": "server shutting down"}', content_type="application/json"
         ) from None
     except (ConnectionResetError, TimeoutError):
         logger.debug("video viewer %s left %s", request.remote, path.name)
+        drop(transport)  # a viewer that stopped reading kept its socket open, megabytes queued, for good
     return response
