@@ -12,9 +12,12 @@ MJPEG channel, one file in a CLI) turns each frame's faces into `TrackedFace`s:
   webcam that sends 10 frames/s) keeps its id, where matching the last box alone gave it a new
   id on every frame, and a face sweeping back met those stale ids again. Greedy, best pairs
   first. A face left over then takes a track that was seen on the frame before and lost on
-  this one, when their centres are within `max_jump` sides and their sizes alike: how a track
-  with no velocity yet follows a face that set off fast. Any other face starts a new track
-  with the next integer id (1, 2, 3 ... per Tracker).
+  this one, when their centres are within `max_jump` sides, their sizes alike, and the track was
+  seen only once or moved `MIN_JUMP_SPEED` sides in a frame within `MAX_PREDICTION_S`: how a
+  track with no velocity yet follows a face that set off fast, and a fast one turns back. A face
+  at rest does not leap, so a face appearing beside one the detector just missed is someone
+  else (it took the missed one's id and smoothed scores, and the missed one a new id when it
+  came back). Any other face starts a new track with the next integer id (1, 2, 3 ... per Tracker).
 * A track missed for `max_unseen_ms` dies; its id is never reused. That age counts the frames
   processed for the stream, not wall-clock time: each frame adds the time since the one before,
   but at most `MAX_FRAME_STEP_MS`. So a stall (a frozen server, a client that stopped sending:
@@ -59,6 +62,11 @@ DEFAULT_MAX_CENTRE_SHIFT = 0.5
 # nothing else claims either, and by how much their sizes may differ.
 DEFAULT_MAX_JUMP = 1.5
 MAX_JUMP_SIZE_RATIO = 1.5
+# A track jumps only when it was seen once (no velocity yet) or moved at least this many of its
+# box sides in one frame within the last MAX_PREDICTION_S (a fast face turning back slows to
+# nought on the way): a face at rest does not leap 1.5 sides in one frame, so a face there is
+# someone else (a person turning to the camera beside one the detector just missed).
+MIN_JUMP_SPEED = 0.25
 # A track's velocity follows each new measurement by this weight: one frame's jitter of the
 # detector's box does not send the prediction off, and a change of direction is taken in two frames.
 VELOCITY_WEIGHT = 0.5
@@ -137,6 +145,7 @@ class _Track:
     seen: int = field(default=1)
     unseen_s: float = field(default=0.0)  # age since last matched, over the frames processed since
     velocity: tuple[float, float] = (0.0, 0.0)  # of the box's centre, px/s
+    fast_s: float = -math.inf  # when it last moved MIN_JUMP_SPEED sides in a frame
 
     def predicted_box(self, now_s: float) -> Box:
         """The last box moved on at the track's velocity to `now_s` (at most MAX_PREDICTION_S ahead)."""
@@ -217,7 +226,7 @@ class Tracker:
                 self._next_id += 1
                 self._tracks.append(track)
             else:
-                self._advance(track, face.box, raw, now_s)
+                self._advance(track, face.box, raw, now_s, step)
             out.append(
                 TrackedFace(
                     id=track.id,
@@ -253,7 +262,8 @@ class Tracker:
                 continue
             for ti, track in enumerate(self._tracks):
                 # unseen_s == step: matched on the frame before this one
-                if ti not in taken and track.unseen_s <= step and _alike(face.box, track.box):
+                may_jump = track.seen == 1 or now_s - track.fast_s <= MAX_PREDICTION_S
+                if ti not in taken and track.unseen_s <= step and may_jump and _alike(face.box, track.box):
                     shift = centre_shift(face.box, track.box)
                     if shift <= self.max_jump:
                         jumps.append((shift, fi, ti))
@@ -264,7 +274,7 @@ class Tracker:
             taken.add(ti)
         return assignment
 
-    def _advance(self, track: _Track, box: Box, raw: np.ndarray, now_s: float) -> None:
+    def _advance(self, track: _Track, box: Box, raw: np.ndarray, now_s: float, step: float) -> None:
         dt = max(0.0, now_s - track.last_seen_s)
         if self.smoothing_s <= 0:
             track.scores = raw.copy()
@@ -276,6 +286,9 @@ class Tracker:
             track.shown = leader
         if dt > 0:
             (x0, y0), (x1, y1) = _centre(track.box), _centre(box)
+            # this frame's share of the move since the track's last frame, against its side
+            if math.hypot(x1 - x0, y1 - y0) * min(1.0, step / dt) >= MIN_JUMP_SPEED * max(box[2], box[3], 1):
+                track.fast_s = now_s
             vx, vy = track.velocity
             track.velocity = (
                 vx + VELOCITY_WEIGHT * ((x1 - x0) / dt - vx),

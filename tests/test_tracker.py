@@ -110,6 +110,17 @@ def test_a_jump_links_only_a_track_seen_on_the_frame_before() -> None:
     assert later.id == 2
 
 
+def test_a_face_appearing_beside_a_still_one_the_detector_missed_is_someone_else() -> None:
+    # Two people 1.2 sides apart: the still one is missed on the frame the other turns to the camera.
+    tracker = Tracker()
+    for i in range(10):
+        (still,) = tracker.update([face(100, 100, happy=0.9)], i / 30)
+    (other,) = tracker.update([face(220, 100, sad=0.9)], 10 / 30)
+    assert other.id == 2 and other.emotion == "sad"  # not the missed one's id and smoothed label
+    back, beside = tracker.update([face(100, 100, happy=0.9), face(220, 100, sad=0.9)], 11 / 30)
+    assert (back.id, beside.id) == (still.id, 2)
+
+
 def test_a_missed_track_is_not_moved_on_past_its_prediction_limit() -> None:
     tracker = Tracker()
     for i in range(4):  # moving right at 40 px a frame, 1200 px/s, last seen at x 220
