@@ -70,6 +70,9 @@ MIN_JUMP_SPEED = 0.25
 # A track's velocity follows each new measurement by this weight: one frame's jitter of the
 # detector's box does not send the prediction off, and a change of direction is taken in two frames.
 VELOCITY_WEIGHT = 0.5
+# A velocity is measured over at least this long: a live client's frames can arrive milliseconds
+# apart, and a pixel or two of the detector's jitter over 5 ms read as hundreds of px/s.
+MIN_VELOCITY_DT_S = 1 / 30
 # The longest a track's box is moved on at its velocity: a face missed for longer is looked for
 # where it was last seen, not half a picture away on a course it may not have kept.
 MAX_PREDICTION_S = 0.25
@@ -290,9 +293,10 @@ class Tracker:
             if math.hypot(x1 - x0, y1 - y0) * min(1.0, step / dt) >= MIN_JUMP_SPEED * max(box[2], box[3], 1):
                 track.fast_s = now_s
             vx, vy = track.velocity
+            over = max(dt, MIN_VELOCITY_DT_S)
             track.velocity = (
-                vx + VELOCITY_WEIGHT * ((x1 - x0) / dt - vx),
-                vy + VELOCITY_WEIGHT * ((y1 - y0) / dt - vy),
+                vx + VELOCITY_WEIGHT * ((x1 - x0) / over - vx),
+                vy + VELOCITY_WEIGHT * ((y1 - y0) / over - vy),
             )
         track.box = box
         track.last_seen_s = now_s

@@ -137,6 +137,16 @@ def test_a_missed_track_is_not_moved_on_past_its_prediction_limit() -> None:
     assert back.id == 1
 
 
+def test_jitter_between_frames_milliseconds_apart_is_not_a_velocity() -> None:
+    tracker = Tracker()
+    tracker.update([face(100, 100)], 0.0)
+    tracker.update([face(102, 100)], 0.005)  # a live client's burst: 2 px of the detector's jitter
+    # 0.2 s on, the face is missed and another appears 90 px along the jitter's direction: read as
+    # 400 px/s, the track would have been moved on onto it.
+    (other,) = tracker.update([face(192, 100)], 0.205)
+    assert other.id == 2
+
+
 def test_track_dies_after_max_unseen() -> None:
     tracker = Tracker(max_unseen_ms=500)
     tracker.update([face(100, 100)], 0.0)
