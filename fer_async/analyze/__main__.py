@@ -47,6 +47,7 @@ from fer_async.analyze.outputs import (
     AnnotationWriter,
     OutputError,
     RowWriter,
+    WriteError,
     check_plot_available,
     output_path,
     plot_timeline,
@@ -191,6 +192,7 @@ def _analyse_file(
     started = time.perf_counter()
     ending: Ending | None = None
     failure: str | None = None
+    write_error: OSError | None = None
 
     def on_frame(frame: AnalysedFrame) -> None:
         rows = frame_rows(name, frame, analysis.smoothed) if frame.analysed else []
@@ -207,6 +209,8 @@ def _analyse_file(
     except KeyboardInterrupt:  # the second Ctrl-C
         stop.requested = True
         ending = Ending.STOPPED
+    except WriteError as exc:  # raised once every output is finished, so none is left half-named
+        write_error = exc
     except Exception as exc:  # a bug or a decoder crash: keep what was written, say so
         failure = f"{info.path}: analysis failed at frame {analysis.frames_read}: {exc!r}"
     elapsed = time.perf_counter() - started
@@ -217,7 +221,15 @@ def _analyse_file(
         _error(f"{info.path}: {analysis.describe_ending(ending)}")
         return EXIT_STATUS[ending]
     complete = ending is Ending.DONE
-    written = [w.finish(complete) for w in (rows_out, video_out) if w is not None]
+    written: list[Path | None] = []
+    for writer in (rows_out, video_out):
+        try:
+            if writer is not None:
+                written.append(writer.finish(complete))
+        except OSError as exc:  # the other output is still finished: no hidden temporary left behind
+            write_error = write_error or exc
+    if write_error is not None:
+        raise write_error
     if args.plot is not None and summary.frames_analysed:
         target = output_path(args.plot, info.path, several, "_timeline.png")
         title = f"{info.path.name}: emotion probabilities per face"

@@ -47,6 +47,15 @@ class OutputError(ValueError):
     """An output name that cannot work (wrong suffix, several inputs onto one file)."""
 
 
+class WriteError(OSError):
+    """An output the disk did not take (full, a quota, a volume gone), named: a bare
+    `[Errno 28] No space left on device` does not say which of the outputs' disks filled."""
+
+    def __init__(self, target: Path, exc: OSError | str) -> None:
+        reason = exc if isinstance(exc, str) else (exc.strerror or str(exc))
+        super().__init__(f"{target}: cannot be written: {reason}")
+
+
 def incomplete_path(target: Path) -> Path:
     return target.with_name(target.stem + INCOMPLETE + target.suffix)
 
@@ -107,6 +116,15 @@ class _Finishing:
         self.temporary.unlink(missing_ok=True)
 
 
+def _holds_frames(path: Path, frames: int) -> bool:
+    """Whether the video at `path` opens and its header counts `frames` frames."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return capture.isOpened() and round(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    finally:
+        capture.release()
+
+
 class RowWriter(_Finishing):
     """CSV or JSON Lines, one row per face per analysed frame, flushed after every frame."""
 
@@ -128,18 +146,26 @@ class RowWriter(_Finishing):
             self._csv.writeheader()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        for row in rows:
-            if self.jsonl:
-                self.file.write(json.dumps({k: row[k] for k in self.columns}) + "\n")
-            else:
-                self._csv.writerow({k: csv_cell(v) for k, v in row.items()})
-        # Flushed per frame: an interrupted run (Ctrl-C, a kill) leaves only whole rows behind.
-        self.file.flush()
+        try:
+            for row in rows:
+                if self.jsonl:
+                    self.file.write(json.dumps({k: row[k] for k in self.columns}) + "\n")
+                else:
+                    self._csv.writerow({k: csv_cell(v) for k, v in row.items()})
+            # Flushed per frame: an interrupted run (Ctrl-C, a kill) leaves only whole rows behind.
+            self.file.flush()
+        except OSError as exc:
+            raise WriteError(self.target if not self.stdout else Path("-"), exc) from exc
 
     def finish(self, complete: bool) -> Path | None:
         if self.stdout:
             return None
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError as exc:
+            # The file is closed all the same; what reached the disk is kept as the rows so far.
+            self._rename(False)
+            raise WriteError(self.target, exc) from exc
         return self._rename(complete)
 
     def discard(self) -> None:
@@ -156,6 +182,7 @@ class AnnotationWriter(_Finishing):
         self.image_output = target.suffix.lower() in (".jpg", ".jpeg", ".png")
         self._writer: cv2.VideoWriter | None = None
         self._last: np.ndarray | None = None
+        self.frames = 0
         if not self.image_output:
             self._writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
             if not self._writer.isOpened():
@@ -171,14 +198,21 @@ class AnnotationWriter(_Finishing):
             if (image.shape[1], image.shape[0]) != self.size:  # a stream that changes size midway
                 image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
             self._writer.write(image)
+            self.frames += 1
         else:
             self._last = image
 
     def finish(self, complete: bool) -> Path:
         if self._writer is not None:
             self._writer.release()
+            # OpenCV only logs a frame it could not write (a full disk) and leaves a file without
+            # its index (moov atom) that no player opens: checked, not reported as written.
+            if self.frames and not _holds_frames(self.temporary, self.frames):
+                self.discard()
+                raise WriteError(self.target, f"the video holds fewer than its {self.frames} frames (disk full?)")
         elif self._last is not None and not cv2.imwrite(str(self.temporary), self._last):
-            raise OutputError(f"{self.target}: OpenCV cannot write this image")
+            self.discard()
+            raise WriteError(self.target, "OpenCV could not write this image (disk full?)")
         return self._rename(complete)
 
     def discard(self) -> None:
@@ -238,6 +272,11 @@ def plot_timeline(
         fig.legend(handles, labels, loc="lower center", ncol=len(EMOTIONS), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
     finishing = _Finishing(target)
-    fig.savefig(finishing.temporary, dpi=80, format="png")
-    plt.close(fig)
+    try:
+        fig.savefig(finishing.temporary, dpi=80, format="png")
+    except OSError as exc:
+        finishing.discard()
+        raise WriteError(target, exc) from exc
+    finally:
+        plt.close(fig)
     return finishing._rename(complete)
