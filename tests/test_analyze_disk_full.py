@@ -70,3 +70,23 @@ def test_the_annotated_video_is_still_checked_when_the_disk_had_room(clip: Path,
     capture = cv2.VideoCapture(str(tmp_path / "out" / "face_annotated.mp4"))
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 30
     capture.release()
+
+
+def test_an_input_with_a_long_name_gets_its_outputs(tmp_path: Path) -> None:
+    """A 240-character stem (names generated from a study's metadata): `STEM_annotated.mp4` and
+    `STEM.csv` fit the 255 bytes a name may have, but the hidden temporary beside them did not,
+    and the run failed with 'OpenCV cannot write a video there (use .mp4)' for an .mp4; a file
+    cut short lost its rows, `STEM.incomplete.csv` being too long to rename to."""
+    from analyze_clips import truncated_clip
+
+    face = face_clip(tmp_path / ("x" * 240 + ".mp4"), frames=3)
+    cut = truncated_clip(tmp_path / ("y" * 245 + ".avi"))
+    done = run_with_file_limit([str(face), "--out", "out/", "--annotate", "out/"], 50_000_000, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / ("x" * 240 + "_annotated.mp4")).stat().st_size > 0
+    assert (tmp_path / "out" / ("x" * 240 + ".csv")).stat().st_size > 0
+    done = run_with_file_limit([str(cut), "--out", "cut/"], 50_000_000, tmp_path)
+    assert done.returncode == 1, done.stderr
+    (kept,) = (tmp_path / "cut").iterdir()
+    assert kept.name.endswith(".incomplete.csv") and kept.name.startswith("y" * 200)
+    assert len(kept.read_text().splitlines()) > 1

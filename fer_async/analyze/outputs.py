@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 ROW_FORMATS = (".csv", ".jsonl")
 INCOMPLETE = ".incomplete"
 STEM_FIELD = "{stem}"
+NAME_MAX = 255  # bytes in one file name on ext4, XFS, btrfs, tmpfs, NTFS (in UTF-16 units there)
 PLOT_MAX_TRACKS = 6  # more panels than this are unreadable; the longest tracks are shown
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"):
 # a file named `=HYPERLINK(...)+cmd.mp4` would do that in the file column.
@@ -56,13 +57,25 @@ class WriteError(OSError):
         super().__init__(f"{target}: cannot be written: {reason}")
 
 
+def _name_within(prefix: str, stem: str, tail: str) -> str:
+    """`prefix + stem + tail`, the stem shortened to fit NAME_MAX: an output's own name may fit
+    where the longer names derived from it would fail (ENAMETOOLONG) and lose its rows."""
+    room = NAME_MAX - len(os.fsencode(prefix + tail))
+    encoded = os.fsencode(stem)
+    if len(encoded) > room:
+        stem = encoded[:room].decode("utf-8", "ignore")  # "ignore": a character cut in two goes
+        while len(os.fsencode(stem)) > room:  # a file system encoding other than UTF-8
+            stem = stem[:-1]
+    return prefix + stem + tail
+
+
 def incomplete_path(target: Path) -> Path:
-    return target.with_name(target.stem + INCOMPLETE + target.suffix)
+    return target.with_name(_name_within("", target.stem, INCOMPLETE + target.suffix))
 
 
 def _temporary_path(target: Path) -> Path:
     # Same directory (so the rename is atomic) and same suffix (VideoWriter picks the container by it).
-    return target.with_name(f".{target.stem}.part{os.getpid()}{target.suffix}")
+    return target.with_name(_name_within(".", target.stem, f".part{os.getpid()}{target.suffix}"))
 
 
 def output_path(template: str, source: Path, several: bool, default_suffix: str) -> Path:
