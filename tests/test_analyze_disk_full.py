@@ -90,3 +90,18 @@ def test_an_input_with_a_long_name_gets_its_outputs(tmp_path: Path) -> None:
     (kept,) = (tmp_path / "cut").iterdir()
     assert kept.name.endswith(".incomplete.csv") and kept.name.startswith("y" * 200)
     assert len(kept.read_text().splitlines()) > 1
+
+
+def test_a_timeline_that_cannot_be_written_fails_before_the_analysis(clip: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the timeline's folder should be")
+    done = run_with_file_limit([str(clip), "--out", "out/", "--plot", "taken/face.png"], max_bytes=2**30, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "taken/face.png: cannot be written" in done.stderr
+    assert files_under(tmp_path) == ["taken"]  # no CSV of a run that was going to fail
+
+
+def test_an_annotated_video_in_a_folder_that_cannot_be_made_says_why(clip: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the video's folder should be")
+    done = run_with_file_limit([str(clip), "--annotate", "taken/face.mp4"], max_bytes=2**30, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "taken/face.mp4: cannot be written" in done.stderr and "use .mp4" not in done.stderr

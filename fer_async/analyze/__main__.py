@@ -49,6 +49,7 @@ from fer_async.analyze.outputs import (
     RowWriter,
     WriteError,
     check_plot_available,
+    check_writable,
     output_path,
     plot_timeline,
 )
@@ -174,6 +175,8 @@ def _analyse_file(
 ) -> int:
     """Analyse one file into its outputs; the exit status it earns. `bar` counts frames (None: the caller's)."""
     info = analysis.info
+    if args.plot is not None:
+        check_writable(output_path(args.plot, info.path, several, "_timeline.png"))
     rows_out = None
     if args.out is not None:
         target = None if args.out == "-" else output_path(args.out, info.path, several, ".csv")

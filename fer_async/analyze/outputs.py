@@ -129,6 +129,18 @@ class _Finishing:
         self.temporary.unlink(missing_ok=True)
 
 
+def check_writable(target: Path) -> None:
+    """Raise WriteError now when `target` cannot be created: an output written only at the end
+    (the timeline) would otherwise fail after the whole file was analysed."""
+    temporary = _temporary_path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary.touch()
+    except OSError as exc:
+        raise WriteError(target, exc) from exc
+    temporary.unlink(missing_ok=True)
+
+
 def _holds_frames(path: Path, frames: int) -> bool:
     """Whether the video at `path` opens and its header counts `frames` frames."""
     capture = cv2.VideoCapture(str(path))
@@ -191,6 +203,7 @@ class AnnotationWriter(_Finishing):
     """The input with boxes, track ids and labels drawn as the MJPEG stream draws them (mp4v)."""
 
     def __init__(self, target: Path, fps: float, size: tuple[int, int]) -> None:
+        check_writable(target)  # a folder that takes no file: said so, not "OpenCV cannot write a video"
         super().__init__(target)
         self.image_output = target.suffix.lower() in (".jpg", ".jpeg", ".png")
         self._writer: cv2.VideoWriter | None = None
