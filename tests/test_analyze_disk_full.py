@@ -61,6 +61,8 @@ def test_rows_cut_off_by_a_full_disk_are_kept_as_incomplete_and_no_temporary_is_
     lines = (tmp_path / "out" / "face.incomplete.csv").read_text().splitlines()
     assert lines[0].startswith("file,frame,time_s,face,")
     assert 1 < len(lines) < 31
+    # Whole rows only: the write the disk refused had taken part of one.
+    assert {line.count(",") for line in lines} == {lines[0].count(",")}, lines[-1]
 
 
 def test_the_annotated_video_is_still_checked_when_the_disk_had_room(clip: Path, tmp_path: Path) -> None:

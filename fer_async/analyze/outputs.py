@@ -7,6 +7,7 @@ file was analysed to its end; an interrupted or cut-short analysis keeps what it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -53,8 +54,8 @@ class WriteError(OSError):
     `[Errno 28] No space left on device` does not say which of the outputs' disks filled."""
 
     def __init__(self, target: Path, exc: OSError | str) -> None:
-        reason = exc if isinstance(exc, str) else (exc.strerror or str(exc))
-        super().__init__(f"{target}: cannot be written: {reason}")
+        self.reason = exc if isinstance(exc, str) else (exc.strerror or str(exc))
+        super().__init__(f"{target}: cannot be written: {self.reason}")
 
 
 def _name_within(prefix: str, stem: str, tail: str) -> str:
@@ -169,6 +170,10 @@ class RowWriter(_Finishing):
         self._csv = csv.DictWriter(self.file, fieldnames=self.columns, lineterminator="\n")
         if not self.jsonl:
             self._csv.writeheader()
+        self._refused: WriteError | None = None  # the write the disk did not take
+        self._whole = 0  # bytes of the file up to its last whole row
+        if not self.stdout:
+            self._flush()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         try:
@@ -178,24 +183,34 @@ class RowWriter(_Finishing):
                 else:
                     self._csv.writerow({k: csv_cell(v) for k, v in row.items()})
             # Flushed per frame: an interrupted run (Ctrl-C, a kill) leaves only whole rows behind.
-            self.file.flush()
+            self._flush()
         except OSError as exc:
-            raise WriteError(self.target if not self.stdout else Path("-"), exc) from exc
+            self._refused = WriteError(self.target if not self.stdout else Path("-"), exc)
+            raise self._refused from exc
+
+    def _flush(self) -> None:
+        self.file.flush()
+        if not self.stdout:
+            self._whole = self.file.tell()
 
     def finish(self, complete: bool) -> Path | None:
         if self.stdout:
             return None
         try:
             self.file.close()
-        except OSError as exc:
-            # The file is closed all the same; what reached the disk is kept as the rows so far.
+        except OSError as exc:  # the file is closed all the same
+            self._refused = self._refused or WriteError(self.target, exc)
+        if self._refused is not None:
+            # The write the disk refused may have taken part of a row: the rows end at the last whole one.
+            os.truncate(self.temporary, self._whole)
             self._rename(False)
-            raise WriteError(self.target, exc) from exc
+            raise self._refused
         return self._rename(complete)
 
     def discard(self) -> None:
         if not self.stdout:
-            self.file.close()
+            with contextlib.suppress(OSError):  # a disk that refused the rows refuses their last flush too
+                self.file.close()
             super().discard()
 
 

@@ -32,7 +32,7 @@ from fer_async.analyze.core import (
     frame_rows,
     open_source,
 )
-from fer_async.analyze.outputs import RowWriter
+from fer_async.analyze.outputs import RowWriter, WriteError, incomplete_path
 from fer_async.analyze.stages import Stages
 from fer_async.config import Settings
 from fer_async.labels import EMOTIONS, FrameResult
@@ -289,6 +289,9 @@ class AnalysisJobs:
     async def _run(self, job: Job) -> None:
         try:
             state, error, warning = await asyncio.to_thread(self._analyse, job)
+        except WriteError as exc:  # the results directory's disk, not the video: the operator's to fix
+            logger.error("analysis %s of %r: %s", job.id, job.name, exc)
+            state, error, warning = "failed", f"the server could not store its rows: {exc.reason}", None
         except Exception as exc:
             logger.exception("analysis %s of %r failed", job.id, job.name)  # %r: an upload names itself
             state, error, warning = "failed", f"analysis failed: {type(exc).__name__}", None
@@ -402,7 +405,11 @@ class AnalysisJobs:
             if analysis.frames_read == 0 or job.lost:
                 writer.discard()
             else:
-                finished = writer.finish(ending is Ending.DONE)
+                try:
+                    finished = writer.finish(ending is Ending.DONE)
+                except WriteError:  # what the disk took is kept as the incomplete rows: served
+                    job.rows_file = incomplete_path(self.results.rows_target(job.id)).name
+                    raise
                 job.rows_file = finished.name if finished is not None else None
         if ending is Ending.STOPPED and hit_limit:
             announced = f"its header announced {info.frame_count}" if info.frame_count else "its header gave no count"
