@@ -72,6 +72,9 @@ async def test_https_when_the_server_has_a_certificate(
         env = {"FER_HOST": "0.0.0.0", "FER_PORT": str(port)}
         assert await healthcheck(env) == 1  # plain http to a TLS port: what the image asked before
         assert await healthcheck({**env, "FER_CERT": str(cert), "FER_KEY": str(key)}) == 0
+        # The same settings given as the server's options, not its variables.
+        assert await healthcheck({}, "--port", str(port)) == 1
+        assert await healthcheck({}, "--port", str(port), "--cert", str(cert), "--key", str(key)) == 0
 
 
 def test_the_url_asks_loopback_for_every_address_and_the_host_otherwise() -> None:
@@ -81,17 +84,6 @@ def test_the_url_asks_loopback_for_every_address_and_the_host_otherwise() -> Non
         health_url(Settings(host="10.1.2.3", port=9000, cert=Path("c"), key=Path("k")))
         == "https://10.1.2.3:9000/healthz"
     )
-
-
-async def test_the_server_s_options_given_on_its_command_line(
-    real_model: Any, base_settings: Settings, certificate: tuple[Path, Path]
-) -> None:
-    cert, key = certificate
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
-    async for port in serve(real_model, base_settings, tls):
-        assert await healthcheck({}, "--port", str(port)) == 1  # plain http
-        assert await healthcheck({}, "--port", str(port), "--cert", str(cert), "--key", str(key)) == 0
 
 
 def test_a_server_s_options_are_read_off_its_command_line() -> None:
