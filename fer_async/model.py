@@ -40,7 +40,15 @@ from fer_async.model_choices import (
     RUNTIMES,
 )
 from fer_async.native_stderr import without_stderr_lines
-from fer_async.onnx_session import CPU, CUDA, DEVICES, create_session, onnxruntime_available, providers_for
+from fer_async.onnx_session import (
+    CPU,
+    CUDA,
+    DEVICES,
+    create_session,
+    int8_exact,
+    onnxruntime_available,
+    providers_for,
+)
 from fer_async.predictor import served
 from fer_async.schedule import View
 
@@ -282,6 +290,13 @@ class FacialExpressionModel:
             # Through CUDA's provider the int8 file is the fp32 convolutions plus (de)quantizing
             # around them: int8 kernels on a GPU need TensorRT. The int8 file is a CPU speed-up.
             logger.info("%s is for the CPU: serving the fp32 network on CUDA", self.int8_path.name)
+            return None
+        if not int8_exact():
+            logger.info(
+                "this CPU has no VNNI instructions (AVX512-VNNI or AVX-VNNI), with which onnxruntime's int8 "
+                "kernels saturate: serving the fp32 network (%s)",
+                self.onnx_path.name,
+            )
             return None
         if not self.int8_path.is_file():
             problem = f"{self.int8_path} is missing (make it with `{INT8_EXPORT_COMMAND}`)"

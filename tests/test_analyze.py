@@ -31,6 +31,7 @@ from analyze_clips import (
     small_face_clip,
     truncated_clip,
 )
+from testsupport import SERVED_FILE, SERVED_PRECISION
 
 from fer_async.analyze import (
     Ending,
@@ -386,7 +387,7 @@ def test_cli_builds_the_model_as_the_server_does(clips: dict[str, Path], capsys:
     assert main([str(clips["no_face"]), "--runtime", "keras", "--model-precision", "fp32", "--every", "3"]) == 0
     assert "model: fernet.json (keras, fp32)" in capsys.readouterr().out
     assert main([str(clips["no_face"]), "--runtime", "onnx", "--every", "3"]) == 0
-    assert "model: fernet.int8.onnx (onnx, int8)" in capsys.readouterr().out
+    assert f"model: {SERVED_FILE} (onnx, {SERVED_PRECISION})" in capsys.readouterr().out
     with pytest.raises(SystemExit) as usage:  # the server's own check of its option
         main([str(clips["no_face"]), "--smoothing-ms", "-1"])
     assert usage.value.code == 2 and "--smoothing-ms must be 0..10000" in capsys.readouterr().err

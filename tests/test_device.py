@@ -14,6 +14,7 @@ import logging
 import numpy as np
 import onnxruntime
 import pytest
+from testsupport import SERVED_PRECISION
 
 from fer_async import model as model_module
 from fer_async.config import Settings, SettingsError
@@ -58,7 +59,7 @@ def test_cuda_without_a_cuda_onnxruntime_runs_on_the_cpu_with_one_warning(caplog
     model = FacialExpressionModel(DEFAULT_WEIGHTS_DIR, device="cuda")
     (warning,) = _warnings(caplog)
     assert "--device cuda" in warning and "onnxruntime-gpu" in warning and "CPU" in warning
-    assert (model.device, model.providers, model.precision) == ("CPU", [CPU], "int8")  # as on any CPU
+    assert (model.device, model.providers, model.precision) == ("CPU", [CPU], SERVED_PRECISION)  # as on any CPU
     assert model.predict(FACES).shape == (3, 7)
 
 
@@ -66,7 +67,7 @@ def test_cuda_without_a_cuda_onnxruntime_runs_on_the_cpu_with_one_warning(caplog
 def test_auto_and_cpu_run_on_the_cpu_without_a_word(device: str, caplog: pytest.LogCaptureFixture) -> None:
     model = FacialExpressionModel(DEFAULT_WEIGHTS_DIR, device=device)
     assert _warnings(caplog) == []
-    assert (model.device, model.providers, model.precision) == ("CPU", [CPU], "int8")
+    assert (model.device, model.providers, model.precision) == ("CPU", [CPU], SERVED_PRECISION)
 
 
 @pytest.mark.parametrize(("device", "level"), [("cuda", logging.WARNING), ("auto", logging.INFO)])
@@ -81,7 +82,7 @@ def test_a_cuda_provider_that_cannot_start_falls_back_to_the_cpu_in_one_line(
     assert [r.levelno for r in said] == [level]
     assert "CUDAExecutionProvider" in said[0].getMessage()  # onnxruntime's own reason, in the same line
     assert _warnings(caplog) == ([said[0].getMessage()] if level == logging.WARNING else [])
-    assert (model.device, model.providers, model.precision) == ("CPU", [CPU], "int8")  # the CPU's best file
+    assert (model.device, model.providers, model.precision) == ("CPU", [CPU], SERVED_PRECISION)  # the CPU's best file
 
 
 def test_on_cuda_the_fp32_network_serves(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

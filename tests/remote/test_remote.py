@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from testsupport import NEEDS_VNNI
 
 from fer_async.config import Settings
 from fer_async.detector import create_detector
@@ -88,6 +89,7 @@ async def test_same_probabilities_as_the_in_process_model(
           f"{np.abs(plain - keras_plain).max():.2e} (plain)")  # fmt: skip
 
 
+@NEEDS_VNNI
 async def test_the_int8_file_served_gives_the_in_process_int8_probabilities(
     int8_mlserver: MLServer, real_model: Any, real_faces: np.ndarray
 ) -> None:

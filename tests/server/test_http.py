@@ -12,7 +12,7 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
-from testsupport import eventually
+from testsupport import SERVED_FILE, SERVED_PRECISION, eventually
 
 from fer_async.config import Settings
 from fer_async.imaging import decode_image, encode_jpeg
@@ -172,7 +172,7 @@ async def test_healthz(client: Client) -> None:
     assert body["device"] in ("CPU", "GPU") and body["runtime"] == "onnx"  # the shipped export is current
     assert body["providers"] in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert (body["device"] == "GPU") == ("CUDAExecutionProvider" in body["providers"])
-    assert (body["model_file"], body["precision"]) == ("fernet.int8.onnx", "int8")  # the default, current
+    assert (body["model_file"], body["precision"]) == (SERVED_FILE, SERVED_PRECISION)  # the default, current
     assert body["clients"] == 0
     ws = await client.ws_connect("/ws")
     await ws.receive()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport import SERVED_PRECISION
 
 from fer_async.model import FacialExpressionModel, load_keras_model
 from training import blend, models
@@ -54,7 +55,7 @@ def test_blend_mixes_every_weight_and_writes_what_the_server_loads(
         np.testing.assert_allclose(m, 0.75 * x + 0.25 * y, rtol=1e-6, atol=1e-7)
     # The served form, int8 copy included, as the server loads it.
     served = FacialExpressionModel(out, "fernet", flip_tta=False)
-    assert served.runtime == "onnx" and served.precision == "int8"
+    assert served.runtime == "onnx" and served.precision == SERVED_PRECISION
     faces = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
     assert served.predict(faces).shape == (2, 7)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from testsupport import write_tiny_votes
+from testsupport import SERVED_PRECISION, write_tiny_votes
 
 from fer_async.model import FacialExpressionModel
 from training import distill
@@ -86,7 +86,7 @@ def test_store_student_and_export_give_what_the_server_loads(
     assert "## Teachers (3 fixed views per face" in card and "| happy |" in card
     served = FacialExpressionModel(export_dir, "fernet", flip_tta=False, precision="fp32")
     assert served.runtime == "onnx"
-    assert FacialExpressionModel(export_dir, "fernet", flip_tta=False).precision == "int8"
+    assert FacialExpressionModel(export_dir, "fernet", flip_tta=False).precision == SERVED_PRECISION
     faces = load_split(tiny_npz, "val").x[:4]
     keras_copy = FacialExpressionModel(export_dir, "fernet", flip_tta=False, runtime="keras")
     np.testing.assert_allclose(served.predict(faces), keras_copy.predict(faces), atol=1e-4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from testsupport import first_conv_kernel, run_train
+from testsupport import SERVED_PRECISION, first_conv_kernel, run_train
 
 from fer_async.model import FacialExpressionModel
 
@@ -39,7 +39,7 @@ def test_tiny_run_checkpoints_logs_and_exports_what_the_server_loads(
     # the int8 one (the default) is current, not a stale file served as fp32.
     assert served.runtime == "onnx"
     default = FacialExpressionModel(export_dir, "fernet", flip_tta=False)
-    assert default.precision == "int8" and (export_dir / "fernet.int8.onnx").is_file()
+    assert default.precision == SERVED_PRECISION and (export_dir / "fernet.int8.onnx").is_file()
     assert default.predict(faces).argmax(axis=1).shape == (3,)
     keras_copy = FacialExpressionModel(export_dir, "fernet", flip_tta=False, runtime="keras")
     np.testing.assert_allclose(probs, keras_copy.predict(faces), atol=1e-4)
