@@ -102,7 +102,8 @@ class Settings:
         DEFAULT_MODEL_PRECISION,
         "--model-precision",
         "which network file onnxruntime serves: int8 (NAME.int8.onnx, statically quantized; fp32 with one log line "
-        "when that file is missing or stale, on x86 CPUs without VNNI, and always with --runtime keras) or fp32 (NAME.onnx)",
+        "when that file is missing or stale, on x86 CPUs without VNNI, and always with --runtime keras) "
+        "or fp32 (NAME.onnx)",
         choices=MODEL_PRECISIONS,
     )
     # On by default: +1.5 points on PublicTest (docs/training.md); the model is a small part of a frame's cost.
